@@ -1,0 +1,76 @@
+# KSWiFi Connect — `make run` starts the service, `make test` runs the whole suite.
+# Both install what is missing first: Debian packages (as root) and a virtualenv in .venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := .make
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iperf3 chromium zbar-tools procps
+export KSWIFI_DATA_DIR ?= $(CURDIR)/var
+
+.PHONY: run test lint typecheck unit e2e browser bench deps system-deps clean help soak
+
+help:
+	@echo "make run   - install what is missing, then start KSWiFi Connect (embedded SQLite)"
+	@echo "make test  - install what is missing, then run lint, types, layers and the whole suite"
+	@echo "make bench - run the benchmarks in bench/ and rewrite BENCHMARKS.md"
+
+$(STAMP):
+	@mkdir -p $(STAMP)
+
+# System packages: only as root (CI and `make run` on a gateway host); otherwise say what is missing.
+system-deps: $(STAMP)/system
+$(STAMP)/system: | $(STAMP)
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES) python3-venv; do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "==> installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else \
+	  echo "==> not root: skipping Debian packages ($(APT_PACKAGES)); gateway and browser tests will be skipped"; \
+	fi
+	@touch $@
+
+deps: $(BIN)/.installed
+$(BIN)/.installed: pyproject.toml | $(STAMP)/system
+	@echo "==> preparing $(VENV) (Python packages from pyproject.toml)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+run: deps
+	@$(BIN)/kswifi demo
+
+lint: deps
+	@echo "==> ruff"
+	@$(BIN)/ruff check src tests bench
+	@$(BIN)/ruff format --check src tests bench
+	@echo "==> import layers"
+	@$(BIN)/lint-imports
+
+typecheck: deps
+	@echo "==> mypy --strict src/"
+	@$(BIN)/mypy --strict src/
+
+test: lint typecheck
+	@echo "==> pytest"
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+unit: deps
+	@$(BIN)/python -m pytest -q -m "not root and not browser" $(PYTEST_ARGS)
+
+e2e: deps
+	@$(BIN)/python -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+browser: deps
+	@$(BIN)/python -m pytest -q tests/browser $(PYTEST_ARGS)
+
+bench: deps
+	@$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) $(STAMP) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""Wire models shared by the control plane and the gateway agent (a leaf package)."""
+
+from kswifi.protocol.models import (
+    PROTOCOL_VERSION,
+    DesiredState,
+    GatewayHeartbeat,
+    HeartbeatAck,
+    LeaseGrant,
+    LeaseRequest,
+    LeaseResponse,
+    PeerSpec,
+    SessionUsageDelta,
+    UsageAck,
+    UsageReport,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DesiredState",
+    "GatewayHeartbeat",
+    "HeartbeatAck",
+    "LeaseGrant",
+    "LeaseRequest",
+    "LeaseResponse",
+    "PeerSpec",
+    "SessionUsageDelta",
+    "UsageAck",
+    "UsageReport",
+]

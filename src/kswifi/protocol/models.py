@@ -1,0 +1,117 @@
+"""Pydantic models of the gateway protocol (`/api/gateway/v1/...`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+
+def _check_wireguard_key(value: str) -> str:
+    """A WireGuard key is 32 bytes, base64 with padding (44 characters)."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not a base64 WireGuard key") from exc
+    if len(raw) != 32:
+        raise ValueError("a WireGuard key is 32 bytes")
+    return value
+
+
+def _check_host_network(value: str) -> str:
+    network = ipaddress.ip_network(value, strict=True)
+    if network.prefixlen != network.max_prefixlen:
+        raise ValueError("allowed_ips entries are single addresses (/32 or /128)")
+    return str(network)
+
+
+WireguardKeyText = Annotated[str, AfterValidator(_check_wireguard_key)]
+HostNetwork = Annotated[str, AfterValidator(_check_host_network)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeerSpec(_Model):
+    """One device (WireGuard peer) the gateway must carry."""
+
+    public_key: WireguardKeyText
+    preshared_key: WireguardKeyText
+    allowed_ips: list[HostNetwork] = Field(min_length=1, max_length=2)
+    session_id: str = Field(min_length=1, max_length=64)
+    quota_bytes: int = Field(ge=0, description="Lease: bytes this gateway may serve the session")
+    speed_mbps: int = Field(gt=0, le=100_000)
+    expires_at: datetime | None = None
+
+
+class DesiredState(_Model):
+    """Everything a gateway should carry at one revision of the control plane."""
+
+    revision: int = Field(ge=0)
+    peers: list[PeerSpec]
+
+
+class SessionUsageDelta(_Model):
+    """Bytes a gateway counted for one session since its previous report."""
+
+    session_id: str = Field(min_length=1, max_length=64)
+    rx_bytes: int = Field(ge=0, description="Bytes from the device (upload)")
+    tx_bytes: int = Field(ge=0, description="Bytes to the device (download)")
+    quota_exhausted: bool = False
+
+
+class UsageReport(_Model):
+    """A batch of usage deltas; `sequence` increases by one per batch and gateway."""
+
+    sequence: int = Field(ge=1)
+    sent_at: datetime
+    deltas: list[SessionUsageDelta] = Field(max_length=100_000)
+
+
+class UsageAck(_Model):
+    accepted: bool
+    duplicate: bool
+    last_sequence: int
+    leases: list[LeaseGrant] = []
+
+
+class LeaseRequest(_Model):
+    session_ids: list[str] = Field(max_length=100_000)
+
+
+class LeaseGrant(_Model):
+    session_id: str
+    quota_bytes: int = Field(ge=0)
+
+
+class LeaseResponse(_Model):
+    revision: int
+    leases: list[LeaseGrant]
+
+
+class GatewayHeartbeat(_Model):
+    agent_version: str = Field(max_length=64)
+    protocol_version: int = PROTOCOL_VERSION
+    interface_mode: Literal["kernel", "userspace"]
+    peer_count: int = Field(ge=0)
+    rx_bps: int = Field(ge=0, default=0)
+    tx_bps: int = Field(ge=0, default=0)
+    applied_revision: int = Field(ge=0, default=0)
+    handshakes: dict[str, datetime] = Field(
+        default_factory=dict, description="Latest handshake per peer public key"
+    )
+
+
+class HeartbeatAck(_Model):
+    ok: bool
+    server_time: datetime
+
+
+UsageAck.model_rebuild()
