@@ -46,15 +46,35 @@ class PeerSpec(_Model):
     preshared_key: WireguardKeyText
     allowed_ips: list[HostNetwork] = Field(min_length=1, max_length=2)
     session_id: str = Field(min_length=1, max_length=64)
-    quota_bytes: int = Field(ge=0, description="Lease: bytes this gateway may serve the session")
+    quota_bytes: int = Field(
+        ge=0,
+        description=(
+            "Lease, cumulative: total bytes (upload + download) this gateway may serve the"
+            " session over its whole life, counting bytes it already served and reported."
+            " With one gateway it is the session's whole data limit. The agent keeps what it"
+            " served across counter resets and sets the kernel quota to quota_bytes - served."
+        ),
+    )
     speed_mbps: int = Field(gt=0, le=100_000)
     expires_at: datetime | None = None
+
+
+class GatewayInterface(_Model):
+    """The gateway's own WireGuard interface: its key pair is made by the control plane."""
+
+    private_key: WireguardKeyText
+    public_key: WireguardKeyText
+    listen_port: int = Field(ge=1, le=65535)
+    addresses: list[str] = Field(
+        min_length=1, max_length=2, description="Interface CIDRs, e.g. 100.64.0.1/16, fd..::1/64"
+    )
 
 
 class DesiredState(_Model):
     """Everything a gateway should carry at one revision of the control plane."""
 
     revision: int = Field(ge=0)
+    interface: GatewayInterface | None = None
     peers: list[PeerSpec]
 
 
