@@ -1,0 +1,115 @@
+"""Gateway agent settings (`KSWIFI_GATEWAY_*` environment variables or CLI options)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Linux limits interface names to 15 bytes; keep to the characters `ip` accepts everywhere.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+def check_interface_name(value: str) -> str:
+    """Validate a Linux interface name (1-15 characters, no slash or space)."""
+    if not _IFNAME.fullmatch(value):
+        raise ValueError(f"invalid interface name {value!r} (1-15 of A-Z a-z 0-9 _ . -)")
+    return value
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the agent needs to know that the control plane does not tell it."""
+
+    model_config = SettingsConfigDict(env_prefix="KSWIFI_GATEWAY_", extra="ignore")
+
+    control_url: str = Field(description="http(s)://host[:port] or unix:/path/to.sock")
+    token: SecretStr = Field(description="Gateway bearer token from `kswifi admin gateways add`")
+    endpoint: str = Field(description="HOST:PORT phones dial (reported to the control plane)")
+    wan_interface: str = Field(description="Interface towards the Internet (NAT masquerade)")
+    interface: str = "kswifi0"
+    ifb_interface: str | None = Field(
+        default=None, description="IFB device for upload shaping; default derived from interface"
+    )
+    listen_port: int = Field(default=51820, ge=1, le=65535)
+    state_dir: Path = Path("/var/lib/kswifi/gateway")
+    address_v4: str = "100.64.0.1/10"
+    address_v6: str | None = "fd6b:7377:6966::1/48"
+    poll_timeout_s: float = Field(default=30.0, gt=0)
+    usage_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    resync_interval_s: float = Field(default=30.0, gt=0)
+    lease_refill_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="Ask for more lease once this share is served"
+    )
+    command_timeout_s: float = Field(default=20.0, gt=0)
+    userspace_only: bool = Field(
+        default=False, description="Skip the kernel module probe and always use wireguard-go"
+    )
+
+    @field_validator("interface", "wan_interface")
+    @classmethod
+    def _interface_name(cls, value: str) -> str:
+        return check_interface_name(value)
+
+    @field_validator("ifb_interface")
+    @classmethod
+    def _ifb_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_interface_name(value)
+
+    @field_validator("control_url")
+    @classmethod
+    def _control_url(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if len(value) <= len("unix:"):
+                raise ValueError("unix: needs a socket path, e.g. unix:/run/kswifi.sock")
+            return value
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("control_url must be http(s)://host[:port] or unix:/path/to.sock")
+        return value.rstrip("/")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("endpoint must be HOST:PORT, e.g. gw1.example.net:51820")
+        return value
+
+    @field_validator("address_v4")
+    @classmethod
+    def _address_v4(cls, value: str) -> str:
+        interface = ipaddress.ip_interface(value)
+        if interface.version != 4:
+            raise ValueError("address_v4 must be an IPv4 CIDR such as 100.64.0.1/10")
+        return str(interface)
+
+    @field_validator("address_v6")
+    @classmethod
+    def _address_v6(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        interface = ipaddress.ip_interface(value)
+        if interface.version != 6:
+            raise ValueError("address_v6 must be an IPv6 CIDR such as fd00::1/64")
+        return str(interface)
+
+    @model_validator(mode="after")
+    def _distinct_interfaces(self) -> GatewaySettings:
+        if self.interface == self.wan_interface:
+            raise ValueError("interface and wan_interface must differ")
+        return self
+
+    @property
+    def ifb_name(self) -> str:
+        """The IFB device used for upload shaping (derived from the WireGuard interface)."""
+        if self.ifb_interface:
+            return self.ifb_interface
+        return ("ifb-" + self.interface)[:15]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Default interface addresses when the desired state does not name them."""
+        return [a for a in (self.address_v4, self.address_v6) if a]

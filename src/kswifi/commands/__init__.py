@@ -1,0 +1,1 @@
+"""Operator command groups of the `kswifi` CLI, one module per group."""

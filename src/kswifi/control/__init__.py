@@ -1,0 +1,1 @@
+"""The control plane: users, plans, purchases, sessions, profiles, gateways and usage."""

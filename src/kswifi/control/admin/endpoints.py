@@ -1,0 +1,5 @@
+"""HTTP endpoints of the admin domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

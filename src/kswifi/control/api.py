@@ -1,0 +1,32 @@
+"""All API routers under `/api`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from kswifi.control.admin.endpoints import router as admin_router
+from kswifi.control.gateways.endpoints import router as gateways_router
+from kswifi.control.plans.endpoints import router as plans_router
+from kswifi.control.profiles.endpoints import router as profiles_router
+from kswifi.control.purchases.endpoints import router as purchases_router
+from kswifi.control.sessions.endpoints import router as sessions_router
+from kswifi.control.usage.endpoints import router as usage_router
+from kswifi.control.users.endpoints import router as users_router
+
+api_router = APIRouter(prefix="/api")
+for router in (
+    users_router,
+    plans_router,
+    purchases_router,
+    sessions_router,
+    usage_router,
+    profiles_router,
+    gateways_router,
+    admin_router,
+):
+    api_router.include_router(router)
+
+
+@api_router.get("/health", tags=["health"])
+async def health() -> dict[str, str]:
+    return {"status": "ok"}

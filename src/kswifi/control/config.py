@@ -1,0 +1,86 @@
+"""Settings of the control plane, read from `KSWIFI_*` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("./var")
+
+
+class Settings(BaseSettings):
+    """Every setting has a safe default for the embedded mode (SQLite, in-process events)."""
+
+    model_config = SettingsConfigDict(env_prefix="KSWIFI_", extra="ignore")
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where the SQLite file and secrets live")
+    database_url: str = Field(
+        "", description="SQLAlchemy async URL; empty means sqlite+aiosqlite in data_dir"
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(""), description="Signs tokens and encrypts keys; generated on first run"
+    )
+    public_url: str = Field("http://127.0.0.1:8000", description="Base URL shown in links")
+    events_url: str = Field(
+        "", description="Cross-replica events: empty (in-process), redis://…, or postgresql://…"
+    )
+    access_token_minutes: int = Field(15, ge=1, le=1440)
+    refresh_token_days: int = Field(30, ge=1, le=365)
+    dev_payments: bool = Field(False, description="Allow the free `dev` payment provider")
+    stripe_api_key: SecretStr = Field(SecretStr(""), description="Stripe secret key")
+    stripe_webhook_secret: SecretStr = Field(SecretStr(""), description="Stripe signing secret")
+    stripe_api_base: str = Field("", description="Override Stripe's API base (tests)")
+    activation_days: int = Field(30, ge=1, description="Days to generate a first profile")
+    address_cooldown_seconds: int = Field(3600, ge=0, description="Before a freed IP is reused")
+    gateway_pool_v4: str = Field("100.64.0.0/10", description="Carved into one block per gateway")
+    gateway_pool_v4_prefix: int = Field(16, ge=8, le=30)
+    gateway_pool_v6: str = Field("fd4b:5357:4946::/48", description="ULA, one /64 per gateway")
+    gateway_capacity: int = Field(10_000, ge=1, description="Default devices per gateway")
+    gateway_offline_seconds: int = Field(30, ge=5, description="Grace before marked offline")
+    wireguard_mtu: int = Field(1280, ge=1280, le=1500)
+    longpoll_seconds: float = Field(25.0, gt=0, le=60)
+    sse_max_seconds: float = Field(300.0, gt=0)
+    login_attempts_per_minute: int = Field(10, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    log_level: str = Field("info")
+    log_json: bool = Field(False, description="Log JSON lines instead of console lines")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'kswifi.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def ensure_secret_key(self) -> str:
+        """The secret key, generated and kept in `data_dir/secret_key` on first use."""
+        value = self.secret_key.get_secret_value()
+        if value:
+            return value
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(value + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

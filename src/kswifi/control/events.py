@@ -1,0 +1,98 @@
+"""Event bus: usage and desired-state changes fanned out to SSE streams and long-polls.
+
+The embedded default is in-process. Replicas share events through Redis pub/sub or
+PostgreSQL LISTEN/NOTIFY (see `kswifi.control.events_remote`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+
+class EventBus(Protocol):
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
+
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class Subscription:
+    """Messages of one channel, buffered; slow readers lose the oldest, never block others."""
+
+    def __init__(self, channel: str, maxsize: int = 256) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+
+    def deliver(self, payload: dict[str, Any]) -> None:
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+        self._queue.put_nowait(payload)
+
+    async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
+        """The next message, or None when `wait_seconds` pass without one."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), wait_seconds)
+        except TimeoutError:
+            return None
+
+
+class LocalFanout:
+    """Delivers to the subscriptions of this process; remote buses reuse it."""
+
+    def __init__(self) -> None:
+        self._subscriptions: dict[str, set[Subscription]] = defaultdict(set)
+
+    def deliver(self, channel: str, payload: dict[str, Any]) -> None:
+        for subscription in list(self._subscriptions.get(channel, ())):
+            subscription.deliver(payload)
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, channel: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription(channel)
+        self._subscriptions[channel].add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._subscriptions.get(channel)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscriptions[channel]
+
+    def channels(self) -> list[str]:
+        return list(self._subscriptions)
+
+
+class InProcessEventBus:
+    """The embedded default: one process, no broker."""
+
+    def __init__(self) -> None:
+        self.fanout = LocalFanout()
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        self.fanout.deliver(channel, payload)
+
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self.fanout.subscription(channel)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def session_channel(session_id: str) -> str:
+    return f"session.{session_id}"
+
+
+def gateway_channel(gateway_id: str) -> str:
+    return f"gateway.{gateway_id}"

@@ -1,0 +1,5 @@
+"""HTTP endpoints of the gateways domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,54 @@
+"""Data sessions: what a purchase grants, with its limits copied from the plan."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kswifi.control.models.base import Base, new_id, utcnow
+
+SESSION_STATES = ("active", "connected", "exhausted", "expired", "revoked")
+LIVE_STATES = ("active", "connected")
+
+
+class DataSession(Base):
+    __tablename__ = "data_sessions"
+    __table_args__ = (Index("ix_data_sessions_status_expires", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
+    purchase_id: Mapped[str] = mapped_column(ForeignKey("purchases.id"), unique=True)
+    plan_code: Mapped[str] = mapped_column(String(32))
+    plan_name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    data_limit_bytes: Mapped[int] = mapped_column(BigInteger)
+    speed_mbps: Mapped[int]
+    validity_seconds: Mapped[int] = mapped_column(BigInteger)
+    max_devices: Mapped[int]
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activation_deadline: Mapped[datetime]
+    activated_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    warned_percent: Mapped[int] = mapped_column(default=0)
+
+
+class UsageRollup(Base):
+    """Bytes per session per minute, for charts and daily reports."""
+
+    __tablename__ = "usage_rollups"
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("data_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -1,0 +1,5 @@
+"""HTTP endpoints of the plans domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

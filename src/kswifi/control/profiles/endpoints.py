@@ -1,0 +1,5 @@
+"""HTTP endpoints of the profiles domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

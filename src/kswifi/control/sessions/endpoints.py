@@ -1,0 +1,5 @@
+"""HTTP endpoints of the sessions domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""HTTP endpoints of the usage domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

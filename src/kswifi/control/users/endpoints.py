@@ -1,0 +1,5 @@
+"""HTTP endpoints of the users domain."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

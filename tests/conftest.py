@@ -1,0 +1,132 @@
+"""Shared fixtures: a migrated database on SQLite and PostgreSQL, the app, an API client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from kswifi.control.app import create_app
+from kswifi.control.config import Settings
+from kswifi.control.deps import AppContext
+from kswifi.control.migrate import upgrade
+
+PG_DSN = os.environ.get("KSWIFI_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_HOST_URL = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+TEST_SECRET = "test-secret-key-0123456789abcdef"
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+async def _pg_execute(sql: str) -> None:
+    connection = await asyncpg.connect(PG_DSN)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """One migrated PostgreSQL database used as TEMPLATE for each test's own database."""
+    name = f"kswifi_tpl_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}"'))
+    try:
+        upgrade(f"{PG_HOST_URL}/{name}")
+        yield name
+    finally:
+        asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
+    """A fresh, migrated database for one test: SQLite and PostgreSQL in turn."""
+    if request.param == "sqlite":
+        path = tmp_path / "kswifi.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    template = request.getfixturevalue("pg_template")
+    name = f"kswifi_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield f"{PG_HOST_URL}/{name}"
+    finally:
+        asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        secret_key=TEST_SECRET,  # type: ignore[arg-type]
+        public_url="http://testserver",
+        dev_payments=True,
+        longpoll_seconds=2.0,
+        address_cooldown_seconds=3600,
+    )
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def ctx(app: FastAPI) -> AppContext:
+    context: AppContext = app.state.ctx
+    return context
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+class ApiUser:
+    """A registered, logged-in user and the headers that act as them."""
+
+    def __init__(self, email: str, password: str, tokens: dict[str, Any]) -> None:
+        self.email = email
+        self.password = password
+        self.tokens = tokens
+        self.headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def register_and_login(
+    client: httpx.AsyncClient, email: str | None = None, password: str = "correct horse 42"
+) -> ApiUser:
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    created = await client.post("/api/auth/register", json={"email": email, "password": password})
+    assert created.status_code == 201, created.text
+    login = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert login.status_code == 200, login.text
+    return ApiUser(email, password, login.json())
+
+
+@pytest.fixture
+async def user(client: httpx.AsyncClient) -> ApiUser:
+    return await register_and_login(client)
