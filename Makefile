@@ -9,7 +9,7 @@ STAMP := .make
 APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iperf3 chromium zbar-tools procps
 export KSWIFI_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test lint typecheck unit e2e browser bench deps system-deps clean help soak
+.PHONY: schema run test lint typecheck unit e2e browser bench deps system-deps clean help soak
 
 help:
 	@echo "make run   - install what is missing, then start KSWiFi Connect (embedded SQLite)"
@@ -71,6 +71,14 @@ browser: deps
 
 bench: deps
 	@$(BIN)/python -m bench.run_all
+
+# Regenerate the initial migration from the models (pre-release only; seed data lives in 0002).
+schema: deps
+	@set -e; tmp=$$(mktemp -d); versions=src/kswifi/migrations/versions; \
+	  rm -f $$versions/0001_*.py; mv $$versions/0[0-9][0-9][0-9]_*.py $$tmp/ 2>/dev/null || true; \
+	  $(BIN)/python -c "from alembic import command; from kswifi.control.migrate import alembic_config; command.revision(alembic_config('sqlite+aiosqlite:///$$tmp/schema.db'), message='initial schema', autogenerate=True, rev_id='0001')"; \
+	  mv $$tmp/0[0-9][0-9][0-9]_*.py $$versions/; rm -rf $$tmp
+	@$(BIN)/ruff format -q src/kswifi/migrations/versions
 
 clean:
 	rm -rf $(VENV) $(STAMP) var .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +14,16 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+AFTER_COMMIT = "kswifi_after_commit"
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], Awaitable[None]]) -> None:
+    """Run `callback` once this transaction has committed (never if it rolls back).
+
+    Events go out this way, so a listener that re-reads the database sees the change.
+    """
+    session.info.setdefault(AFTER_COMMIT, []).append(callback)
 
 
 class Database:
@@ -40,8 +50,11 @@ class Database:
                 yield session
                 await session.commit()
             except BaseException:
+                session.info.pop(AFTER_COMMIT, None)
                 await session.rollback()
                 raise
+            for callback in session.info.pop(AFTER_COMMIT, []):
+                await callback()
 
     async def dispose(self) -> None:
         await self.engine.dispose()

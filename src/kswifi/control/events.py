@@ -12,6 +12,10 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.db import after_commit
+
 
 class EventBus(Protocol):
     async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
@@ -96,3 +100,14 @@ def session_channel(session_id: str) -> str:
 
 def gateway_channel(gateway_id: str) -> str:
     return f"gateway.{gateway_id}"
+
+
+def publish_after_commit(
+    db: AsyncSession, bus: EventBus, channel: str, payload: dict[str, Any]
+) -> None:
+    """Publish `payload` on `channel` once the current transaction has committed."""
+
+    async def _publish() -> None:
+        await bus.publish(channel, payload)
+
+    after_commit(db, _publish)

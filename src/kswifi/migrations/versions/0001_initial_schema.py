@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 09:32:52.750204
+Create Date: 2026-11-26 09:35:18.153810
 """
 
 from collections.abc import Sequence
