@@ -1,1 +1,264 @@
-"""Business rules of the sessions domain."""
+"""Business rules of data sessions: limits, validity, usage and how a session ends."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.errors import NotFound, SessionNotUsable
+from kswifi.control.events import EventBus, publish_after_commit, session_channel
+from kswifi.control.models import LIVE_STATES, DataSession, Plan, utcnow
+from kswifi.control.sessions import repository
+from kswifi.control.sessions.schemas import SessionOut
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+WARNING_PERCENTS = (80, 95)
+ENDED_STATES = ("exhausted", "expired", "revoked")
+
+
+async def create_for_purchase(
+    db: AsyncSession,
+    *,
+    user_id: str,
+    purchase_id: str,
+    plan: Plan,
+    activation_days: int,
+    now: datetime | None = None,
+) -> DataSession:
+    """A paid session with the plan's limits copied: later plan edits never change it."""
+    now = now or utcnow()
+    session = DataSession(
+        user_id=user_id,
+        plan_id=plan.id,
+        purchase_id=purchase_id,
+        plan_code=plan.code,
+        plan_name=plan.name,
+        status="active",
+        data_limit_bytes=plan.data_limit_bytes,
+        speed_mbps=plan.speed_mbps,
+        validity_seconds=plan.validity_days * 86_400,
+        max_devices=plan.max_devices,
+        used_bytes=0,
+        rx_bytes=0,
+        tx_bytes=0,
+        created_at=now,
+        activation_deadline=now + timedelta(days=activation_days),
+    )
+    db.add(session)
+    await db.flush()
+    return session
+
+
+async def get(db: AsyncSession, session_id: str) -> DataSession:
+    session = await repository.get(db, session_id)
+    if session is None:
+        raise NotFound("No such session")
+    return session
+
+
+async def get_for_user(db: AsyncSession, user_id: str, session_id: str) -> DataSession:
+    """The user's own session; someone else's answers exactly like a missing one."""
+    session = await repository.get(db, session_id)
+    if session is None or session.user_id != user_id:
+        raise NotFound("No such session")
+    return session
+
+
+async def list_for_user(db: AsyncSession, user_id: str) -> list[DataSession]:
+    return await repository.list_for_user(db, user_id)
+
+
+def effective_status(session: DataSession, now: datetime) -> str:
+    """The stored status, or `expired` once the clock has passed a live session's end."""
+    if session.status in LIVE_STATES and _time_is_up(session, now):
+        return "expired"
+    return session.status
+
+
+def _time_is_up(session: DataSession, now: datetime) -> bool:
+    if session.expires_at is not None:
+        return session.expires_at <= now
+    return session.activated_at is None and session.activation_deadline <= now
+
+
+def ensure_usable(session: DataSession, now: datetime) -> None:
+    """Refuse a session that can no longer carry traffic."""
+    status = effective_status(session, now)
+    messages = {
+        "exhausted": "This session's data is used up. Buy a new session to keep browsing.",
+        "expired": "This session has expired. Buy a new session to keep browsing.",
+        "revoked": "This session was cancelled.",
+    }
+    if status in messages:
+        raise SessionNotUsable(messages[status], status=status)
+    if session.used_bytes >= session.data_limit_bytes:
+        raise SessionNotUsable(messages["exhausted"], status="exhausted")
+
+
+def activate_if_needed(session: DataSession, now: datetime) -> None:
+    """The first Connect Profile starts the validity period."""
+    if session.activated_at is None:
+        session.activated_at = now
+        session.expires_at = now + timedelta(seconds=session.validity_seconds)
+
+
+async def mark_connected(db: AsyncSession, session_id: str, now: datetime) -> None:
+    session = await repository.get(db, session_id)
+    if session is None:
+        return
+    session.last_seen_at = now
+    if session.status == "active" and not _time_is_up(session, now):
+        session.status = "connected"
+
+
+async def record_usage(
+    db: AsyncSession,
+    bus: EventBus,
+    *,
+    session_id: str,
+    rx_bytes: int,
+    tx_bytes: int,
+    quota_exhausted: bool,
+    now: datetime,
+) -> DataSession | None:
+    """Add a gateway's counted bytes; end the session when its data is used up."""
+    if rx_bytes < 0 or tx_bytes < 0:
+        raise ValueError("usage deltas are never negative")
+    session = await repository.add_usage(db, session_id, rx_bytes, tx_bytes)
+    if session is None:
+        return None
+    if rx_bytes or tx_bytes:
+        session.last_seen_at = now
+    publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
+    percent = usage_percent(session)
+    for threshold in WARNING_PERCENTS:
+        if percent >= threshold > session.warned_percent and session.status in LIVE_STATES:
+            session.warned_percent = threshold
+            publish_after_commit(
+                db,
+                bus,
+                session_channel(session.id),
+                {
+                    "type": "warning",
+                    "session_id": session.id,
+                    "percent": threshold,
+                    "message": f"You have used {threshold}% of this session's data.",
+                },
+            )
+    if session.status in LIVE_STATES and (
+        quota_exhausted or session.used_bytes >= session.data_limit_bytes
+    ):
+        await end(db, bus, session, "exhausted", "data_used_up", now)
+    return session
+
+
+async def end(
+    db: AsyncSession, bus: EventBus, session: DataSession, status: str, reason: str, now: datetime
+) -> None:
+    """End a live session for good; its peers leave the gateways' desired state."""
+    if status not in ENDED_STATES:
+        raise ValueError(f"{status!r} is not an ending state")
+    if session.status not in LIVE_STATES:
+        return
+    session.status = status
+    session.end_reason = reason
+    session.ended_at = now
+    await db.flush()
+    publish_after_commit(
+        db,
+        bus,
+        session_channel(session.id),
+        {"type": status, "session_id": session.id, "reason": reason, **usage_fields(session)},
+    )
+
+
+async def extend(session: DataSession, days: int, now: datetime) -> None:
+    """Operator extension: more validity (an expired session comes back to life)."""
+    if days <= 0:
+        raise ValueError("days must be positive")
+    base = max(session.expires_at or now, now)
+    session.expires_at = base + timedelta(days=days)
+    if session.activated_at is None:
+        session.activated_at = now
+    if session.status == "expired" and session.used_bytes < session.data_limit_bytes:
+        session.status = "active"
+        session.ended_at = None
+        session.end_reason = None
+
+
+async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> list[DataSession]:
+    return await repository.list_due_for_expiry(db, now, limit)
+
+
+def remaining_bytes(session: DataSession) -> int:
+    return max(0, session.data_limit_bytes - session.used_bytes)
+
+
+def usage_percent(session: DataSession) -> float:
+    if session.data_limit_bytes <= 0:
+        return 100.0
+    return round(min(100.0, 100.0 * session.used_bytes / session.data_limit_bytes), 2)
+
+
+def format_gb(num_bytes: int) -> str:
+    """Bytes as the app shows them: "2.1 GB", "5 GB", "350 MB" (1 GB = 1024 MB)."""
+    if num_bytes >= GIB or num_bytes == 0:
+        value = num_bytes / GIB
+        text = f"{value:.1f}".rstrip("0").rstrip(".")
+        return f"{text} GB"
+    value = num_bytes / MIB
+    text = f"{value:.1f}".rstrip("0").rstrip(".") if value < 10 else f"{value:.0f}"
+    return f"{text} MB"
+
+
+def usage_text(used_bytes: int, limit_bytes: int) -> str:
+    """ "2.1 GB of 5 GB used" — never more used than bought."""
+    return f"{format_gb(min(used_bytes, limit_bytes))} of {format_gb(limit_bytes)} used"
+
+
+def usage_fields(session: DataSession) -> dict[str, Any]:
+    return {
+        "used_bytes": session.used_bytes,
+        "remaining_bytes": remaining_bytes(session),
+        "data_limit_bytes": session.data_limit_bytes,
+        "usage_percent": usage_percent(session),
+        "usage_text": usage_text(session.used_bytes, session.data_limit_bytes),
+    }
+
+
+def usage_event(session: DataSession, now: datetime) -> dict[str, Any]:
+    return {
+        "type": "usage",
+        "session_id": session.id,
+        "status": session.status,
+        "at": now.isoformat(),
+        **usage_fields(session),
+    }
+
+
+def to_out(session: DataSession, now: datetime) -> SessionOut:
+    seconds_left = None
+    if session.expires_at is not None:
+        seconds_left = max(0, int((session.expires_at - now).total_seconds()))
+    return SessionOut(
+        id=session.id,
+        status=effective_status(session, now),
+        plan_code=session.plan_code,
+        plan_name=session.plan_name,
+        data_limit_bytes=session.data_limit_bytes,
+        data_limit_mb=session.data_limit_bytes // MIB,
+        used_bytes=min(session.used_bytes, session.data_limit_bytes),
+        remaining_bytes=remaining_bytes(session),
+        usage_percent=usage_percent(session),
+        usage_text=usage_text(session.used_bytes, session.data_limit_bytes),
+        speed_mbps=session.speed_mbps,
+        max_devices=session.max_devices,
+        created_at=session.created_at,
+        activation_deadline=session.activation_deadline,
+        activated_at=session.activated_at,
+        expires_at=session.expires_at,
+        seconds_left=seconds_left,
+    )

@@ -1,0 +1,113 @@
+"""A user's own sessions over the API, and nobody else's."""
+
+from __future__ import annotations
+
+import httpx
+
+from kswifi.control.deps import AppContext
+from tests.conftest import ApiUser, register_and_login
+from tests.control.sessions.conftest import MakeSession
+
+
+async def _user_id(client: httpx.AsyncClient, user: ApiUser) -> str:
+    response = await client.get("/api/auth/me", headers=user.headers)
+    assert response.status_code == 200, response.text
+    return str(response.json()["id"])
+
+
+class TestOwnSessions:
+    async def test_lists_and_reads_own_session(
+        self, client: httpx.AsyncClient, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user), "premium")
+        listing = await client.get("/api/sessions", headers=user.headers)
+        assert listing.status_code == 200
+        assert [s["id"] for s in listing.json()["sessions"]] == [session.id]
+        one = await client.get(f"/api/sessions/{session.id}", headers=user.headers)
+        body = one.json()
+        assert body["status"] == "active"
+        assert body["data_limit_bytes"] == 5 * 1024**3
+        assert body["data_limit_mb"] == 5 * 1024
+        assert body["used_bytes"] == 0
+        assert body["remaining_bytes"] == 5 * 1024**3
+        assert body["speed_mbps"] == 25
+        assert body["usage_text"] == "0 GB of 5 GB used"
+        assert body["expires_at"] is None
+
+    async def test_someone_elses_session_is_404_like_a_missing_one(
+        self, client: httpx.AsyncClient, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user))
+        other = await register_and_login(client)
+        theirs = await client.get(f"/api/sessions/{session.id}", headers=other.headers)
+        missing = await client.get("/api/sessions/" + "0" * 32, headers=other.headers)
+        assert theirs.status_code == missing.status_code == 404
+        assert theirs.json() == missing.json()
+        listing = await client.get("/api/sessions", headers=other.headers)
+        assert listing.json()["sessions"] == []
+
+    async def test_needs_authentication(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/api/sessions")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+
+
+class TestUsageRules:
+    async def test_usage_ends_session_exactly_at_the_limit(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        from kswifi.control.models import utcnow
+        from kswifi.control.sessions import service
+
+        session = await make_session(plan_code="basic")
+        limit = session.data_limit_bytes
+        async with ctx.db.transaction() as db:
+            after = await service.record_usage(
+                db,
+                ctx.events,
+                session_id=session.id,
+                rx_bytes=limit // 2,
+                tx_bytes=limit // 2 - 1,
+                quota_exhausted=False,
+                now=utcnow(),
+            )
+            assert after is not None and after.status == "active"
+        async with ctx.db.transaction() as db:
+            after = await service.record_usage(
+                db,
+                ctx.events,
+                session_id=session.id,
+                rx_bytes=0,
+                tx_bytes=1,
+                quota_exhausted=False,
+                now=utcnow(),
+            )
+            assert after is not None
+            assert after.status == "exhausted"
+            assert after.used_bytes == limit
+
+    async def test_events_reach_a_subscriber_after_commit(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        from kswifi.control.events import session_channel
+        from kswifi.control.models import utcnow
+        from kswifi.control.sessions import service
+
+        session = await make_session(plan_code="basic")
+        async with ctx.events.subscribe(session_channel(session.id)) as subscription:
+            async with ctx.db.transaction() as db:
+                await service.record_usage(
+                    db,
+                    ctx.events,
+                    session_id=session.id,
+                    rx_bytes=int(0.85 * session.data_limit_bytes),
+                    tx_bytes=0,
+                    quota_exhausted=False,
+                    now=utcnow(),
+                )
+                assert await subscription.get(0.05) is None  # nothing before commit
+            usage = await subscription.get(1)
+            warning = await subscription.get(1)
+        assert usage is not None and usage["type"] == "usage"
+        assert usage["used_bytes"] == int(0.85 * session.data_limit_bytes)
+        assert warning is not None and warning["type"] == "warning" and warning["percent"] == 80
