@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from kswifi.control.admin.endpoints import router as admin_router
 from kswifi.control.gateways.endpoints import router as gateways_router
 from kswifi.control.plans.endpoints import router as plans_router
+from kswifi.control.profiles import endpoints as profiles_endpoints
 from kswifi.control.profiles.endpoints import router as profiles_router
 from kswifi.control.purchases.endpoints import router as purchases_router
 from kswifi.control.sessions.endpoints import router as sessions_router
@@ -14,6 +15,11 @@ from kswifi.control.usage.endpoints import router as usage_router
 from kswifi.control.users.endpoints import router as users_router
 
 api_router = APIRouter(prefix="/api")
+# Routes outside /api that the domains serve themselves (the phone's setup link page).
+page_router = APIRouter()
+_setup_router = getattr(profiles_endpoints, "setup_router", None)
+if isinstance(_setup_router, APIRouter):
+    page_router.include_router(_setup_router)
 for router in (
     users_router,
     plans_router,
