@@ -1,0 +1,139 @@
+"""The kernel data plane: reads WireGuard + nftables + tc into one ActualState and applies
+reconcile actions to them (nft batch, then peers, then tc)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kswifi.agent.drivers.command import Runner
+from kswifi.agent.drivers.nftables import NftablesDriver, NftReading
+from kswifi.agent.drivers.tc import TcDriver, TcReading
+from kswifi.agent.drivers.wireguard import (
+    InterfaceMode,
+    PeerChange,
+    WireguardDriver,
+    WireguardReading,
+)
+from kswifi.agent.model import ActualState
+from kswifi.agent.reconcile import (
+    Action,
+    AddPeer,
+    ConfigureInterface,
+    RemovePeer,
+    UpdatePeer,
+)
+
+ORPHAN_PREFIX = "#tc:"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One read of the whole data plane (before a reconcile)."""
+
+    wireguard: WireguardReading
+    nft: NftReading
+    tc: TcReading
+    session_minors: dict[str, int] = field(default_factory=dict)
+
+    def actual(self, served: Mapping[str, int]) -> ActualState:
+        minors = self.tc.minors()
+        by_minor = {minor: session for session, minor in self.session_minors.items()}
+        return ActualState(
+            interface=self.wireguard.interface,
+            peers=self.wireguard.peers,
+            sessions=self.nft.sessions,
+            addresses=self.nft.addresses,
+            rates={session: minors[minor] for session, minor in self.session_minors.items()},
+            shaped={
+                address: by_minor[minor]
+                for address, minor in self.tc.shaped().items()
+                if minor in by_minor
+            },
+            served=dict(served),
+        )
+
+
+class Dataplane(Protocol):
+    """What the agent loop needs from the data plane (the kernel one, or a fake in tests)."""
+
+    @property
+    def mode(self) -> InterfaceMode | None: ...
+
+    def prepare(self) -> InterfaceMode: ...
+
+    def observe(self) -> Observation: ...
+
+    def apply(self, actions: Sequence[Action], observation: Observation) -> None: ...
+
+    def read_usage(self) -> NftReading: ...
+
+
+def session_minors(nft: NftReading, tc: TcReading) -> dict[str, int]:
+    """Which tc class belongs to which session, learnt from the filters' addresses.
+
+    A class no mapped address points at is an orphan, named `#tc:MINOR` so the diff deletes it.
+    """
+    result: dict[str, int] = {}
+    claimed: set[int] = set()
+    for address, minor in sorted(tc.shaped().items()):
+        session = nft.addresses.get(address)
+        if session is not None and session not in result and minor not in claimed:
+            result[session] = minor
+            claimed.add(minor)
+    for minor in tc.minors():
+        if minor not in claimed:
+            result[f"{ORPHAN_PREFIX}{minor}"] = minor
+    return result
+
+
+@dataclass
+class KernelDataplane:
+    """WireGuard, nftables and tc drivers composed; ip forwarding switched on in `prepare`."""
+
+    runner: Runner
+    wireguard: WireguardDriver
+    nft: NftablesDriver
+    tc: TcDriver
+
+    @property
+    def mode(self) -> InterfaceMode | None:
+        return self.wireguard.mode
+
+    def prepare(self) -> InterfaceMode:
+        mode = self.wireguard.ensure_interface()
+        self.runner(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self.runner(["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        self.tc.ensure_structure()
+        return mode
+
+    def observe(self) -> Observation:
+        wireguard = self.wireguard.read()
+        nft = self.nft.read()
+        tc = self.tc.read()
+        return Observation(wireguard, nft, tc, session_minors(nft, tc))
+
+    def apply(self, actions: Sequence[Action], observation: Observation) -> None:
+        if not actions:
+            return
+        for action in actions:
+            if isinstance(action, ConfigureInterface):
+                self.wireguard.configure_interface(
+                    action.private_key, action.listen_port, action.addresses
+                )
+        self.nft.apply(actions, observation.nft.addresses)
+        changes: list[PeerChange] = []
+        for action in actions:
+            match action:
+                case RemovePeer(key, _):
+                    changes.append(PeerChange(key, remove=True))
+                case AddPeer(key, psk, allowed, _) | UpdatePeer(key, psk, allowed):
+                    changes.append(PeerChange(key, psk, allowed))
+                case _:
+                    pass
+        self.wireguard.apply_peers(changes)
+        self.tc.apply(actions, observation.tc, observation.session_minors)
+
+    def read_usage(self) -> NftReading:
+        return self.nft.read_usage()
