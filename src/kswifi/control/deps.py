@@ -60,6 +60,24 @@ def get_current_user_id(ctx: Ctx, credentials: BearerCredentials) -> str:
 
 CurrentUserId = Annotated[str, Depends(get_current_user_id)]
 
+# The web app keeps the access token in this HttpOnly cookie, so that pages and EventSource
+# streams (which cannot send headers) authenticate too.
+WEB_ACCESS_COOKIE = "kswifi_access"
+
+
+def get_user_id_from_bearer_or_cookie(
+    request: Request, ctx: Ctx, credentials: BearerCredentials
+) -> str:
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        return ctx.secrets.read_access_token(credentials.credentials).user_id
+    cookie = request.cookies.get(WEB_ACCESS_COOKIE)
+    if not cookie:
+        raise Unauthorized()
+    return ctx.secrets.read_access_token(cookie).user_id
+
+
+BrowserOrBearerUserId = Annotated[str, Depends(get_user_id_from_bearer_or_cookie)]
+
 
 async def get_current_user(user_id: CurrentUserId, db: DbSession) -> User:
     user = await db.get(User, user_id)

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.errors import NotFound, SessionNotUsable
 from kswifi.control.events import EventBus, publish_after_commit, session_channel
-from kswifi.control.models import LIVE_STATES, DataSession, Plan, utcnow
+from kswifi.control.models import LIVE_STATES, DataSession, Plan, UsageRollup, utcnow
 from kswifi.control.sessions import repository
 from kswifi.control.sessions.schemas import SessionOut
 
@@ -132,6 +132,8 @@ async def record_usage(
         return None
     if rx_bytes or tx_bytes:
         session.last_seen_at = now
+        bucket = now.replace(second=0, microsecond=0)
+        await repository.add_to_rollup(db, session.id, bucket, rx_bytes, tx_bytes)
     publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
     percent = usage_percent(session)
     for threshold in WARNING_PERCENTS:
@@ -262,3 +264,10 @@ def to_out(session: DataSession, now: datetime) -> SessionOut:
         expires_at=session.expires_at,
         seconds_left=seconds_left,
     )
+
+
+async def usage_history(
+    db: AsyncSession, session: DataSession, since: datetime | None = None
+) -> list[UsageRollup]:
+    """Per-minute byte counts of one session, oldest first."""
+    return await repository.rollups(db, session.id, since)

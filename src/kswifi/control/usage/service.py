@@ -1,1 +1,122 @@
-"""Business rules of the usage domain."""
+"""Live usage for people: the server-sent event stream and the usage history.
+
+Stream protocol (`text/event-stream`): the first event is always a `usage` snapshot (so a
+client resuming with `Last-Event-ID` sees the current totals at once); then `usage`, `warning`
+(80 % and 95 %), and a final `exhausted`, `expired` or `revoked`. After the stream's maximum
+lifetime it sends `reconnect` and closes; EventSource reconnects by itself after `retry`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from kswifi.control.db import Database
+from kswifi.control.events import EventBus, session_channel
+from kswifi.control.models import DataSession, utcnow
+from kswifi.control.sessions import service as sessions
+from kswifi.control.usage.schemas import UsageHistory, UsagePoint
+
+FINAL_EVENTS = ("exhausted", "expired", "revoked")
+KEEPALIVE_SECONDS = 15.0
+RETRY_MILLISECONDS = 1000
+
+
+def format_event(event_id: int, kind: str, data: dict[str, Any]) -> str:
+    payload = json.dumps(data, separators=(",", ":"), default=str)
+    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n"
+
+
+def parse_last_event_id(value: str | None) -> int:
+    """Event ids are increasing integers; anything else restarts the count."""
+    if value is None:
+        return 0
+    try:
+        return max(0, int(value.strip()))
+    except ValueError:
+        return 0
+
+
+def snapshot(session: DataSession, now: datetime) -> dict[str, Any]:
+    out = sessions.to_out(session, now)
+    return {
+        "type": "usage",
+        "session_id": session.id,
+        "status": out.status,
+        "used_bytes": out.used_bytes,
+        "remaining_bytes": out.remaining_bytes,
+        "data_limit_bytes": out.data_limit_bytes,
+        "usage_percent": out.usage_percent,
+        "usage_text": out.usage_text,
+        "expires_at": out.expires_at,
+        "seconds_left": out.seconds_left,
+        "at": now.isoformat(),
+    }
+
+
+async def stream(
+    database: Database,
+    bus: EventBus,
+    session_id: str,
+    *,
+    last_event_id: int,
+    max_seconds: float,
+) -> AsyncIterator[str]:
+    """The event stream of one session, already checked to belong to the caller."""
+    event_id = last_event_id
+    deadline = time.monotonic() + max_seconds
+    async with bus.subscribe(session_channel(session_id)) as subscription:
+        # Subscribe first, then read: no event can fall between the snapshot and the stream.
+        async with database.transaction() as db:
+            session = await sessions.get(db, session_id)
+            now = utcnow()
+            first = snapshot(session, now)
+            ended = sessions.effective_status(session, now)
+        event_id += 1
+        yield f"retry: {RETRY_MILLISECONDS}\n" + format_event(event_id, "usage", first)
+        if ended in FINAL_EVENTS:
+            event_id += 1
+            yield format_event(event_id, ended, {"type": ended, "session_id": session_id})
+            return
+        last_sent = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                event_id += 1
+                yield format_event(event_id, "reconnect", {"type": "reconnect"})
+                return
+            message = await subscription.get(min(remaining, KEEPALIVE_SECONDS))
+            if message is None:
+                if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+                    yield ": keepalive\n\n"
+                    last_sent = time.monotonic()
+                continue
+            kind = str(message.get("type", "usage"))
+            event_id += 1
+            yield format_event(event_id, kind, message)
+            last_sent = time.monotonic()
+            if kind in FINAL_EVENTS:
+                return
+
+
+async def history(database: Database, session: DataSession) -> UsageHistory:
+    async with database.transaction() as db:
+        rows = await sessions.usage_history(db, session)
+    points: list[UsagePoint] = []
+    cumulative = 0
+    for row in rows:
+        total = row.rx_bytes + row.tx_bytes
+        cumulative += total
+        points.append(
+            UsagePoint(
+                at=row.bucket_start,
+                rx_bytes=row.rx_bytes,
+                tx_bytes=row.tx_bytes,
+                total_bytes=total,
+                cumulative_bytes=cumulative,
+            )
+        )
+    return UsageHistory(session_id=session.id, bucket_seconds=60, points=points)

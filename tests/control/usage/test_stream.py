@@ -1,0 +1,135 @@
+"""The live usage stream: snapshot first, then usage, warnings, the end, and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from kswifi.control.deps import AppContext
+from kswifi.control.models import utcnow
+from kswifi.control.sessions import service as sessions
+from kswifi.control.usage.service import format_event, parse_last_event_id
+from tests.conftest import ApiUser, register_and_login
+from tests.control.sessions.conftest import MakeSession
+
+
+def parse_events(body: str) -> list[tuple[int, str, dict[str, object]]]:
+    events = []
+    for block in body.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != ":"
+        )
+        if "event" in fields:
+            events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def _user_id(client: httpx.AsyncClient, user: ApiUser) -> str:
+    return str((await client.get("/api/auth/me", headers=user.headers)).json()["id"])
+
+
+async def _report(ctx: AppContext, session_id: str, num_bytes: int) -> None:
+    async with ctx.db.transaction() as db:
+        await sessions.record_usage(
+            db,
+            ctx.events,
+            session_id=session_id,
+            rx_bytes=0,
+            tx_bytes=num_bytes,
+            quota_exhausted=False,
+            now=utcnow(),
+        )
+
+
+class TestStream:
+    async def test_snapshot_then_live_usage_then_reconnect(
+        self, client: httpx.AsyncClient, ctx: AppContext, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user), "basic")
+
+        async def report_later() -> None:
+            await asyncio.sleep(0.4)
+            await _report(ctx, session.id, 1024 * 1024)
+
+        reporter = asyncio.create_task(report_later())
+        response = await client.get(
+            f"/api/sessions/{session.id}/usage/stream", headers=user.headers
+        )
+        await reporter
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_events(response.text)
+        kinds = [kind for _, kind, _ in events]
+        assert kinds == ["usage", "usage", "reconnect"]
+        assert events[0][2]["used_bytes"] == 0
+        assert events[1][2]["used_bytes"] == 1024 * 1024
+        assert events[1][2]["usage_text"] == "1 MB of 1 GB used"
+        assert [event_id for event_id, _, _ in events] == [1, 2, 3]
+        assert response.text.startswith("retry: ")
+
+    async def test_resume_continues_event_ids_and_exhaustion_ends_stream(
+        self, client: httpx.AsyncClient, ctx: AppContext, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user), "basic")
+
+        async def use_it_all() -> None:
+            await asyncio.sleep(0.4)
+            await _report(ctx, session.id, session.data_limit_bytes)
+
+        reporter = asyncio.create_task(use_it_all())
+        response = await client.get(
+            f"/api/sessions/{session.id}/usage/stream",
+            headers={**user.headers, "Last-Event-ID": "41"},
+        )
+        await reporter
+        events = parse_events(response.text)
+        kinds = [kind for _, kind, _ in events]
+        assert kinds[0] == "usage" and events[0][0] == 42
+        assert "warning" in kinds
+        assert kinds[-1] == "exhausted"
+        assert events[-1][2]["usage_text"] == "1 GB of 1 GB used"
+
+    async def test_ended_session_says_so_at_once(
+        self, client: httpx.AsyncClient, ctx: AppContext, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user), "basic")
+        async with ctx.db.transaction() as db:
+            row = await sessions.get(db, session.id)
+            await sessions.end(db, ctx.events, row, "revoked", "operator", utcnow())
+        response = await client.get(
+            f"/api/sessions/{session.id}/usage/stream", headers=user.headers
+        )
+        assert [kind for _, kind, _ in parse_events(response.text)] == ["usage", "revoked"]
+
+    async def test_someone_elses_stream_is_404(
+        self, client: httpx.AsyncClient, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user))
+        other = await register_and_login(client)
+        response = await client.get(
+            f"/api/sessions/{session.id}/usage/stream", headers=other.headers
+        )
+        assert response.status_code == 404
+
+    async def test_history_has_minute_buckets(
+        self, client: httpx.AsyncClient, ctx: AppContext, user: ApiUser, make_session: MakeSession
+    ) -> None:
+        session = await make_session(await _user_id(client, user), "basic")
+        await _report(ctx, session.id, 1000)
+        await _report(ctx, session.id, 500)
+        response = await client.get(
+            f"/api/sessions/{session.id}/usage/history", headers=user.headers
+        )
+        assert response.status_code == 200
+        points = response.json()["points"]
+        assert sum(point["total_bytes"] for point in points) == 1500
+        assert points[-1]["cumulative_bytes"] == 1500
+
+
+def test_event_format_and_last_event_id() -> None:
+    assert format_event(3, "usage", {"a": 1}) == 'id: 3\nevent: usage\ndata: {"a":1}\n\n'
+    assert parse_last_event_id("17") == 17
+    assert parse_last_event_id("garbage") == 0
+    assert parse_last_event_id(None) == 0
