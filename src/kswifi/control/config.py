@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     events_url: str = Field(
         "", description="Cross-replica events: empty (in-process), redis://…, or postgresql://…"
     )
-    access_token_minutes: int = Field(15, ge=1, le=1440)
-    refresh_token_days: int = Field(30, ge=1, le=365)
+    access_token_minutes: int = Field(15, ge=1, le=1440, description="Lifetime of access tokens")
+    refresh_token_days: int = Field(30, ge=1, le=365, description="Lifetime of refresh tokens")
     dev_payments: bool = Field(False, description="Allow the free `dev` payment provider")
     stripe_api_key: SecretStr = Field(SecretStr(""), description="Stripe secret key")
     stripe_webhook_secret: SecretStr = Field(SecretStr(""), description="Stripe signing secret")
@@ -37,17 +37,22 @@ class Settings(BaseSettings):
     activation_days: int = Field(30, ge=1, description="Days to generate a first profile")
     address_cooldown_seconds: int = Field(3600, ge=0, description="Before a freed IP is reused")
     gateway_pool_v4: str = Field("100.64.0.0/10", description="Carved into one block per gateway")
-    gateway_pool_v4_prefix: int = Field(16, ge=8, le=30)
+    gateway_pool_v4_prefix: int = Field(
+        16, ge=8, le=30, description="Size of each gateway's IPv4 block"
+    )
     gateway_pool_v6: str = Field("fd4b:5357:4946::/48", description="ULA, one /64 per gateway")
     gateway_capacity: int = Field(10_000, ge=1, description="Default devices per gateway")
     gateway_offline_seconds: int = Field(30, ge=5, description="Grace before marked offline")
-    wireguard_mtu: int = Field(1280, ge=1280, le=1500)
-    longpoll_seconds: float = Field(25.0, gt=0, le=60)
-    sse_max_seconds: float = Field(300.0, gt=0)
-    login_attempts_per_minute: int = Field(10, ge=1)
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    log_level: str = Field("info")
+    wireguard_mtu: int = Field(1280, ge=1280, le=1500, description="MTU in generated profiles")
+    longpoll_seconds: float = Field(25.0, gt=0, le=60, description="Desired-state long-poll wait")
+    sse_max_seconds: float = Field(300.0, gt=0, description="Lifetime of one usage stream")
+    login_attempts_per_minute: int = Field(
+        10, ge=1, description="Failed logins per account/address"
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body")
+    log_level: str = Field("info", description="debug, info, warning or error")
     log_json: bool = Field(False, description="Log JSON lines instead of console lines")
+    run_worker: bool = Field(True, description="Run the periodic jobs inside `kswifi serve`")
 
     @field_validator("data_dir")
     @classmethod
