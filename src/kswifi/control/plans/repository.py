@@ -1,1 +1,28 @@
 """Queries of the plans domain."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.models import AuditEntry, Plan
+
+
+async def get_by_code(db: AsyncSession, code: str) -> Plan | None:
+    result: Plan | None = await db.scalar(select(Plan).where(Plan.code == code))
+    return result
+
+
+async def list_plans(db: AsyncSession, *, active_only: bool) -> list[Plan]:
+    query = select(Plan).order_by(Plan.price_cents, Plan.data_limit_bytes, Plan.code)
+    if active_only:
+        query = query.where(Plan.is_active.is_(True))
+    return list(await db.scalars(query))
+
+
+def add(db: AsyncSession, plan: Plan) -> None:
+    db.add(plan)
+
+
+def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
+    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
