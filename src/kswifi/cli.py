@@ -50,6 +50,20 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command("settings")
+def settings_command(
+    readme: Annotated[Path | None, typer.Option(help="Rewrite the table in this README")] = None,
+) -> None:
+    """Print the settings table (or rewrite it in the README)."""
+    from kswifi.commands.settings_doc import replace_table, settings_table
+
+    if readme is None:
+        typer.echo(settings_table())
+        return
+    readme.write_text(replace_table(readme.read_text()))
+    typer.echo(f"updated {readme}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply the schema migrations to KSWIFI_DATABASE_URL."""
