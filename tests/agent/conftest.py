@@ -102,9 +102,22 @@ class Topology:
             tc=TcShaper(runner, self.wg, self.ifb),
         )
 
-    def phone_link(self) -> tuple[str, str]:
-        """A new phone namespace joined to the gateway by its own veth (a /30)."""
+    def new_phone(self) -> Phone:
+        """Keys and addresses for a phone (its namespace comes up in `connect`)."""
         index = len(self.phones)
+        phone = Phone(
+            ns="",
+            ifname=self.lab.ifname(f"w{index}"),
+            private_key=generate_private_key(),
+            address_v4=f"100.64.0.{10 + index}",
+            address_v6=f"fd6b:7377:6966::{10 + index:x}",
+        )
+        self.phones.append(phone)
+        return phone
+
+    def connect(self, phone: Phone) -> None:
+        """Namespace + veth for the phone, then its tunnel from a wg-quick config."""
+        index = self.phones.index(phone)
         ns = self.lab.netns(f"ph{index}")
         base = 4 * index
         self.lab.veth(
@@ -115,20 +128,11 @@ class Topology:
             self.lab.ifname(f"p{index}"),
             f"203.0.113.{base + 2}/30",
         )
-        return ns, f"203.0.113.{base + 1}"
+        phone.ns = ns
+        import_wg_quick(self.lab, ns, phone.ifname, self.wg_quick(phone, f"203.0.113.{base + 1}"))
 
-    def add_phone(self) -> Phone:
-        index = len(self.phones)
-        ns, endpoint = self.phone_link()
-        phone = Phone(
-            ns=ns,
-            ifname=self.lab.ifname(f"w{index}"),
-            private_key=generate_private_key(),
-            address_v4=f"100.64.0.{10 + index}",
-            address_v6=f"fd6b:7377:6966::{10 + index:x}",
-        )
-        self.phones.append(phone)
-        config = "\n".join(
+    def wg_quick(self, phone: Phone, endpoint: str) -> str:
+        return "\n".join(
             [
                 "[Interface]",
                 f"PrivateKey = {phone.private_key}",
@@ -144,8 +148,6 @@ class Topology:
                 "",
             ]
         )
-        import_wg_quick(self.lab, ns, phone.ifname, config)
-        return phone
 
     def serve(self, port: int = 8000, host: str = SERVER_V4) -> None:
         process = self.lab.popen(
@@ -170,4 +172,7 @@ def topology(lab: Lab) -> Topology:
     lab.veth(gw, wan, "198.51.100.1/24", inet, lab.ifname("net"), f"{SERVER_V4}/24")
     lab.sh(gw, ["ip", "addr", "add", "fd00:5::1/64", "dev", wan, "nodad"])
     lab.sh(inet, ["ip", "addr", "add", f"{SERVER_V6}/64", "dev", lab.ifname("net"), "nodad"])
+    # Internet traffic reaches a gateway in MTU-sized packets; a veth would hand over 64 KB
+    # TSO super-packets (and the quota's granularity is one packet).
+    lab.sh(inet, ["ip", "link", "set", "dev", lab.ifname("net"), "gso_max_segs", "1"])
     return Topology(lab=lab, gw=gw, inet=inet, wg=lab.ifname("gw"), ifb=lab.ifname("ifb"), wan=wan)
