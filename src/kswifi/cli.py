@@ -98,7 +98,7 @@ def serve(
             upgrade(settings.resolved_database_url)
         except Exception as exc:
             fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0])
-    application = create_app(settings)
+    application = create_app(settings, with_worker=settings.run_worker)
     if uds is not None:
         uds.parent.mkdir(parents=True, exist_ok=True)
         uds.unlink(missing_ok=True)
@@ -109,3 +109,7 @@ def serve(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
