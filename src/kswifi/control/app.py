@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -137,6 +138,7 @@ def create_app(
     *,
     events: EventBus | None = None,
     on_startup: list[Startup] | None = None,
+    with_worker: bool = False,
 ) -> FastAPI:
     """The ASGI app. The database must already be migrated (`kswifi db upgrade`)."""
     settings = settings or get_settings()
@@ -161,7 +163,12 @@ def create_app(
             "control_plane_started", version=__version__, database=database.engine.url.drivername
         )
         try:
-            yield
+            async with contextlib.AsyncExitStack() as stack:
+                if with_worker:
+                    from kswifi.control.worker import background_worker
+
+                    await stack.enter_async_context(background_worker(ctx))
+                yield
         finally:
             await bus.stop()
             await database.dispose()
