@@ -1,5 +1,236 @@
-"""HTTP endpoints of the profiles domain."""
+"""HTTP endpoints of the profiles domain: `/api/connect/...` and the phone's `/setup/{token}`."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import HTMLResponse
+
+from kswifi.control.deps import (
+    BearerCredentials,
+    Ctx,
+    CurrentUserId,
+    DbSession,
+    get_current_user_id,
+)
+from kswifi.control.errors import KSWiFiError
+from kswifi.control.profiles import mobileconfig, service, setup_page
+from kswifi.control.profiles.schemas import (
+    ConnectProfileList,
+    ConnectProfileOut,
+    ConnectProfileResponse,
+    GenerateConnectRequest,
+)
+from kswifi.control.security import utcnow
+
+router = APIRouter(prefix="/connect", tags=["connect profiles"])
+# Outside /api: the page a phone opens from a setup link (mounted by the app next to /api).
+setup_router = APIRouter()
+
+CONF_FILENAME = "KSWiFi-Connect.conf"
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
+
+ConnectId = Annotated[str, Path(min_length=1, max_length=64)]
+DownloadToken = Annotated[
+    str | None,
+    Query(
+        alias="t",
+        max_length=256,
+        description="Download token from the generate response or the setup page",
+    ),
+]
+
+
+def _error(status: int, code: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/json": {
+                "example": {"error": {"code": code, "message": description}},
+            }
+        },
+    }
+
+
+@router.post(
+    "/generate-profile",
+    response_model=ConnectProfileResponse,
+    status_code=200,
+    summary="Generate Connect Code",
+    responses={
+        401: _error(401, "unauthorized", "No valid access token"),
+        404: _error(404, "not_found", "No such session (or not yours)"),
+        409: _error(
+            409,
+            "session_not_usable",
+            "Session exhausted/expired/revoked (`session_not_usable`), all devices in use "
+            "(`device_limit_reached`), or the device is in another region",
+        ),
+    },
+)
+async def generate_connect_profile(
+    request: GenerateConnectRequest,
+    current_user_id: CurrentUserId,
+    db: DbSession,
+    ctx: Ctx,
+) -> ConnectProfileResponse:
+    """Generate a KSWiFi Connect Profile for a data session (200 OK, also when the call rotates
+    the keys of an existing device of the same name). Extra fields such as `data_limit_mb`
+    are ignored: the response carries the session's own limit."""
+    generated = await service.generate_profile(
+        db,
+        secrets=ctx.secrets,
+        settings=ctx.settings,
+        bus=ctx.events,
+        user_id=current_user_id,
+        session_id=request.session_id,
+        region=request.region,
+        device_name=request.device_name,
+        now=utcnow(),
+    )
+    return service.to_response(generated, ctx.settings)
+
+
+@router.get("/profiles", response_model=ConnectProfileList)
+async def list_connect_profiles(user_id: CurrentUserId, db: DbSession) -> ConnectProfileList:
+    """The caller's active Connect Profiles (devices), newest first."""
+    return await service.list_profiles(db, user_id)
+
+
+@router.get(
+    "/profiles/{connect_id}",
+    response_model=ConnectProfileOut,
+    responses={404: _error(404, "not_found", "No such Connect Profile")},
+)
+async def get_connect_profile(
+    connect_id: ConnectId, user_id: CurrentUserId, db: DbSession
+) -> ConnectProfileOut:
+    return await service.get_profile(db, user_id, connect_id)
+
+
+@router.delete(
+    "/profiles/{connect_id}",
+    status_code=204,
+    responses={404: _error(404, "not_found", "No such Connect Profile")},
+)
+async def delete_connect_profile(
+    connect_id: ConnectId, user_id: CurrentUserId, db: DbSession, ctx: Ctx
+) -> Response:
+    """Remove a device: its gateway drops it and its address returns after a cool-down."""
+    await service.remove_profile(
+        db, ctx.events, user_id=user_id, device_id=connect_id, now=utcnow()
+    )
+    return Response(status_code=204)
+
+
+_DOWNLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error(401, "unauthorized", "Neither a download token nor an access token"),
+    404: _error(404, "not_found", "No such Connect Profile (or not yours, or a forged token)"),
+    410: _error(410, "gone", "The download link expired; generate the Connect Code again"),
+}
+
+
+async def _download(
+    ctx: Ctx,
+    db: DbSession,
+    credentials: BearerCredentials,
+    connect_id: str,
+    token: str | None,
+) -> service.ProfileDownload:
+    # A valid token is enough (the phone has no access token); without one, the owner's is.
+    user_id = None if token is not None else get_current_user_id(ctx, credentials)
+    return await service.get_download(
+        db,
+        ctx.secrets,
+        device_id=connect_id,
+        download_token=token,
+        user_id=user_id,
+        now=utcnow(),
+    )
+
+
+@router.get(
+    "/profiles/{connect_id}/config",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "KSWiFi-Connect.conf"},
+        **_DOWNLOAD_ERRORS,
+    },
+)
+async def download_config(
+    connect_id: ConnectId,
+    ctx: Ctx,
+    db: DbSession,
+    credentials: BearerCredentials,
+    t: DownloadToken = None,
+) -> Response:
+    """The wg-quick config as `KSWiFi-Connect.conf`, while its setup link lives."""
+    download = await _download(ctx, db, credentials, connect_id, t)
+    return Response(
+        download.config_text,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{CONF_FILENAME}"',
+            **NO_STORE,
+        },
+    )
+
+
+@router.get(
+    "/profiles/{connect_id}/mobileconfig",
+    response_class=Response,
+    responses={
+        200: {"content": {mobileconfig.MEDIA_TYPE: {}}, "description": "Apple profile"},
+        **_DOWNLOAD_ERRORS,
+    },
+)
+async def download_mobileconfig(
+    connect_id: ConnectId,
+    ctx: Ctx,
+    db: DbSession,
+    credentials: BearerCredentials,
+    t: DownloadToken = None,
+) -> Response:
+    """The Apple configuration profile that installs "KSWiFi Connect" on iOS and macOS."""
+    download = await _download(ctx, db, credentials, connect_id, t)
+    body = mobileconfig.build_mobileconfig(
+        device_id=download.device_id, config_text=download.config_text, endpoint=download.endpoint
+    )
+    return Response(
+        body,
+        media_type=mobileconfig.MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{mobileconfig.FILENAME}"',
+            **NO_STORE,
+        },
+    )
+
+
+@setup_router.get("/setup/{token}", include_in_schema=False, response_class=HTMLResponse)
+async def setup_link_page(
+    token: Annotated[str, Path(max_length=256)],
+    ctx: Ctx,
+    db: DbSession,
+    user_agent: Annotated[str | None, Header()] = None,
+) -> HTMLResponse:
+    """The single-use setup page (HTML, also for errors: a phone's browser shows it)."""
+    headers = {**NO_STORE, "Content-Security-Policy": setup_page.CONTENT_SECURITY_POLICY}
+    try:
+        opened = await service.open_setup_link(db, ctx.secrets, token, utcnow())
+    except KSWiFiError as exc:
+        return HTMLResponse(
+            setup_page.render_setup_error(exc.message),
+            status_code=exc.status_code,
+            headers=headers,
+        )
+    urls = service.links(ctx.settings, opened.device_id, token, opened.download_token)
+    return HTMLResponse(
+        setup_page.render_setup_page(
+            platform=setup_page.detect_platform(user_agent),
+            config_url=urls["config_url"],
+            mobileconfig_url=urls["mobileconfig_url"],
+            expires_at=opened.expires_at,
+        ),
+        headers=headers,
+    )

@@ -1,1 +1,144 @@
-"""Queries of the profiles domain."""
+"""Queries of the profiles domain: devices (Connect Profiles) and their setup links."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.models import DataSession, Device, Gateway, SetupLink
+
+ACTIVE = "active"
+REMOVED = "removed"
+ENDED_SESSION_STATES = ("exhausted", "expired", "revoked")
+
+
+async def serialize_session_profiles(db: AsyncSession, session_id: str) -> None:
+    """Hold a per-session lock until the transaction ends, so two generate calls for one
+    session see each other's devices (device limit, same device name).
+
+    PostgreSQL: a transaction-scoped advisory lock. It conflicts with nothing but itself, so it
+    cannot deadlock with usage ingestion, which locks gateway rows before session rows.
+    SQLite: every transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    """
+    if db.get_bind().dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(f"profiles:{session_id}".encode()).digest()[:8], "big")
+    signed_key = key - (1 << 64) if key >= 1 << 63 else key
+    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": signed_key})
+
+
+async def get_device(db: AsyncSession, device_id: str) -> Device | None:
+    return await db.get(Device, device_id)
+
+
+async def active_devices_of_session(db: AsyncSession, session_id: str) -> list[Device]:
+    rows = await db.scalars(
+        select(Device)
+        .where(Device.session_id == session_id, Device.status == ACTIVE)
+        .order_by(Device.created_at, Device.id)
+    )
+    return list(rows)
+
+
+async def list_for_user(db: AsyncSession, user_id: str) -> list[tuple[Device, Gateway]]:
+    rows = await db.execute(
+        select(Device, Gateway)
+        .join(Gateway, Gateway.id == Device.gateway_id)
+        .where(Device.user_id == user_id, Device.status == ACTIVE)
+        .order_by(Device.created_at.desc(), Device.id)
+    )
+    return [(row[0], row[1]) for row in rows]
+
+
+async def get_gateway(db: AsyncSession, gateway_id: str) -> Gateway | None:
+    return await db.get(Gateway, gateway_id)
+
+
+async def devices_of_ended_sessions(db: AsyncSession, now: datetime, limit: int) -> list[Device]:
+    """Active devices whose session ended, or whose session's time is up."""
+    rows = await db.scalars(
+        select(Device)
+        .join(DataSession, DataSession.id == Device.session_id)
+        .where(
+            Device.status == ACTIVE,
+            # A device exists only once its session was activated, so expires_at is set.
+            or_(DataSession.status.in_(ENDED_SESSION_STATES), DataSession.expires_at <= now),
+        )
+        .order_by(Device.id)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+def add_setup_link(
+    db: AsyncSession,
+    *,
+    token_hash: str,
+    device_id: str,
+    config_encrypted: str,
+    expires_at: datetime,
+) -> SetupLink:
+    link = SetupLink(
+        token_hash=token_hash,
+        device_id=device_id,
+        config_encrypted=config_encrypted,
+        expires_at=expires_at,
+    )
+    db.add(link)
+    return link
+
+
+async def get_setup_link(db: AsyncSession, token_hash: str) -> SetupLink | None:
+    return await db.get(SetupLink, token_hash)
+
+
+async def claim_setup_link(db: AsyncSession, token_hash: str, now: datetime) -> bool:
+    """Mark an unused, unexpired link used in one conditional UPDATE: exactly one opener wins."""
+    result = await db.execute(
+        update(SetupLink)
+        .where(
+            SetupLink.token_hash == token_hash,
+            SetupLink.used_at.is_(None),
+            SetupLink.expires_at > now,
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+async def latest_live_setup_link(
+    db: AsyncSession, device_id: str, now: datetime
+) -> SetupLink | None:
+    return await db.scalar(
+        select(SetupLink)
+        .where(SetupLink.device_id == device_id, SetupLink.expires_at > now)
+        .order_by(SetupLink.expires_at.desc())
+        .limit(1)
+    )
+
+
+async def delete_setup_links(db: AsyncSession, device_ids: Sequence[str]) -> None:
+    """Drop the links (and the encrypted configs they hold) of these devices."""
+    if device_ids:
+        await db.execute(delete(SetupLink).where(SetupLink.device_id.in_(list(device_ids))))
+
+
+async def delete_expired_setup_links(db: AsyncSession, now: datetime) -> int:
+    result = await db.execute(delete(SetupLink).where(SetupLink.expires_at <= now))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_active_devices(db: AsyncSession, session_id: str) -> int:
+    return int(
+        await db.scalar(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.session_id == session_id, Device.status == ACTIVE)
+        )
+        or 0
+    )

@@ -1,1 +1,90 @@
 """Request and response models of the profiles domain."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+SETUP_INSTRUCTIONS: tuple[str, str, str, str] = (
+    "1. Scan this QR code with your device camera",
+    "2. Tap 'Add' when prompted to install profile",
+    "3. Enable 'KSWiFi Connect' in your device settings",
+    "4. Enjoy secure global internet access!",
+)
+DEFAULT_DEVICE_NAME = "My device"
+
+
+def _printable(value: str) -> str:
+    if any(not character.isprintable() for character in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+DeviceName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(_printable),
+]
+
+
+class GenerateConnectRequest(BaseModel):
+    """`POST /api/connect/generate-profile`. Unknown fields (such as `data_limit_mb`) are
+    ignored: the data limit is always the session's own."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    session_id: str = Field(min_length=1, max_length=64)
+    region: str | None = Field(
+        None,
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+        description="Region code (e.g. `eu-west`); default: the best available region",
+    )
+    device_name: DeviceName | None = Field(
+        None,
+        description=(
+            "Names the phone; generating again with the same name rotates that device's keys"
+            f" and keeps its address. Default: {DEFAULT_DEVICE_NAME!r}"
+        ),
+    )
+
+
+class ConnectProfileResponse(BaseModel):
+    """The product note's response, field for field, plus links and the region/gateway used."""
+
+    success: Literal[True] = True
+    connect_id: str = Field(description="The device's id (a Connect Profile)")
+    profile_qr: str = Field(description="PNG data URI of the wg-quick config as a QR code")
+    session_id: str
+    data_limit_mb: int = Field(description="The session's data limit (1 GB = 1024 MB)")
+    profile_type: Literal["kswifi_connect"] = "kswifi_connect"
+    setup_instructions: list[str]
+    access_method: Literal["secure_profile"] = "secure_profile"
+    region: str
+    gateway: str = Field(description="Name of the gateway that carries the device")
+    expires_at: datetime | None = Field(description="When the session's validity ends")
+    setup_url: str = Field(description="Single-use setup page for the phone, valid 10 minutes")
+    config_url: str = Field(description="KSWiFi-Connect.conf download (signed, short-lived)")
+    mobileconfig_url: str = Field(description="Apple profile download (signed, short-lived)")
+    profile_qr_svg: str = Field(description="The same QR code as an SVG document")
+
+
+class ConnectProfileOut(BaseModel):
+    """One of the caller's Connect Profiles (no key material)."""
+
+    connect_id: str
+    session_id: str
+    device_name: str
+    region: str
+    gateway: str
+    ipv4: str
+    ipv6: str
+    created_at: datetime
+    last_handshake_at: datetime | None
+
+
+class ConnectProfileList(BaseModel):
+    profiles: list[ConnectProfileOut]

@@ -1,1 +1,401 @@
-"""Business rules of the profiles domain."""
+"""Business rules of Connect Profiles: generate (or rotate) a device, its links and downloads.
+
+The client's private key is never stored. It exists in the response (QR code) and, encrypted,
+in the setup link row for the link's ten minutes so the phone can download the same config;
+after that, showing a profile again means generating it again, which rotates the keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.config import Settings
+from kswifi.control.errors import Conflict, Gone, NotFound, Unauthorized
+from kswifi.control.events import EventBus
+from kswifi.control.gateways import service as gateways
+from kswifi.control.models import DataSession, Device, Gateway
+from kswifi.control.profiles import qr, repository
+from kswifi.control.profiles.config_render import (
+    ClientConfig,
+    parse_dns_servers,
+    render_config,
+)
+from kswifi.control.profiles.keys import WireguardKey, generate_keypair, generate_preshared_key
+from kswifi.control.profiles.schemas import (
+    DEFAULT_DEVICE_NAME,
+    SETUP_INSTRUCTIONS,
+    ConnectProfileList,
+    ConnectProfileOut,
+    ConnectProfileResponse,
+)
+from kswifi.control.security import SecretBox, hash_token, new_opaque_token
+from kswifi.control.sessions import service as sessions
+
+SETUP_LINK_TTL = timedelta(minutes=10)
+FALLBACK_DNS = "1.1.1.1, 2606:4700:4700::1111"  # a region without DNS servers set
+MIB = 1024 * 1024
+_DOWNLOAD_PURPOSE = "profile-download"
+_SIGNATURE_CHARS = 32  # 128 bits of HMAC-SHA256
+
+
+class DeviceLimitReached(Conflict):
+    code = "device_limit_reached"
+
+
+class DeviceInOtherRegion(Conflict):
+    code = "device_in_other_region"
+
+
+@dataclass(frozen=True)
+class GeneratedProfile:
+    """What one generate call produced; the secrets in it live only for this response."""
+
+    device: Device
+    session: DataSession
+    gateway: Gateway
+    config_text: str
+    setup_token: str
+    download_token: str
+    setup_expires_at: datetime
+    rotated: bool
+
+
+@dataclass(frozen=True)
+class ProfileDownload:
+    device_id: str
+    config_text: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class OpenedSetupLink:
+    device_id: str
+    download_token: str
+    expires_at: datetime
+
+
+async def generate_profile(
+    db: AsyncSession,
+    *,
+    secrets: SecretBox,
+    settings: Settings,
+    bus: EventBus,
+    user_id: str,
+    session_id: str,
+    region: str | None,
+    device_name: str | None,
+    now: datetime,
+) -> GeneratedProfile:
+    """A new device on a gateway of the region, or new keys for the session's device of that
+    name (same gateway and address; the old keys leave the gateway's desired state)."""
+    session = await sessions.get_for_user(db, user_id, session_id)
+    sessions.ensure_usable(session, now)
+    await repository.serialize_session_profiles(db, session.id)
+    name = device_name or DEFAULT_DEVICE_NAME
+    devices = await repository.active_devices_of_session(db, session.id)
+    existing = next((device for device in devices if device.device_name == name), None)
+
+    keypair = generate_keypair()
+    preshared_key = generate_preshared_key()
+    if existing is not None:
+        gateway = await repository.get_gateway(db, existing.gateway_id)
+        if gateway is None:  # pragma: no cover - foreign key
+            raise NotFound("No such gateway")
+        if region is not None and region != gateway.region_code:
+            raise DeviceInOtherRegion(
+                f"The device {name!r} is set up for region {gateway.region_code}. "
+                "Remove it first to set it up in another region."
+            )
+        device = existing
+        device.public_key = str(keypair.public_key)
+        device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
+        device.rotated_at = now
+        await repository.delete_setup_links(db, [device.id])
+    else:
+        if len(devices) >= session.max_devices:
+            raise DeviceLimitReached(
+                f"This session allows {session.max_devices} "
+                f"device{'s' if session.max_devices != 1 else ''} and all are set up. "
+                "Remove one, or generate again with the same device name to renew it.",
+                max_devices=session.max_devices,
+            )
+        gateway = await gateways.choose_gateway(db, region_code=region, now=now)
+        host_index, ipv4, ipv6 = await gateways.allocate_host(db, gateway, settings, now)
+        device = Device(
+            session_id=session.id,
+            user_id=user_id,
+            gateway_id=gateway.id,
+            device_name=name,
+            status=repository.ACTIVE,
+            public_key=str(keypair.public_key),
+            preshared_key_encrypted=secrets.encrypt(str(preshared_key)),
+            private_key_encrypted=None,
+            host_index=host_index,
+            ipv4=ipv4,
+            ipv6=ipv6,
+            created_at=now,
+            rotated_at=now,
+        )
+        db.add(device)
+    sessions.activate_if_needed(session, now)
+    await db.flush()
+    await gateways.bump_revision(db, [gateway.id], bus)
+
+    config_text = render_config(
+        await _client_config(db, settings, gateway, device, keypair.private_key, preshared_key)
+    )
+    setup_token = new_opaque_token()
+    setup_expires_at = now + SETUP_LINK_TTL
+    token_hash = hash_token(setup_token)
+    repository.add_setup_link(
+        db,
+        token_hash=token_hash,
+        device_id=device.id,
+        config_encrypted=secrets.encrypt(config_text),
+        expires_at=setup_expires_at,
+    )
+    await db.flush()
+    return GeneratedProfile(
+        device=device,
+        session=session,
+        gateway=gateway,
+        config_text=config_text,
+        setup_token=setup_token,
+        download_token=issue_download_token(secrets, device.id, token_hash, setup_expires_at),
+        setup_expires_at=setup_expires_at,
+        rotated=existing is not None,
+    )
+
+
+async def _client_config(
+    db: AsyncSession,
+    settings: Settings,
+    gateway: Gateway,
+    device: Device,
+    private_key: WireguardKey,
+    preshared_key: WireguardKey,
+) -> ClientConfig:
+    info = await gateways.gateway_public_info(db, gateway)
+    return ClientConfig(
+        private_key=private_key,
+        ipv4=IPv4Address(device.ipv4.split("/")[0]),
+        ipv6=IPv6Address(device.ipv6.split("/")[0]),
+        dns_servers=parse_dns_servers(", ".join(info.dns_servers) or FALLBACK_DNS),
+        mtu=settings.wireguard_mtu,
+        peer_public_key=WireguardKey.from_base64(info.public_key),
+        preshared_key=preshared_key,
+        endpoint=info.endpoint,
+    )
+
+
+def links(
+    settings: Settings, device_id: str, setup_token: str, download_token: str
+) -> dict[str, str]:
+    """Absolute URLs of the setup page and the two downloads."""
+    base = settings.public_url.rstrip("/")
+    profile = f"{base}/api/connect/profiles/{device_id}"
+    return {
+        "setup_url": f"{base}/setup/{setup_token}",
+        "config_url": f"{profile}/config?t={download_token}",
+        "mobileconfig_url": f"{profile}/mobileconfig?t={download_token}",
+    }
+
+
+def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfileResponse:
+    """The product note's response shape; `data_limit_mb` is the session's own limit."""
+    return ConnectProfileResponse(
+        success=True,
+        connect_id=generated.device.id,
+        profile_qr=qr.png_data_uri(generated.config_text),
+        session_id=generated.session.id,
+        data_limit_mb=generated.session.data_limit_bytes // MIB,
+        profile_type="kswifi_connect",
+        setup_instructions=list(SETUP_INSTRUCTIONS),
+        access_method="secure_profile",
+        region=generated.gateway.region_code,
+        gateway=generated.gateway.name,
+        expires_at=generated.session.expires_at,
+        profile_qr_svg=qr.svg(generated.config_text),
+        **links(settings, generated.device.id, generated.setup_token, generated.download_token),
+    )
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+def issue_download_token(
+    secrets: SecretBox, device_id: str, link_token_hash: str, expires_at: datetime
+) -> str:
+    """`<link hash>.<unix expiry>.<signature>`: names the setup link row holding the config.
+
+    The link's hash cannot open the setup page (that needs the token itself), so download
+    URLs can be shown and embedded freely; they die with the link.
+    """
+    expiry = int(expires_at.timestamp())
+    return f"{link_token_hash}.{expiry}.{_sign(secrets, device_id, link_token_hash, expiry)}"
+
+
+def _sign(secrets: SecretBox, device_id: str, link_token_hash: str, expiry: int) -> str:
+    message = f"{_DOWNLOAD_PURPOSE}:{device_id}:{link_token_hash}:{expiry}"
+    return secrets.sign(message)[:_SIGNATURE_CHARS]
+
+
+def read_download_token(secrets: SecretBox, device_id: str, token: str, now: datetime) -> str:
+    """The setup link hash of a valid token; NotFound if forged, Gone if expired."""
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
+        raise NotFound("No such Connect Profile")
+    link_hash, expiry_text, signature = parts
+    expected = _sign(secrets, device_id, link_hash, int(expiry_text))
+    if not hmac.compare_digest(expected, signature):
+        raise NotFound("No such Connect Profile")
+    if datetime.fromtimestamp(int(expiry_text), UTC) <= now:
+        raise Gone("This download link has expired. Generate your Connect Code again.")
+    return link_hash
+
+
+async def get_download(
+    db: AsyncSession,
+    secrets: SecretBox,
+    *,
+    device_id: str,
+    download_token: str | None,
+    user_id: str | None,
+    now: datetime,
+) -> ProfileDownload:
+    """The config of a device, for the bearer of a download token or for its owner."""
+    if download_token is not None:
+        link_hash = read_download_token(secrets, device_id, download_token, now)
+        device = await repository.get_device(db, device_id)
+        if device is None or device.status != repository.ACTIVE:
+            raise NotFound("No such Connect Profile")
+        link = await repository.get_setup_link(db, link_hash)
+        if link is None or link.device_id != device.id or link.expires_at <= now:
+            raise Gone("This download link has expired. Generate your Connect Code again.")
+    else:
+        if user_id is None:
+            raise Unauthorized()
+        device = await _own_active_device(db, user_id, device_id)
+        link = await repository.latest_live_setup_link(db, device.id, now)
+        if link is None:
+            raise Gone(
+                "This profile can no longer be downloaded (its keys are not kept). "
+                "Generate your Connect Code again."
+            )
+    gateway = await repository.get_gateway(db, device.gateway_id)
+    endpoint = gateway.endpoint if gateway is not None else ""
+    return ProfileDownload(
+        device_id=device.id, config_text=secrets.decrypt(link.config_encrypted), endpoint=endpoint
+    )
+
+
+# --- setup link -----------------------------------------------------------------------------
+
+
+async def open_setup_link(
+    db: AsyncSession, secrets: SecretBox, token: str, now: datetime
+) -> OpenedSetupLink:
+    """Use a setup link (once); downloads from the page keep working until it expires."""
+    token_hash = hash_token(token)
+    if not await repository.claim_setup_link(db, token_hash, now):
+        link = await repository.get_setup_link(db, token_hash)
+        if link is None:
+            raise NotFound("This setup link is not valid.")
+        if link.used_at is not None:
+            raise Gone("This setup link was already used.")
+        raise Gone("This setup link has expired.")
+    link = await repository.get_setup_link(db, token_hash)
+    if link is None:  # pragma: no cover - claimed in this transaction
+        raise NotFound("This setup link is not valid.")
+    device = await repository.get_device(db, link.device_id)
+    if device is None or device.status != repository.ACTIVE:
+        raise Gone("This Connect Profile was removed.")
+    session = await sessions.get(db, device.session_id)
+    sessions.ensure_usable(session, now)
+    return OpenedSetupLink(
+        device_id=device.id,
+        download_token=issue_download_token(secrets, device.id, token_hash, link.expires_at),
+        expires_at=link.expires_at,
+    )
+
+
+# --- listing and removal --------------------------------------------------------------------
+
+
+async def _own_active_device(db: AsyncSession, user_id: str, device_id: str) -> Device:
+    device = await repository.get_device(db, device_id)
+    if device is None or device.user_id != user_id or device.status != repository.ACTIVE:
+        raise NotFound("No such Connect Profile")
+    return device
+
+
+async def list_profiles(db: AsyncSession, user_id: str) -> ConnectProfileList:
+    return ConnectProfileList(
+        profiles=[
+            _to_out(device, gateway)
+            for device, gateway in await repository.list_for_user(db, user_id)
+        ]
+    )
+
+
+async def get_profile(db: AsyncSession, user_id: str, device_id: str) -> ConnectProfileOut:
+    device = await _own_active_device(db, user_id, device_id)
+    gateway = await repository.get_gateway(db, device.gateway_id)
+    if gateway is None:  # pragma: no cover - foreign key
+        raise NotFound("No such Connect Profile")
+    return _to_out(device, gateway)
+
+
+def _to_out(device: Device, gateway: Gateway) -> ConnectProfileOut:
+    return ConnectProfileOut(
+        connect_id=device.id,
+        session_id=device.session_id,
+        device_name=device.device_name,
+        region=gateway.region_code,
+        gateway=gateway.name,
+        ipv4=device.ipv4,
+        ipv6=device.ipv6,
+        created_at=device.created_at,
+        last_handshake_at=device.last_handshake_at,
+    )
+
+
+async def remove_profile(
+    db: AsyncSession, bus: EventBus, *, user_id: str, device_id: str, now: datetime
+) -> None:
+    """The owner removes a device: it leaves its gateway, its address cools down for reuse."""
+    device = await _own_active_device(db, user_id, device_id)
+    await _remove_devices(db, bus, [device], now)
+
+
+async def _remove_devices(
+    db: AsyncSession, bus: EventBus, devices: list[Device], now: datetime
+) -> None:
+    for device in devices:
+        device.status = repository.REMOVED
+        device.removed_at = now
+        await gateways.release_host(db, device.gateway_id, device.host_index, now)
+    await repository.delete_setup_links(db, [device.id for device in devices])
+    await db.flush()
+    await gateways.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)
+
+
+async def release_devices_of_ended_sessions(
+    db: AsyncSession, now: datetime, bus: EventBus, *, batch_size: int = 1000
+) -> int:
+    """Worker job: devices of exhausted, expired or revoked sessions are removed and their
+    addresses released. Returns how many devices were removed (at most `batch_size`)."""
+    devices = await repository.devices_of_ended_sessions(db, now, batch_size)
+    if devices:
+        await _remove_devices(db, bus, devices, now)
+    return len(devices)
+
+
+async def purge_expired_setup_links(db: AsyncSession, now: datetime) -> int:
+    """Worker job: drop setup links past their lifetime with the encrypted configs they hold."""
+    return await repository.delete_expired_setup_links(db, now)
