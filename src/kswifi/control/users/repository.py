@@ -1,1 +1,89 @@
 """Queries of the users domain."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.models import RefreshToken, User
+
+
+async def get_user(db: AsyncSession, user_id: str) -> User | None:
+    return await db.get(User, user_id)
+
+
+async def get_user_by_email(db: AsyncSession, email: str) -> User | None:
+    """`email` must already be normalised (emails are stored lower-cased)."""
+    return await db.scalar(select(User).where(User.email == email))
+
+
+async def insert_user(db: AsyncSession, user: User) -> bool:
+    """Add `user`; False (and nothing written) if the email is already taken.
+
+    A savepoint keeps the surrounding transaction usable when a concurrent registration
+    wins the race for the same email.
+    """
+    try:
+        async with db.begin_nested():
+            db.add(user)
+            await db.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+async def list_users(db: AsyncSession, *, limit: int = 1000, offset: int = 0) -> Sequence[User]:
+    result = await db.scalars(
+        select(User).order_by(User.created_at, User.id).limit(limit).offset(offset)
+    )
+    return result.all()
+
+
+async def add_refresh_token(db: AsyncSession, token: RefreshToken) -> None:
+    db.add(token)
+    await db.flush()
+
+
+async def get_refresh_token_by_hash(
+    db: AsyncSession, token_hash: str, *, for_update: bool = False
+) -> RefreshToken | None:
+    """The token row; `for_update` locks it (PostgreSQL) so concurrent rotations serialise."""
+    query = select(RefreshToken).where(RefreshToken.token_hash == token_hash)
+    if for_update:
+        query = query.with_for_update()
+    return await db.scalar(query)
+
+
+async def revoke_family(db: AsyncSession, family_id: str, now: datetime) -> int:
+    """Revoke every not-yet-revoked token of a family; returns how many."""
+    result = await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def revoke_user_tokens(db: AsyncSession, user_id: str, now: datetime) -> int:
+    """Revoke every not-yet-revoked token of a user; returns how many."""
+    result = await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_refresh_tokens_expired_before(db: AsyncSession, cutoff: datetime) -> int:
+    result = await db.execute(
+        delete(RefreshToken)
+        .where(RefreshToken.expires_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,1 +1,251 @@
-"""Business rules of the users domain."""
+"""Business rules of the users domain: accounts, credentials and refresh-token rotation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.config import Settings
+from kswifi.control.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from kswifi.control.logging import get_logger
+from kswifi.control.models import RefreshToken, User
+from kswifi.control.models.base import new_id
+from kswifi.control.security import (
+    SecretBox,
+    hash_password,
+    hash_token,
+    new_opaque_token,
+    utcnow,
+    verify_password,
+)
+from kswifi.control.users import repository
+from kswifi.control.users.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, TokenOut
+
+log = get_logger("kswifi.control.users")
+
+WRONG_CREDENTIALS = "Wrong email or password"
+
+
+class EmailTaken(Conflict):
+    code = "email_taken"
+
+
+class InvalidCredentials(Unauthorized):
+    code = "invalid_credentials"
+
+
+class InvalidRefreshToken(Unauthorized):
+    code = "invalid_refresh_token"
+
+
+class RefreshTokenReused(InvalidRefreshToken):
+    """A spent or revoked refresh token came back: its whole family has been revoked.
+
+    The revocation is pending in the session when this is raised; the caller must commit
+    before answering, or a thief could simply retry.
+    """
+
+
+def normalize_email(email: str) -> str:
+    """The stored form of an address: validated, then lower-cased (unique ignoring case)."""
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise Unprocessable(f"email: {exc}") from exc
+
+
+def _lookup_email(email: str) -> str:
+    """Lower-cased for lookups; never raises, so a malformed login is just a failed login."""
+    try:
+        return normalize_email(email)
+    except Unprocessable:
+        return email.strip().lower()
+
+
+def _check_password(password: str) -> None:
+    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
+        raise Unprocessable(
+            f"password: must be {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters"
+        )
+
+
+async def register(db: AsyncSession, email: str, password: str, *, is_admin: bool = False) -> User:
+    """Create an account. EmailTaken (409) if the address exists in any letter case."""
+    normalized = normalize_email(email)
+    _check_password(password)
+    if await repository.get_user_by_email(db, normalized) is not None:
+        raise EmailTaken("An account with this email already exists")
+    user = User(
+        id=new_id(),
+        email=normalized,
+        password_hash=hash_password(password),
+        is_admin=is_admin,
+        is_disabled=False,
+        created_at=utcnow(),
+    )
+    if not await repository.insert_user(db, user):
+        raise EmailTaken("An account with this email already exists")
+    log.info("user_registered", user_id=user.id, is_admin=is_admin)
+    return user
+
+
+async def create_admin(db: AsyncSession, email: str, password: str) -> User:
+    """An operator account (the console and admin API need `is_admin`)."""
+    return await register(db, email, password, is_admin=True)
+
+
+async def authenticate(db: AsyncSession, email: str, password: str) -> User:
+    """The account these credentials open; InvalidCredentials (401) otherwise.
+
+    Unknown email and wrong password give the same answer in about the same time.
+    """
+    user = await repository.get_user_by_email(db, _lookup_email(email))
+    # Verify first, even for an unknown email (against a dummy hash), so timing tells nothing.
+    if not verify_password(user.password_hash if user else None, password) or user is None:
+        raise InvalidCredentials(WRONG_CREDENTIALS)
+    if user.is_disabled:
+        raise Unauthorized("The account is not active")
+    return user
+
+
+async def get_user(db: AsyncSession, user_id: str) -> User:
+    user = await repository.get_user(db, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    return user
+
+
+async def get_user_by_email(db: AsyncSession, email: str) -> User:
+    user = await repository.get_user_by_email(db, _lookup_email(email))
+    if user is None:
+        raise NotFound("No such user")
+    return user
+
+
+async def list_users(db: AsyncSession, *, limit: int = 1000, offset: int = 0) -> Sequence[User]:
+    """Oldest first."""
+    return await repository.list_users(db, limit=limit, offset=offset)
+
+
+async def set_disabled(
+    db: AsyncSession, user_id: str, disabled: bool, *, now: datetime | None = None
+) -> User:
+    """Disable or re-enable an account; disabling also ends every login it has."""
+    user = await get_user(db, user_id)
+    user.is_disabled = disabled
+    if disabled:
+        await repository.revoke_user_tokens(db, user.id, now or utcnow())
+    await db.flush()
+    log.info("user_disabled" if disabled else "user_enabled", user_id=user.id)
+    return user
+
+
+async def issue_tokens(
+    db: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    user: User,
+    *,
+    family_id: str | None = None,
+    now: datetime | None = None,
+) -> TokenOut:
+    """A new access token and refresh token (a new family unless `family_id` is given)."""
+    now = now or utcnow()
+    access_ttl = timedelta(minutes=settings.access_token_minutes)
+    refresh_token = new_opaque_token()
+    await repository.add_refresh_token(
+        db,
+        RefreshToken(
+            id=new_id(),
+            user_id=user.id,
+            token_hash=hash_token(refresh_token),
+            family_id=family_id or new_id(),
+            created_at=now,
+            expires_at=now + timedelta(days=settings.refresh_token_days),
+        ),
+    )
+    return TokenOut(
+        access_token=secrets.issue_access_token(user.id, user.is_admin, access_ttl),
+        refresh_token=refresh_token,
+        expires_in=int(access_ttl.total_seconds()),
+    )
+
+
+async def login(
+    db: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    email: str,
+    password: str,
+    *,
+    now: datetime | None = None,
+) -> TokenOut:
+    user = await authenticate(db, email, password)
+    tokens = await issue_tokens(db, secrets, settings, user, now=now)
+    log.info("user_logged_in", user_id=user.id)
+    return tokens
+
+
+async def rotate_refresh_token(
+    db: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    refresh_token: str,
+    *,
+    now: datetime | None = None,
+) -> TokenOut:
+    """Spend `refresh_token` for a new pair in the same family.
+
+    Unknown or expired: InvalidRefreshToken. Already spent or revoked: the whole family is
+    revoked (a stolen token and its rightful owner can no longer both use the chain) and
+    RefreshTokenReused is raised; commit before answering so the revocation holds.
+    """
+    now = now or utcnow()
+    stored = await repository.get_refresh_token_by_hash(
+        db, hash_token(refresh_token), for_update=True
+    )
+    if stored is None:
+        raise InvalidRefreshToken("The refresh token is not valid")
+    if stored.used_at is not None or stored.revoked_at is not None:
+        revoked = await repository.revoke_family(db, stored.family_id, now)
+        await db.flush()
+        log.warning(
+            "refresh_token_reused",
+            user_id=stored.user_id,
+            family_id=stored.family_id,
+            revoked=revoked,
+        )
+        raise RefreshTokenReused("The refresh token was already used; please log in again")
+    if stored.expires_at <= now:
+        raise InvalidRefreshToken("The refresh token has expired; please log in again")
+    user = await repository.get_user(db, stored.user_id)
+    if user is None or user.is_disabled:
+        raise InvalidRefreshToken("The account is not active")
+    stored.used_at = now
+    return await issue_tokens(db, secrets, settings, user, family_id=stored.family_id, now=now)
+
+
+async def logout(
+    db: AsyncSession, user: User, refresh_token: str, *, now: datetime | None = None
+) -> None:
+    """End the login `refresh_token` belongs to (its whole family). Idempotent.
+
+    A token that is unknown or belongs to someone else is ignored, so the answer never tells
+    whether it exists.
+    """
+    stored = await repository.get_refresh_token_by_hash(db, hash_token(refresh_token))
+    if stored is None or stored.user_id != user.id:
+        return
+    revoked = await repository.revoke_family(db, stored.family_id, now or utcnow())
+    if revoked:
+        log.info("user_logged_out", user_id=user.id, family_id=stored.family_id)
+
+
+async def purge_expired_refresh_tokens(db: AsyncSession, *, now: datetime | None = None) -> int:
+    """Delete refresh tokens that expired over a day ago (for the periodic worker)."""
+    return await repository.delete_refresh_tokens_expired_before(
+        db, (now or utcnow()) - timedelta(days=1)
+    )

@@ -1,0 +1,1 @@
+"""Tests of the users domain: accounts, auth, rate limits, CLI."""
