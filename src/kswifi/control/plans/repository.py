@@ -13,6 +13,10 @@ async def get_by_code(db: AsyncSession, code: str) -> Plan | None:
     return result
 
 
+async def get_by_id(db: AsyncSession, plan_id: str) -> Plan | None:
+    return await db.get(Plan, plan_id)
+
+
 async def list_plans(db: AsyncSession, *, active_only: bool) -> list[Plan]:
     query = select(Plan).order_by(Plan.price_cents, Plan.data_limit_bytes, Plan.code)
     if active_only:

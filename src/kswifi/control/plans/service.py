@@ -117,6 +117,14 @@ async def get_by_code(db: AsyncSession, code: str) -> Plan:
     return plan
 
 
+async def get_by_id(db: AsyncSession, plan_id: str) -> Plan:
+    """The plan with this id (a purchase or voucher refers to it); PlanNotFound otherwise."""
+    plan = await repository.get_by_id(db, plan_id)
+    if plan is None:
+        raise PlanNotFound("No such plan")
+    return plan
+
+
 def ensure_on_sale(plan: Plan) -> None:
     """Refuse to sell a plan an operator has withdrawn (409 `plan_inactive`)."""
     if not plan.is_active:

@@ -1,0 +1,1 @@
+"""Payment providers that talk to the outside world (Stripe)."""
