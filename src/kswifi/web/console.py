@@ -1,0 +1,7 @@
+"""Operator console pages (admin role only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(include_in_schema=False)

@@ -1,0 +1,153 @@
+// KSWiFi Connect page script: live usage over server-sent events, and the offline shell.
+// Everything works without it; it only makes the usage page update by itself.
+(function () {
+  "use strict";
+
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("/sw.js").catch(function () {});
+  }
+
+  var box = document.getElementById("usage");
+  if (!box) return;
+
+  var GIB = 1024 * 1024 * 1024;
+  var MIB = 1024 * 1024;
+  var FINAL = ["exhausted", "expired", "revoked"];
+  var labels = JSON.parse(box.getAttribute("data-labels") || "{}");
+  var endedText = JSON.parse(box.getAttribute("data-ended") || "{}");
+  var limit = Number(box.dataset.limitBytes) || 0;
+  var expiresAt = box.dataset.expiresAt ? Date.parse(box.dataset.expiresAt) : null;
+  var status = box.dataset.status;
+  var lastSample = null;
+  var lastEventAt = 0;
+
+  function field(name) { return box.querySelector('[data-field="' + name + '"]'); }
+  function setText(name, text) { var el = field(name); if (el && el.textContent !== text) el.textContent = text; }
+
+  function trim(value) { return value.toFixed(1).replace(/\.0$/, ""); }
+  function formatGb(bytes) {
+    if (bytes >= GIB || bytes === 0) return trim(bytes / GIB) + " GB";
+    var mb = bytes / MIB;
+    return (mb < 10 ? trim(mb) : Math.round(mb).toString()) + " MB";
+  }
+  function timeLeft(seconds) {
+    if (seconds === null) return "Starts when you generate your Connect Code";
+    if (seconds <= 0) return "No time left";
+    var days = Math.floor(seconds / 86400), hours = Math.floor((seconds % 86400) / 3600);
+    var minutes = Math.floor((seconds % 3600) / 60);
+    if (days) return days + " day" + (days !== 1 ? "s" : "") + " " + hours + " h";
+    if (hours) return hours + " h " + minutes + " min";
+    if (minutes) return minutes + " min";
+    return "under a minute";
+  }
+
+  function showStatus(next) {
+    status = next;
+    var pill = field("status");
+    if (pill) { pill.textContent = labels[next] || next; pill.className = "pill " + next; }
+    box.dataset.status = next;
+  }
+
+  function showUsage(data) {
+    var used = Math.min(Number(data.used_bytes) || 0, limit || Infinity);
+    var percent = Number(data.usage_percent) || 0;
+    setText("usage_text", data.usage_text);
+    setText("remaining", formatGb(Number(data.remaining_bytes) || 0));
+    var meter = field("meter");
+    if (meter) {
+      meter.firstElementChild.style.width = percent + "%";
+      meter.setAttribute("aria-valuenow", String(Math.round(percent)));
+      meter.classList.toggle("high", percent >= 80 && percent < 100);
+      meter.classList.toggle("full", percent >= 100);
+    }
+    if (data.expires_at) { expiresAt = Date.parse(data.expires_at); }
+    var at = data.at ? Date.parse(data.at) : Date.now();
+    if (lastSample && at > lastSample.at && used >= lastSample.used) {
+      var mbps = ((used - lastSample.used) * 8) / ((at - lastSample.at) / 1000) / 1e6;
+      setText("speed", (mbps >= 10 ? Math.round(mbps) : mbps.toFixed(1)) + " Mbps");
+    }
+    lastSample = { at: at, used: used };
+    lastEventAt = Date.now();
+    if (data.status && FINAL.indexOf(data.status) < 0) showStatus(data.status);
+    chartAdd(at, used);
+  }
+
+  function showEnded(kind) {
+    showStatus(kind);
+    setText("speed", "—");
+    var ended = field("ended");
+    if (ended) { ended.textContent = endedText[kind] || ""; ended.hidden = false; }
+    var setup = field("setup-link");
+    if (setup) setup.hidden = true;
+  }
+
+  // The chart: same geometry as kswifi.web.chart (viewBox 600x220).
+  var svg = document.querySelector(".chart svg[data-points]");
+  var chart = svg ? JSON.parse(svg.getAttribute("data-points")) : null;
+  function chartAdd(at, used) {
+    if (!chart) return;
+    var pts = chart.points;
+    if (pts.length && pts[pts.length - 1][1] === used) return;
+    pts.push([at, used]);
+    var L = 56, R = 590, T = 14, B = 188;
+    var start = chart.start, end = Math.max(Date.now(), at);
+    var span = Math.max(60000, end - start);
+    function x(t) { return L + (R - L) * ((t - start) / span); }
+    function y(u) { return B - (B - T) * (chart.limit > 0 ? Math.min(1, u / chart.limit) : 0); }
+    var coords = [L + "," + B];
+    pts.forEach(function (p) { coords.push(x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1)); });
+    coords.push(x(end).toFixed(1) + "," + y(used).toFixed(1));
+    var line = coords.join(" ");
+    svg.querySelector("polyline").setAttribute("points", line);
+    svg.querySelector("polygon").setAttribute("points", line + " " + x(end).toFixed(1) + "," + B + " " + L + "," + B);
+    var empty = svg.querySelector("text.empty");
+    if (empty) empty.remove();
+  }
+
+  setInterval(function () {
+    if (expiresAt !== null && FINAL.indexOf(status) < 0) {
+      setText("time_left", timeLeft(Math.max(0, Math.floor((expiresAt - Date.now()) / 1000))));
+    }
+    if (status === "connected" && lastEventAt && Date.now() - lastEventAt > 4000) setText("speed", "0 Mbps");
+  }, 1000);
+
+  if (!box.dataset.live || !window.EventSource) return;
+
+  var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  var url = "/api/sessions/" + encodeURIComponent(box.dataset.sessionId) + "/usage/stream";
+  var source = null;
+  var failures = 0;
+
+  function open() {
+    source = new EventSource(url);
+    source.addEventListener("open", function () { failures = 0; box.dataset.stream = "open"; });
+    source.addEventListener("usage", function (e) { showUsage(JSON.parse(e.data)); });
+    source.addEventListener("warning", function (e) {
+      var data = JSON.parse(e.data), el = field("warning");
+      if (el) { el.textContent = data.message; el.hidden = false; }
+    });
+    FINAL.forEach(function (kind) {
+      source.addEventListener(kind, function (e) {
+        var data = JSON.parse(e.data);
+        if (data.usage_text) showUsage(data);
+        showEnded(kind);
+        source.close();
+        box.dataset.stream = "closed";
+      });
+    });
+    // `reconnect`: the server closes the stream and EventSource resumes with Last-Event-ID.
+    source.addEventListener("error", function () {
+      if (source.readyState !== EventSource.CLOSED) return;
+      // Closed for good (usually an expired login cookie): refresh it, then open again.
+      failures += 1;
+      var wait = Math.min(30000, 1000 * failures);
+      fetch("/auth/refresh", { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } })
+        .then(function (response) {
+          if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); return; }
+          setTimeout(open, wait);
+        })
+        .catch(function () { setTimeout(open, wait); });
+    });
+  }
+  open();
+})();
