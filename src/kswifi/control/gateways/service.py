@@ -1,1 +1,746 @@
-"""Business rules of the gateways domain."""
+"""Business rules of the gateways domain: registration, addresses, desired state, usage, leases
+and health of the gateway agents."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.config import Settings
+from kswifi.control.errors import (
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+    Unprocessable,
+)
+from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
+from kswifi.control.gateways import ipam, leases, repository
+from kswifi.control.gateways.schemas import GatewayOut
+from kswifi.control.logging import get_logger
+from kswifi.control.models import (
+    LIVE_STATES,
+    AddressRelease,
+    DataSession,
+    Gateway,
+    GatewayLease,
+    UsageBatch,
+)
+from kswifi.control.security import SecretBox, hash_token, new_opaque_token
+from kswifi.control.sessions import service as sessions_service
+from kswifi.protocol import models as protocol
+
+log = get_logger("kswifi.control.gateways")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+class NoGatewayAvailable(ServiceUnavailable):
+    """No enabled gateway with free capacity (in the asked region)."""
+
+    code = "no_gateway_available"
+
+
+class AddressPoolExhausted(ServiceUnavailable):
+    """A gateway's address block (or the pool of blocks) has no free address left."""
+
+    code = "address_pool_exhausted"
+
+
+@dataclass(frozen=True)
+class GatewayPublicInfo:
+    """What a device's profile needs to know about its gateway."""
+
+    gateway_id: str
+    name: str
+    region_code: str
+    endpoint: str
+    public_key: str
+    dns_servers: list[str]
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def normalize_endpoint(value: str) -> str:
+    """`HOST:PORT` as phones dial it: a DNS name, an IPv4 address or `[IPv6]`, then a port."""
+    text = value.strip()
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})", text) or re.fullmatch(
+        r"([^:\[\]]+):(\d{1,5})", text
+    )
+    if match is None:
+        raise Unprocessable(
+            f"endpoint {value!r} must be HOST:PORT (an IPv6 address in brackets: [addr]:port)",
+            field="endpoint",
+        )
+    host, port_text = match.group(1), match.group(2)
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise Unprocessable(f"endpoint port {port} is not between 1 and 65535", field="endpoint")
+    if text.startswith("["):
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise Unprocessable(
+                f"endpoint {value!r}: {host!r} is not an IPv6 address", field="endpoint"
+            ) from exc
+        return f"[{address}]:{port}"
+    try:
+        return f"{ipaddress.IPv4Address(host)}:{port}"
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if (
+        len(host) > 253
+        or not all(_HOSTNAME_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise Unprocessable(f"endpoint {value!r}: {host!r} is not a host name", field="endpoint")
+    return f"{host.rstrip('.').lower()}:{port}"
+
+
+def _endpoint_port(endpoint: str) -> int:
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise Unprocessable(
+            "gateway name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            field="name",
+        )
+    return name
+
+
+def _new_key_pair() -> tuple[str, str]:
+    """An X25519 (WireGuard) key pair as base64: (private, public)."""
+    private_key = X25519PrivateKey.generate()
+    private_raw = private_key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    public_raw = private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return base64.b64encode(private_raw).decode(), base64.b64encode(public_raw).decode()
+
+
+# --- registration and the operator's view ---------------------------------------------------
+
+
+async def register(
+    db: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    *,
+    name: str,
+    region_code: str,
+    endpoint: str,
+    capacity: int | None = None,
+    listen_port: int | None = None,
+    actor: str = "cli",
+) -> tuple[Gateway, str]:
+    """A new gateway with its key pair, token and own address blocks; the token in clear is
+    returned this once (only its hash is stored)."""
+    name = _check_name(name)
+    endpoint = normalize_endpoint(endpoint)
+    region = await repository.get_region(db, region_code.strip())
+    if region is None:
+        known = ", ".join(r.code for r in await repository.list_regions(db)) or "none"
+        raise Unprocessable(f"unknown region {region_code!r} (known: {known})", field="region")
+    if listen_port is not None and not 1 <= listen_port <= 65535:
+        raise Unprocessable("listen_port must be between 1 and 65535", field="listen_port")
+    if await repository.get_by_name(db, name) is not None:
+        raise Conflict(f"a gateway named {name!r} already exists")
+
+    blocks = await _carve_blocks(db, settings)
+    capacity = settings.gateway_capacity if capacity is None else capacity
+    if capacity < 1:
+        raise Unprocessable("capacity must be at least 1", field="capacity")
+    if capacity > blocks.device_capacity:
+        raise Unprocessable(
+            f"capacity {capacity} is more than the gateway's address block holds"
+            f" ({blocks.device_capacity} devices in {blocks.ipv4})",
+            field="capacity",
+        )
+    private_key, public_key = _new_key_pair()
+    token = new_opaque_token()
+    gateway = Gateway(
+        name=name,
+        region_code=region.code,
+        endpoint=endpoint,
+        listen_port=listen_port or _endpoint_port(endpoint),
+        token_hash=hash_token(token),
+        public_key=public_key,
+        private_key_encrypted=secrets.encrypt(private_key),
+        ipv4_pool=str(blocks.ipv4),
+        ipv6_pool=str(blocks.ipv6),
+        capacity=capacity,
+        next_host_index=ipam.FIRST_DEVICE_HOST_INDEX,
+        revision=1,
+        is_enabled=True,
+        is_online=False,
+    )
+    db.add(gateway)
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError as exc:
+        # Another registration took the name or the block between our check and our insert.
+        raise Conflict(f"gateway {name!r} or its address block was just taken; retry") from exc
+    repository.add_audit(
+        db,
+        actor=actor,
+        action="gateway.create",
+        target=gateway.id,
+        detail=f"name={name} region={region.code} endpoint={endpoint} ipv4={blocks.ipv4}"
+        f" ipv6={blocks.ipv6} capacity={capacity}",
+    )
+    log.info("gateway_registered", gateway_id=gateway.id, name=name, region=region.code)
+    return gateway, token
+
+
+async def _carve_blocks(db: AsyncSession, settings: Settings) -> ipam.GatewayBlocks:
+    taken = await repository.taken_blocks(db)
+    try:
+        pool_v4 = ipam.parse_network(settings.gateway_pool_v4)
+        pool_v6 = ipam.parse_network(settings.gateway_pool_v6)
+        ipv4 = ipam.carve_block(pool_v4, settings.gateway_pool_v4_prefix, [v4 for v4, _ in taken])
+        ipv6 = ipam.carve_block(pool_v6, 64, [v6 for _, v6 in taken])
+        return ipam.GatewayBlocks.parse(str(ipv4), str(ipv6))
+    except ipam.PoolExhausted as exc:
+        raise AddressPoolExhausted(f"cannot add a gateway: {exc}") from exc
+    except ipam.AddressError as exc:
+        raise AddressPoolExhausted(f"gateway address pools are misconfigured: {exc}") from exc
+
+
+async def rotate_token(db: AsyncSession, gateway_id: str, *, actor: str) -> tuple[Gateway, str]:
+    """A new token for the gateway; the old one stops working at once."""
+    gateway = await _get(db, gateway_id)
+    token = new_opaque_token()
+    gateway.token_hash = hash_token(token)
+    repository.add_audit(
+        db, actor=actor, action="gateway.rotate_token", target=gateway.id, detail=""
+    )
+    return gateway, token
+
+
+async def set_enabled(db: AsyncSession, gateway_id: str, enabled: bool, *, actor: str) -> Gateway:
+    """A disabled gateway gets no new devices and its token is refused."""
+    gateway = await _get(db, gateway_id)
+    gateway.is_enabled = enabled
+    repository.add_audit(
+        db,
+        actor=actor,
+        action="gateway.enable" if enabled else "gateway.disable",
+        target=gateway.id,
+        detail=f"name={gateway.name}",
+    )
+    return gateway
+
+
+async def _get(db: AsyncSession, gateway_id: str) -> Gateway:
+    gateway = await repository.get(db, gateway_id)
+    if gateway is None:
+        raise NotFound("No such gateway")
+    return gateway
+
+
+async def get(db: AsyncSession, gateway_id: str) -> Gateway:
+    """The gateway; NotFound when there is none."""
+    return await _get(db, gateway_id)
+
+
+async def find(db: AsyncSession, id_or_name: str) -> Gateway:
+    """A gateway by id or by name (operator commands accept either)."""
+    gateway = await repository.get(db, id_or_name) or await repository.get_by_name(db, id_or_name)
+    if gateway is None:
+        raise NotFound(f"No gateway {id_or_name!r}")
+    return gateway
+
+
+def seen_recently(gateway: Gateway, now: datetime, settings: Settings) -> bool:
+    """Online: a heartbeat within the grace period."""
+    return (
+        gateway.is_online
+        and gateway.last_heartbeat_at is not None
+        and gateway.last_heartbeat_at >= now - timedelta(seconds=settings.gateway_offline_seconds)
+    )
+
+
+def to_out(
+    gateway: Gateway, *, active_devices: int, now: datetime, settings: Settings
+) -> GatewayOut:
+    return GatewayOut(
+        id=gateway.id,
+        name=gateway.name,
+        region=gateway.region_code,
+        endpoint=gateway.endpoint,
+        listen_port=gateway.listen_port,
+        public_key=gateway.public_key,
+        ipv4_pool=gateway.ipv4_pool,
+        ipv6_pool=gateway.ipv6_pool,
+        capacity=gateway.capacity,
+        active_devices=active_devices,
+        is_enabled=gateway.is_enabled,
+        is_online=seen_recently(gateway, now, settings),
+        interface_mode=gateway.interface_mode,
+        agent_version=gateway.agent_version,
+        peer_count=gateway.peer_count,
+        rx_bps=gateway.rx_bps,
+        tx_bps=gateway.tx_bps,
+        revision=gateway.revision,
+        applied_revision=gateway.applied_revision,
+        last_heartbeat_at=gateway.last_heartbeat_at,
+        created_at=gateway.created_at,
+    )
+
+
+async def list_out(db: AsyncSession, now: datetime, settings: Settings) -> list[GatewayOut]:
+    """Every gateway as the operator sees it, with its current load."""
+    counts = await repository.live_device_counts(db, now)
+    return [
+        to_out(gateway, active_devices=counts.get(gateway.id, 0), now=now, settings=settings)
+        for gateway in await repository.list_all(db)
+    ]
+
+
+async def gateway_public_info(db: AsyncSession, gateway: Gateway) -> GatewayPublicInfo:
+    """The gateway's public key, endpoint and its region's DNS servers, for a device config."""
+    region = await repository.get_region(db, gateway.region_code)
+    dns = region.dns_servers if region is not None else ""
+    return GatewayPublicInfo(
+        gateway_id=gateway.id,
+        name=gateway.name,
+        region_code=gateway.region_code,
+        endpoint=gateway.endpoint,
+        public_key=gateway.public_key,
+        dns_servers=[server.strip() for server in dns.split(",") if server.strip()],
+    )
+
+
+# --- placement and addresses ----------------------------------------------------------------
+
+
+async def choose_gateway(
+    db: AsyncSession,
+    *,
+    region_code: str | None,
+    now: datetime,
+    settings: Settings | None = None,
+) -> Gateway:
+    """The enabled gateway (of the region, if given) with free capacity, least loaded first.
+
+    Online gateways come first, then gateways never seen yet (so a control plane without a
+    running agent can still issue profiles); gateways known to be offline are skipped. Online
+    means a heartbeat within `settings.gateway_offline_seconds`, or, without settings, the
+    stored flag the worker keeps.
+    """
+    if region_code is not None and await repository.get_region(db, region_code) is None:
+        raise Unprocessable(f"unknown region {region_code!r}", field="region")
+    gateways = await repository.list_enabled(db, region_code)
+    counts = await repository.live_device_counts(db, now)
+    where = f"in region {region_code!r}" if region_code else "in any region"
+    if not gateways:
+        raise NoGatewayAvailable(
+            f"No gateway is available {where}: none is registered and enabled. "
+            "Try another region or try again later."
+        )
+
+    def online(gateway: Gateway) -> bool:
+        if settings is not None:
+            return seen_recently(gateway, now, settings)
+        return gateway.is_online and gateway.last_heartbeat_at is not None
+
+    ranked: list[tuple[int, float, str, Gateway]] = []
+    for gateway in gateways:
+        load = counts.get(gateway.id, 0)
+        if load >= gateway.capacity:
+            continue
+        if online(gateway):
+            tier = 0
+        elif gateway.last_heartbeat_at is None:
+            tier = 1
+        else:
+            continue
+        ranked.append((tier, load / gateway.capacity, gateway.name, gateway))
+    if not ranked:
+        raise NoGatewayAvailable(
+            f"No gateway is available {where}: every gateway is full or offline. "
+            "Try another region or try again later."
+        )
+    return min(ranked, key=lambda item: item[:3])[3]
+
+
+async def allocate_host(
+    db: AsyncSession, gateway: Gateway, settings: Settings, now: datetime
+) -> tuple[int, str, str]:
+    """A free host index on the gateway and its (IPv4, IPv6) addresses, race-free.
+
+    The gateway row is locked for the transaction; the lowest address released longer than
+    the cool-down ago is reused first, otherwise the next never-used index is taken.
+    """
+    locked = await repository.lock(db, gateway.id)
+    if locked is None:
+        raise NotFound("No such gateway")
+    blocks = ipam.GatewayBlocks.parse(locked.ipv4_pool, locked.ipv6_pool)
+    cutoff = now - timedelta(seconds=settings.address_cooldown_seconds)
+    release = await repository.oldest_reusable_release(db, locked.id, cutoff)
+    if release is not None:
+        host_index = release.host_index
+        await repository.delete_release(db, locked.id, host_index)
+    else:
+        host_index = locked.next_host_index
+        if host_index > blocks.max_host_index:
+            cooling = await repository.count_cooling_releases(db, locked.id)
+            later = f"; {cooling} freed address(es) return after the cool-down" if cooling else ""
+            raise AddressPoolExhausted(
+                f"Gateway {locked.name} has no free address left in {blocks.ipv4}{later}."
+                " Try another region or try again later."
+            )
+        locked.next_host_index = host_index + 1
+    ipv4, ipv6 = blocks.device_addresses(host_index)
+    await db.flush()
+    return host_index, ipv4, ipv6
+
+
+async def release_host(db: AsyncSession, gateway_id: str, host_index: int, now: datetime) -> None:
+    """Give a device's address back; it is handed out again after the cool-down."""
+    if host_index < ipam.FIRST_DEVICE_HOST_INDEX:
+        raise ValueError(f"host index {host_index} is not a device address")
+    existing = await repository.get_release(db, gateway_id, host_index)
+    if existing is not None:
+        existing.released_at = now
+    else:
+        db.add(AddressRelease(gateway_id=gateway_id, host_index=host_index, released_at=now))
+    await db.flush()
+
+
+# --- desired state ---------------------------------------------------------------------------
+
+
+async def bump_revision(
+    db: AsyncSession, gateway_ids: Iterable[str], bus: EventBus
+) -> dict[str, int]:
+    """New desired-state revisions; their long-polls wake once this transaction commits."""
+    ids = sorted(set(gateway_ids))  # a stable order: concurrent bumps lock rows alike
+    revisions = await repository.bump_revisions(db, ids)
+    for gateway_id, revision in revisions.items():
+        publish_after_commit(
+            db, bus, gateway_channel(gateway_id), {"type": "revision", "revision": revision}
+        )
+    return revisions
+
+
+async def bump_for_session(db: AsyncSession, session_id: str, bus: EventBus) -> dict[str, int]:
+    """Bump every gateway carrying an active device of the session (its peers changed)."""
+    return await bump_revision(db, await repository.gateways_carrying(db, session_id), bus)
+
+
+async def current_revision(db: AsyncSession, gateway_id: str) -> int:
+    gateway = await _get(db, gateway_id)
+    return gateway.revision
+
+
+async def desired_state(
+    db: AsyncSession, secrets: SecretBox, gateway_id: str, now: datetime
+) -> protocol.DesiredState:
+    """What the gateway must carry now: its interface and one peer per active device of a
+    live session, each with the gateway's cumulative lease of that session."""
+    gateway = await _get(db, gateway_id)
+    blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
+    rows = await repository.live_peers(db, gateway.id, now)
+    sessions = {session.id: session for _, session in rows}
+    quotas = await _refresh_leases(
+        db,
+        gateway.id,
+        sessions,
+        carriers=await repository.carriers_of_sessions(db, gateway.id),
+        rows=await repository.leases_of_sessions_carried_by(db, gateway.id),
+        now=now,
+    )
+    peers = [
+        protocol.PeerSpec(
+            public_key=device.public_key,
+            preshared_key=secrets.decrypt(device.preshared_key_encrypted),
+            allowed_ips=[ipam.host_cidr(device.ipv4), ipam.host_cidr(device.ipv6)],
+            session_id=session.id,
+            quota_bytes=quotas[session.id],
+            speed_mbps=session.speed_mbps,
+            expires_at=session.expires_at,
+        )
+        for device, session in rows
+    ]
+    interface = protocol.GatewayInterface(
+        private_key=secrets.decrypt(gateway.private_key_encrypted),
+        public_key=gateway.public_key,
+        listen_port=gateway.listen_port,
+        addresses=blocks.interface_addresses(),
+    )
+    return protocol.DesiredState(revision=gateway.revision, interface=interface, peers=peers)
+
+
+async def _refresh_leases(
+    db: AsyncSession,
+    gateway_id: str,
+    sessions: dict[str, DataSession],
+    *,
+    carriers: dict[str, set[str]],
+    rows: list[GatewayLease],
+    now: datetime,
+) -> dict[str, int]:
+    """Top up `gateway_id`'s leases of `sessions` (and release those of gateways that stopped
+    carrying them); its cumulative grant per session."""
+    by_session: dict[str, dict[str, GatewayLease]] = {}
+    for lease_row in rows:
+        by_session.setdefault(lease_row.session_id, {})[lease_row.gateway_id] = lease_row
+    granted: dict[str, int] = {}
+    for session_id, session in sessions.items():
+        existing = by_session.get(session_id, {})
+        plan = leases.plan_session_leases(
+            limit_bytes=session.data_limit_bytes,
+            used_total_bytes=session.used_bytes,
+            leases={
+                other_id: leases.Lease(held.granted_bytes, held.used_bytes)
+                for other_id, held in existing.items()
+            },
+            carriers=carriers.get(session_id, set()) | {gateway_id},
+            requesting=[gateway_id],
+        )
+        for other_id, lease in plan.items():
+            row = existing.get(other_id)
+            if row is None:
+                db.add(
+                    GatewayLease(
+                        gateway_id=other_id,
+                        session_id=session_id,
+                        granted_bytes=lease.granted_bytes,
+                        used_bytes=lease.used_bytes,
+                        updated_at=now,
+                    )
+                )
+            elif row.granted_bytes != lease.granted_bytes:
+                row.granted_bytes = lease.granted_bytes
+                row.updated_at = now
+        granted[session_id] = plan[gateway_id].granted_bytes
+    await db.flush()
+    return granted
+
+
+async def grant_leases(
+    db: AsyncSession, gateway: Gateway, session_ids: Iterable[str], now: datetime
+) -> protocol.LeaseResponse:
+    """Top up the gateway's leases of the given sessions. Sessions it does not carry, or that
+    are no longer live, get no grant (the agent drops them with the next desired state)."""
+    wanted = set(session_ids)
+    carried = await repository.carriers_of(db, wanted)
+    sessions = {
+        session_id: session
+        for session_id, session in (await repository.sessions_by_id(db, wanted)).items()
+        if gateway.id in carried.get(session_id, set())
+        and session.status in LIVE_STATES
+        and (session.expires_at is None or session.expires_at > now)
+    }
+    quotas = await _refresh_leases(
+        db,
+        gateway.id,
+        sessions,
+        carriers=carried,
+        rows=await repository.leases_of(db, sessions),
+        now=now,
+    )
+    refused = wanted - set(sessions)
+    if refused:
+        log.info("lease_refused", gateway_id=gateway.id, session_count=len(refused))
+    return protocol.LeaseResponse(
+        revision=gateway.revision,
+        leases=[
+            protocol.LeaseGrant(session_id=session_id, quota_bytes=quota)
+            for session_id, quota in sorted(quotas.items())
+        ],
+    )
+
+
+# --- what the agents report ------------------------------------------------------------------
+
+
+async def authenticate(db: AsyncSession, token: str) -> Gateway:
+    """The enabled gateway holding `token`; anything else is 401."""
+    gateway = await repository.get_by_token_hash(db, hash_token(token))
+    if gateway is None or not gateway.is_enabled:
+        raise Unauthorized("Gateway token is not valid")
+    return gateway
+
+
+async def apply_usage(
+    db: AsyncSession,
+    bus: EventBus,
+    gateway: Gateway,
+    report: protocol.UsageReport,
+    now: datetime,
+) -> protocol.UsageAck:
+    """Apply one usage batch exactly once: a replayed or older sequence changes nothing."""
+    locked = await repository.lock(db, gateway.id)  # one batch of a gateway at a time
+    if locked is None:
+        raise Unauthorized("Gateway token is not valid")
+    if report.sequence <= locked.last_usage_sequence or await repository.usage_batch_exists(
+        db, locked.id, report.sequence
+    ):
+        return protocol.UsageAck(
+            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
+        )
+    totals: dict[str, tuple[int, int, bool]] = {}
+    for delta in report.deltas:
+        rx, tx, exhausted = totals.get(delta.session_id, (0, 0, False))
+        totals[delta.session_id] = (
+            rx + delta.rx_bytes,
+            tx + delta.tx_bytes,
+            exhausted or delta.quota_exhausted,
+        )
+    carried = await repository.sessions_with_device_on(db, locked.id, totals)
+    refused = sorted(set(totals) - carried)
+    if refused:
+        log.warning(
+            "usage_refused_not_carried",
+            gateway_id=locked.id,
+            sequence=report.sequence,
+            session_ids=refused[:20],
+            refused_count=len(refused),
+        )
+    accepted = {session_id: totals[session_id] for session_id in sorted(carried)}
+    batch = UsageBatch(
+        gateway_id=locked.id,
+        sequence=report.sequence,
+        received_at=now,
+        delta_count=len(accepted),
+        total_bytes=sum(rx + tx for rx, tx, _ in accepted.values()),
+    )
+    db.add(batch)
+    try:
+        async with db.begin_nested():
+            await db.flush()
+    except IntegrityError:
+        return protocol.UsageAck(
+            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
+        )
+
+    lease_rows = {
+        row.session_id: row
+        for row in await repository.leases_of(db, accepted)
+        if row.gateway_id == locked.id
+    }
+    was_live = {
+        session_id: session.status in LIVE_STATES
+        for session_id, session in (await repository.sessions_by_id(db, accepted)).items()
+    }
+    ended: list[str] = []
+    live: dict[str, DataSession] = {}
+    for session_id, (rx, tx, exhausted) in accepted.items():
+        if not (rx or tx or exhausted):
+            continue
+        session = await sessions_service.record_usage(
+            db,
+            bus,
+            session_id=session_id,
+            rx_bytes=rx,
+            tx_bytes=tx,
+            quota_exhausted=exhausted,
+            now=now,
+        )
+        if session is None:
+            continue
+        row = lease_rows.get(session_id)
+        if row is None:
+            row = GatewayLease(
+                gateway_id=locked.id, session_id=session_id, granted_bytes=0, used_bytes=0
+            )
+            db.add(row)
+            lease_rows[session_id] = row
+        row.used_bytes += rx + tx
+        row.updated_at = now
+        if session.status in LIVE_STATES:
+            live[session_id] = session
+        elif was_live.get(session_id, False):
+            ended.append(session_id)
+    locked.last_usage_sequence = report.sequence
+    await db.flush()
+
+    bumped: set[str] = set()
+    for session_id in ended:
+        bumped.update(await repository.gateways_carrying(db, session_id))
+    if ended:
+        bumped.add(locked.id)
+        await bump_revision(db, bumped, bus)
+    grants = await _refresh_leases(
+        db,
+        locked.id,
+        live,
+        carriers=await repository.carriers_of(db, live),
+        rows=await repository.leases_of(db, live),
+        now=now,
+    )
+    return protocol.UsageAck(
+        accepted=True,
+        duplicate=False,
+        last_sequence=report.sequence,
+        leases=[
+            protocol.LeaseGrant(session_id=session_id, quota_bytes=quota)
+            for session_id, quota in sorted(grants.items())
+        ],
+    )
+
+
+async def record_heartbeat(
+    db: AsyncSession, gateway: Gateway, heartbeat: protocol.GatewayHeartbeat, now: datetime
+) -> protocol.HeartbeatAck:
+    """Store the agent's health; a device's first handshake marks its session connected."""
+    gateway.agent_version = heartbeat.agent_version
+    gateway.interface_mode = heartbeat.interface_mode
+    gateway.peer_count = heartbeat.peer_count
+    gateway.rx_bps = heartbeat.rx_bps
+    gateway.tx_bps = heartbeat.tx_bps
+    gateway.applied_revision = heartbeat.applied_revision
+    if not gateway.is_online:
+        log.info("gateway_online", gateway_id=gateway.id, name=gateway.name)
+    gateway.is_online = True
+    gateway.last_heartbeat_at = now
+    if heartbeat.protocol_version != protocol.PROTOCOL_VERSION:
+        log.warning(
+            "gateway_protocol_mismatch",
+            gateway_id=gateway.id,
+            agent=heartbeat.protocol_version,
+            control=protocol.PROTOCOL_VERSION,
+        )
+    devices = await repository.devices_by_public_key(db, gateway.id, heartbeat.handshakes)
+    for device in devices:
+        handshake_at = min(heartbeat.handshakes[device.public_key], now)  # agent clock skew
+        previous = device.last_handshake_at
+        if previous is not None and handshake_at <= previous:
+            continue
+        device.last_handshake_at = handshake_at
+        if previous is None:
+            await sessions_service.mark_connected(db, device.session_id, now)
+    await db.flush()
+    return protocol.HeartbeatAck(ok=True, server_time=now)
+
+
+async def mark_offline_gateways(db: AsyncSession, now: datetime, settings: Settings) -> int:
+    """Gateways silent for longer than the grace period are offline; how many were marked."""
+    count = await repository.mark_offline(
+        db, now - timedelta(seconds=settings.gateway_offline_seconds)
+    )
+    if count:
+        log.info("gateways_offline", count=count)
+    return count
