@@ -12,17 +12,25 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.db import AFTER_COMMIT
 from kswifi.control.deps import Ctx, DbSession
-from kswifi.control.errors import KSWiFiError, TooManyRequests
-from kswifi.control.models import DataSession, User, utcnow
+from kswifi.control.errors import KSWiFiError, TooManyRequests, Unprocessable
+from kswifi.control.gateways import service as gateways
+from kswifi.control.models import DataSession, utcnow
 from kswifi.control.plans import service as plans
+from kswifi.control.profiles import service as profiles
+from kswifi.control.purchases import service as purchases
+from kswifi.control.purchases.schemas import PurchaseCreate
+from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import endpoints as user_endpoints
 from kswifi.control.users import service as users
 from kswifi.web import auth, chart, copy
-from kswifi.web.deps import OptionalUser, RequiredUser, safe_next
-from kswifi.web.templating import render
+from kswifi.web.deps import OptionalUser, PageNotFound, RequiredUser, safe_next
+from kswifi.web.templating import ENDED_MESSAGES, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -33,6 +41,15 @@ async def form_fields(request: Request) -> dict[str, str]:
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     auth.verify_csrf(request, fields.get(auth.CSRF_FIELD))
     return fields
+
+
+async def abandon(db: AsyncSession) -> None:
+    """Undo the request's writes after a refused action (and drop the events they queued).
+
+    ORM objects loaded before are expired afterwards: read what is needed from them first.
+    """
+    db.info.pop(AFTER_COMMIT, None)
+    await db.rollback()
 
 
 def redirect(request: Request, url: str) -> Response:
@@ -71,7 +88,7 @@ async def signup(request: Request, ctx: Ctx, db: DbSession) -> Response:
         user = await users.register(db, email, password)
         tokens = await users.issue_tokens(db, ctx.secrets, ctx.settings, user)
     except KSWiFiError as exc:
-        await db.rollback()
+        await abandon(db)
         context = {"nav": "signup", "email": email, "next": next_path, "error": _say(exc)}
         return render(request, "signup.html", context, status_code=exc.status_code)
     auth.set_login_cookies(request, tokens)
@@ -115,7 +132,7 @@ async def login(request: Request, ctx: Ctx, db: DbSession) -> Response:
             limits.login_by_address.record(address_key)
             raise
     except KSWiFiError as exc:
-        await db.rollback()
+        await abandon(db)
         context = {"nav": "login", "email": email, "next": next_path, "error": _say(exc)}
         return render(request, "login.html", context, status_code=exc.status_code)
     limits.login_by_account.reset(account_key)
@@ -155,6 +172,74 @@ async def plans_page(request: Request, user: OptionalUser, db: DbSession) -> Res
     return render(request, "plans.html", {"nav": "plans", "plans": items})
 
 
+# --- checkout ----------------------------------------------------------------------------------
+
+
+def _payment_options(ctx: Ctx) -> dict[str, bool]:
+    return {
+        "stripe": bool(ctx.settings.stripe_api_key.get_secret_value()),
+        "dev": ctx.settings.dev_payments,
+    }
+
+
+async def _checkout_context(db: DbSession, ctx: Ctx, code: str) -> dict[str, Any]:
+
+    try:
+        plan = await plans.get_by_code(db, code)
+    except KSWiFiError as exc:
+        raise PageNotFound() from exc
+    if not plan.is_active:
+        raise PageNotFound()
+    return {
+        "nav": "plans",
+        "plan": plans.to_out(plan),
+        "works": copy.works_lines(plan.code, plan.speed_mbps),
+        "payments": _payment_options(ctx),
+        # One key per rendered form: a double-clicked submit buys once.
+        "idempotency_key": new_opaque_token(16),
+    }
+
+
+@router.get("/checkout/{plan_code}", response_class=HTMLResponse)
+async def checkout_page(
+    plan_code: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
+    return render(request, "checkout.html", await _checkout_context(db, ctx, plan_code))
+
+
+@router.post("/checkout/{plan_code}", response_class=HTMLResponse)
+async def checkout(
+    plan_code: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
+    fields = await form_fields(request)
+    context = await _checkout_context(db, ctx, plan_code)
+    method = fields.get("payment_method", "voucher")
+    voucher = fields.get("voucher_code", "").strip()
+    key = fields.get("idempotency_key", "").strip()[:128] or None
+    try:
+        if method not in ("voucher", "stripe", "dev"):
+            raise Unprocessable("Choose how to pay.")
+        if method == "voucher" and not voucher:
+            raise Unprocessable("Enter your voucher code.")
+        data = PurchaseCreate(
+            plan_code=plan_code,
+            payment_method=method,
+            voucher_code=voucher if method == "voucher" else None,
+        )
+        result = await purchases.buy(db, ctx.settings, user=user, data=data, idempotency_key=key)
+    except (KSWiFiError, ValidationError) as exc:
+        await abandon(db)
+        context.update(error=_say(exc), voucher_code=voucher)
+        status = exc.status_code if isinstance(exc, KSWiFiError) else 422
+        return render(request, "checkout.html", context, status_code=status)
+    purchase = result.purchase
+    if purchase.checkout_url:
+        return redirect(request, purchase.checkout_url)
+    if purchase.session_id:
+        return redirect(request, f"/sessions/{purchase.session_id}?notice=bought")
+    return redirect(request, "/sessions")
+
+
 # --- sessions and live usage ----------------------------------------------------------------
 
 
@@ -169,7 +254,7 @@ async def sessions_page(request: Request, user: RequiredUser, db: DbSession) -> 
 async def session_page(
     session_id: str, request: Request, user: RequiredUser, db: DbSession
 ) -> Response:
-    session = await _own_session(db, user, session_id)
+    session = await _own_session(db, user.id, session_id)
     now = utcnow()
     out = sessions.to_out(session, now)
     rows = await sessions.usage_history(db, session)
@@ -188,11 +273,9 @@ async def session_page(
     return render(request, "session.html", context)
 
 
-async def _own_session(db: DbSession, user: User, session_id: str) -> DataSession:
-    from kswifi.web.deps import PageNotFound
-
+async def _own_session(db: AsyncSession, user_id: str, session_id: str) -> DataSession:
     try:
-        return await sessions.get_for_user(db, user.id, session_id)
+        return await sessions.get_for_user(db, user_id, session_id)
     except KSWiFiError as exc:
         raise PageNotFound() from exc
 
@@ -206,14 +289,100 @@ def _notice(request: Request) -> str | None:
     return _NOTICES.get(request.query_params.get("notice", ""))
 
 
-def _say(exc: KSWiFiError) -> str:
+def _say(exc: KSWiFiError | ValidationError) -> str:
     """A domain error's message for a person (they are written for people already)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return f"{where}: {first.get('msg', 'invalid')}" if where else "Please check the form."
     return exc.message
 
 
 def _path_of(url: str) -> str:
     parts = urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+# --- setup: Generate Connect Code ---------------------------------------------------------------
+
+REGION_NAMES = {
+    "us-east": "US East (New York)",
+    "eu-west": "EU West (London)",
+    "ap-southeast": "Asia Pacific (Singapore)",
+}
+
+
+def region_name(code: str) -> str:
+    return REGION_NAMES.get(code, code)
+
+
+async def _regions(db: DbSession, ctx: Ctx) -> list[dict[str, str]]:
+    """Regions with an enabled gateway, for the optional region choice."""
+    codes = sorted(
+        {g.region for g in await gateways.list_out(db, utcnow(), ctx.settings) if g.is_enabled}
+    )
+    return [{"code": code, "name": region_name(code)} for code in codes]
+
+
+@router.get("/sessions/{session_id}/setup", response_class=HTMLResponse)
+async def setup_page(
+    session_id: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
+    session = await _own_session(db, user.id, session_id)
+    out = sessions.to_out(session, utcnow())
+    context = {"nav": "sessions", "s": out, "regions": await _regions(db, ctx), "copy": copy}
+    if out.status not in ("active", "connected"):
+        context["error"] = ENDED_MESSAGES.get(out.status)
+    return render(request, "setup.html", context)
+
+
+@router.post("/sessions/{session_id}/setup", response_class=HTMLResponse)
+async def generate(
+    session_id: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
+    fields = await form_fields(request)
+    user_id = user.id
+    session = await _own_session(db, user_id, session_id)
+    region = fields.get("region", "").strip() or None
+    device_name = fields.get("device_name", "").strip() or None
+    now = utcnow()
+    try:
+        generated = await profiles.generate_profile(
+            db,
+            secrets=ctx.secrets,
+            settings=ctx.settings,
+            bus=ctx.events,
+            user_id=user_id,
+            session_id=session.id,
+            region=region,
+            device_name=device_name,
+            now=now,
+        )
+        profile = profiles.to_response(generated, ctx.settings)
+    except KSWiFiError as exc:
+        await abandon(db)
+        session = await _own_session(db, user_id, session_id)
+        context = {
+            "nav": "sessions",
+            "s": sessions.to_out(session, now),
+            "regions": await _regions(db, ctx),
+            "copy": copy,
+            "error": _say(exc),
+            "device_name": device_name or "",
+        }
+        return render(request, "setup.html", context, status_code=exc.status_code)
+    context = {
+        "nav": "sessions",
+        "s": sessions.to_out(session, now),
+        "profile": profile,
+        "region_name": region_name(profile.region),
+        "setup_path": _path_of(profile.setup_url),
+        "config_path": _path_of(profile.config_url),
+        "mobileconfig_path": _path_of(profile.mobileconfig_url),
+        "copy": copy,
+    }
+    # The page holds a private key: never cached, never replayed from history.
+    return render(request, "setup_ready.html", context, no_store=True)
 
 
 @router.get("/offline", response_class=HTMLResponse)
