@@ -6,7 +6,7 @@ import httpx
 
 from kswifi.control.deps import AppContext
 from tests.conftest import ApiUser, register_and_login
-from tests.control.sessions.conftest import MakeSession
+from tests.control.conftest import MakeSession
 
 
 async def _user_id(client: httpx.AsyncClient, user: ApiUser) -> str:

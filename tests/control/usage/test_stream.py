@@ -12,7 +12,7 @@ from kswifi.control.models import utcnow
 from kswifi.control.sessions import service as sessions
 from kswifi.control.usage.service import format_event, parse_last_event_id
 from tests.conftest import ApiUser, register_and_login
-from tests.control.sessions.conftest import MakeSession
+from tests.control.conftest import MakeSession
 
 
 def parse_events(body: str) -> list[tuple[int, str, dict[str, object]]]:
