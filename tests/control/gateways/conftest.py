@@ -20,7 +20,6 @@ from sqlalchemy import select, update
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import service
 from kswifi.control.models import DataSession, Device, Gateway, Plan, Purchase, User, utcnow
-from kswifi.control.security import hash_password
 
 
 @dataclass
@@ -93,7 +92,7 @@ class World:
         now = utcnow()
         async with self.ctx.db.transaction() as db:
             user = User(
-                email=f"u-{uuid.uuid4().hex[:10]}@example.com", password_hash=hash_password("x")
+                email=f"u-{uuid.uuid4().hex[:10]}@example.com", password_hash="not-used-here"
             )
             plan = await db.scalar(select(Plan).where(Plan.code == "basic"))
             assert plan is not None

@@ -1,0 +1,552 @@
+"""The gateway protocol, control-plane half: desired state and long-poll, usage, heartbeat,
+leases, and offline detection."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy import select, update
+
+from kswifi.control.deps import AppContext
+from kswifi.control.gateways import service
+from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
+from kswifi.protocol.models import DesiredState, UsageAck
+from tests.control.gateways.conftest import RegisteredGateway, World
+
+STATE = "/api/gateway/v1/desired-state"
+USAGE = "/api/gateway/v1/usage"
+HEARTBEAT = "/api/gateway/v1/heartbeat"
+LEASES = "/api/gateway/v1/leases"
+
+
+def usage_report(
+    sequence: int, *deltas: tuple[str, int, int], exhausted: bool = False
+) -> dict[str, Any]:
+    return {
+        "sequence": sequence,
+        "sent_at": utcnow().isoformat(),
+        "deltas": [
+            {"session_id": sid, "rx_bytes": rx, "tx_bytes": tx, "quota_exhausted": exhausted}
+            for sid, rx, tx in deltas
+        ],
+    }
+
+
+def heartbeat(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "agent_version": "0.1.0",
+        "interface_mode": "userspace",
+        "peer_count": 1,
+        "rx_bps": 1000,
+        "tx_bps": 2000,
+        "applied_revision": 3,
+    }
+    body.update(fields)
+    return body
+
+
+async def fetch_state(
+    client: httpx.AsyncClient, gateway: RegisteredGateway, since: int | None = None
+) -> DesiredState:
+    params = {} if since is None else {"since": since}
+    response = await client.get(STATE, headers=gateway.headers, params=params)
+    assert response.status_code == 200, response.text
+    return DesiredState.model_validate(response.json())
+
+
+async def post_usage(
+    client: httpx.AsyncClient, gateway: RegisteredGateway, body: dict[str, Any]
+) -> UsageAck:
+    response = await client.post(USAGE, headers=gateway.headers, json=body)
+    assert response.status_code == 200, response.text
+    return UsageAck.model_validate(response.json())
+
+
+class TestAuth:
+    @pytest.mark.parametrize(
+        ("method", "path", "body"),
+        [
+            ("GET", STATE, None),
+            ("POST", USAGE, usage_report(1)),
+            ("POST", HEARTBEAT, heartbeat()),
+            ("POST", LEASES, {"session_ids": []}),
+        ],
+    )
+    async def test_missing_or_wrong_token_is_401(
+        self, client: httpx.AsyncClient, world: World, method: str, path: str, body: Any
+    ) -> None:
+        await world.gateway()
+        for headers in ({}, {"Authorization": "Bearer not-a-gateway-token"}):
+            response = await client.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+
+    async def test_a_user_access_token_is_not_a_gateway_token(
+        self, client: httpx.AsyncClient, world: World, user: Any
+    ) -> None:
+        await world.gateway()
+        assert (await client.get(STATE, headers=user.headers)).status_code == 401
+
+
+class TestDesiredState:
+    async def test_interface_and_peer(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session(limit_bytes=5_000_000, speed_mbps=25)
+        device = await world.device(session_id, gateway.id)
+        state = await fetch_state(client, gateway)
+
+        stored = await world.get_gateway(gateway.id)
+        assert state.revision == stored.revision == 2  # 1 at registration, bumped by the device
+        assert state.interface is not None
+        private = X25519PrivateKey.from_private_bytes(base64.b64decode(state.interface.private_key))
+        public_raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        assert base64.b64encode(public_raw).decode() == state.interface.public_key
+        assert state.interface.public_key == stored.public_key
+        assert state.interface.listen_port == 51820
+        assert state.interface.addresses == ["100.64.0.1/16", "fd4b:5357:4946::1/64"]
+
+        [peer] = state.peers
+        session = await world.get_session(session_id)
+        assert peer.public_key == device.public_key
+        assert peer.preshared_key == device.preshared_key
+        assert peer.allowed_ips == ["100.64.0.2/32", "fd4b:5357:4946::2/128"]
+        assert peer.session_id == session_id
+        assert peer.quota_bytes == 5_000_000
+        assert peer.speed_mbps == 25
+        assert peer.expires_at == session.expires_at
+
+        async with ctx.db.transaction() as db:
+            [lease] = await db.scalars(select(GatewayLease))
+        assert (lease.gateway_id, lease.session_id) == (gateway.id, session_id)
+        assert (lease.granted_bytes, lease.used_bytes) == (5_000_000, 0)
+
+    async def test_only_active_devices_of_live_sessions(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        live = await world.device(await world.session(), gateway.id)
+        connected = await world.device(await world.session(status="connected"), gateway.id)
+        exhausted = await world.device(await world.session(status="exhausted"), gateway.id)
+        past = await world.device(
+            await world.session(expires_at=utcnow() - timedelta(seconds=1)), gateway.id
+        )
+        removed = await world.device(await world.session(), gateway.id)
+        async with ctx.db.transaction() as db:
+            await db.execute(update(Device).where(Device.id == removed.id).values(status="removed"))
+        other_gateway = await world.gateway()
+        await world.device(await world.session(), other_gateway.id)
+
+        state = await fetch_state(client, gateway)
+        keys = {peer.public_key for peer in state.peers}
+        assert keys == {live.public_key, connected.public_key}
+        assert exhausted.public_key not in keys and past.public_key not in keys
+
+    async def test_lease_is_limit_minus_bytes_used_on_other_gateways(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=10_000_000)
+        moved = await world.device(session_id, first.id)
+        await post_usage(client, first, usage_report(1, (session_id, 1_000_000, 2_000_000)))
+        async with ctx.db.transaction() as db:  # the device moves to the second gateway
+            await db.execute(update(Device).where(Device.id == moved.id).values(status="removed"))
+        await world.device(session_id, second.id)
+
+        [peer] = (await fetch_state(client, second)).peers
+        assert peer.quota_bytes == 7_000_000
+        assert (await fetch_state(client, first)).peers == []
+        async with ctx.db.transaction() as db:
+            leases = {
+                lease.gateway_id: (lease.granted_bytes, lease.used_bytes)
+                for lease in await db.scalars(select(GatewayLease))
+            }
+        assert leases == {first.id: (3_000_000, 3_000_000), second.id: (7_000_000, 0)}
+
+    async def test_two_carriers_never_hold_more_than_remains(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=10_000_000)
+        await world.device(session_id, first.id)
+        await world.device(session_id, second.id)
+        [first_peer] = (await fetch_state(client, first)).peers
+        [second_peer] = (await fetch_state(client, second)).peers
+        assert first_peer.quota_bytes == second_peer.quota_bytes == 5_000_000
+        ack = await post_usage(client, first, usage_report(1, (session_id, 4_000_000, 0)))
+        # remaining 6 MB; the second gateway holds 5 MB: the first may hold 1 MB more.
+        assert [(grant.session_id, grant.quota_bytes) for grant in ack.leases] == [
+            (session_id, 5_000_000)
+        ]
+
+
+class TestLongPoll:
+    async def test_wakes_soon_after_a_bump(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 10
+        gateway = await world.gateway()
+        revision = (await fetch_state(client, gateway)).revision
+        started = time.monotonic()
+        waiting = asyncio.create_task(fetch_state(client, gateway, since=revision))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        session_id = await world.session()
+        device = await world.device(session_id, gateway.id)  # bumps the revision on commit
+        state = await asyncio.wait_for(waiting, 1.5)
+        assert state.revision == revision + 1
+        assert [peer.public_key for peer in state.peers] == [device.public_key]
+        assert time.monotonic() - started < 2
+
+    async def test_times_out_with_the_same_revision(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 0.5
+        gateway = await world.gateway()
+        revision = (await fetch_state(client, gateway)).revision
+        started = time.monotonic()
+        state = await fetch_state(client, gateway, since=revision)
+        elapsed = time.monotonic() - started
+        assert state.revision == revision
+        assert 0.45 <= elapsed < 2
+
+    async def test_other_revisions_answer_at_once(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 10
+        gateway = await world.gateway()
+        revision = (await fetch_state(client, gateway)).revision
+        for since in (revision - 1, revision + 5):  # older, or newer after a database restore
+            started = time.monotonic()
+            assert (await fetch_state(client, gateway, since=since)).revision == revision
+            assert time.monotonic() - started < 1
+
+    async def test_another_gateways_bump_does_not_wake(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 1
+        gateway, other = await world.gateway(), await world.gateway()
+        revision = (await fetch_state(client, gateway)).revision
+        waiting = asyncio.create_task(fetch_state(client, gateway, since=revision))
+        await asyncio.sleep(0.2)
+        async with ctx.db.transaction() as db:
+            await service.bump_revision(db, [other.id], ctx.events)
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert (await waiting).revision == revision
+
+    async def test_waiting_holds_no_database_transaction(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 5
+        gateway = await world.gateway()
+        revision = (await fetch_state(client, gateway)).revision
+        waiters = [
+            asyncio.create_task(fetch_state(client, gateway, since=revision)) for _ in range(3)
+        ]
+        await asyncio.sleep(0.3)
+        # Writes go through promptly while three agents wait (SQLite has a single writer).
+        started = time.monotonic()
+        await asyncio.wait_for(world.gateway(), 2)
+        assert time.monotonic() - started < 1.5
+        async with ctx.db.transaction() as db:
+            await service.bump_revision(db, [gateway.id], ctx.events)
+        states = await asyncio.wait_for(asyncio.gather(*waiters), 2)
+        assert {state.revision for state in states} == {revision + 1}
+
+
+class TestUsage:
+    async def test_applied_once(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session(limit_bytes=10_000_000)
+        await world.device(session_id, gateway.id)
+        body = usage_report(1, (session_id, 100, 200), (session_id, 1, 2))
+        ack = await post_usage(client, gateway, body)
+        assert (ack.accepted, ack.duplicate, ack.last_sequence) == (True, False, 1)
+        replay = await post_usage(client, gateway, body)
+        assert (replay.accepted, replay.duplicate, replay.last_sequence) == (False, True, 1)
+
+        session = await world.get_session(session_id)
+        assert (session.used_bytes, session.rx_bytes, session.tx_bytes) == (303, 101, 202)
+        stored = await world.get_gateway(gateway.id)
+        assert stored.last_usage_sequence == 1
+        async with ctx.db.transaction() as db:
+            [batch] = await db.scalars(select(UsageBatch))
+            [lease] = await db.scalars(select(GatewayLease))
+        assert (batch.sequence, batch.total_bytes, batch.delta_count) == (1, 303, 1)
+        assert lease.used_bytes == 303
+
+    async def test_gaps_accepted_older_sequences_are_duplicates(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session()
+        await world.device(session_id, gateway.id)
+        assert (await post_usage(client, gateway, usage_report(5, (session_id, 10, 0)))).accepted
+        older = await post_usage(client, gateway, usage_report(3, (session_id, 10, 0)))
+        assert older.duplicate and older.last_sequence == 5
+        assert (await post_usage(client, gateway, usage_report(6, (session_id, 10, 0)))).accepted
+        assert (await world.get_session(session_id)).used_bytes == 20
+
+    async def test_concurrent_replays_apply_once(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session()
+        await world.device(session_id, gateway.id)
+        body = usage_report(1, (session_id, 1000, 0))
+        acks = await asyncio.gather(*(post_usage(client, gateway, body) for _ in range(5)))
+        assert sorted(ack.duplicate for ack in acks) == [False, True, True, True, True]
+        assert (await world.get_session(session_id)).used_bytes == 1000
+
+    async def test_exhaustion_ends_the_session_and_removes_the_peer(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session(limit_bytes=1000)
+        await world.device(session_id, gateway.id)
+        revision = (await fetch_state(client, gateway)).revision
+        waiting = asyncio.create_task(fetch_state(client, gateway, since=revision))
+        await asyncio.sleep(0.2)
+        ack = await post_usage(client, gateway, usage_report(1, (session_id, 600, 400)))
+        assert ack.accepted and ack.leases == []
+        session = await world.get_session(session_id)
+        assert session.status == "exhausted"
+        assert session.used_bytes == 1000
+        state = await asyncio.wait_for(waiting, 1.5)
+        assert state.revision == revision + 1
+        assert state.peers == []
+
+    async def test_the_kernel_saying_exhausted_ends_the_session(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session(limit_bytes=10_000)
+        await world.device(session_id, gateway.id)
+        await post_usage(client, gateway, usage_report(1, (session_id, 9_000, 900), exhausted=True))
+        assert (await world.get_session(session_id)).status == "exhausted"
+
+    async def test_other_gateways_sessions_are_refused(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        owner, intruder = await world.gateway(), await world.gateway()
+        session_id = await world.session()
+        mine = await world.session()
+        await world.device(session_id, owner.id)
+        await world.device(mine, intruder.id)
+        ack = await post_usage(
+            client, intruder, usage_report(1, (session_id, 5000, 5000), (mine, 10, 0))
+        )
+        assert ack.accepted
+        assert (await world.get_session(session_id)).used_bytes == 0
+        assert (await world.get_session(mine)).used_bytes == 10
+        async with ctx.db.transaction() as db:
+            leases = list(
+                await db.scalars(select(GatewayLease).where(GatewayLease.session_id == session_id))
+            )
+        assert leases == []
+
+    async def test_unknown_session_and_bad_bodies(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        ack = await post_usage(client, gateway, usage_report(1, ("no-such-session", 1, 1)))
+        assert ack.accepted
+        bad = usage_report(2)
+        bad["deltas"] = [{"session_id": "x", "rx_bytes": -1, "tx_bytes": 0}]
+        response = await client.post(USAGE, headers=gateway.headers, json=bad)
+        assert response.status_code == 422
+        response = await client.post(
+            USAGE, headers=gateway.headers, json={**usage_report(3), "x": 1}
+        )
+        assert response.status_code == 422
+        assert (await world.get_gateway(gateway.id)).last_usage_sequence == 1
+
+    async def test_usage_after_the_peer_was_removed_is_still_billed(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session()
+        device = await world.device(session_id, gateway.id)
+        async with ctx.db.transaction() as db:
+            await db.execute(update(Device).where(Device.id == device.id).values(status="removed"))
+        await post_usage(client, gateway, usage_report(1, (session_id, 70, 0)))
+        assert (await world.get_session(session_id)).used_bytes == 70
+
+
+class TestHeartbeat:
+    async def test_stores_health_and_first_handshake_connects(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway, other = await world.gateway(), await world.gateway()
+        session_id = await world.session()
+        device = await world.device(session_id, gateway.id)
+        foreign = await world.device(await world.session(), other.id)
+        handshake = datetime(2030, 1, 1, tzinfo=UTC)  # in the future: clamped to now
+        response = await client.post(
+            HEARTBEAT,
+            headers=gateway.headers,
+            json=heartbeat(
+                handshakes={
+                    device.public_key: handshake.isoformat(),
+                    foreign.public_key: handshake.isoformat(),
+                    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=": handshake.isoformat(),
+                }
+            ),
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["ok"] is True
+
+        stored = await world.get_gateway(gateway.id)
+        assert stored.is_online and stored.last_heartbeat_at is not None
+        assert (stored.agent_version, stored.interface_mode, stored.peer_count) == (
+            "0.1.0",
+            "userspace",
+            1,
+        )
+        assert (stored.rx_bps, stored.tx_bps, stored.applied_revision) == (1000, 2000, 3)
+        seen = await world.get_device(device.id)
+        assert seen.last_handshake_at is not None and seen.last_handshake_at <= utcnow()
+        assert (await world.get_session(session_id)).status == "connected"
+        assert (await world.get_device(foreign.id)).last_handshake_at is None
+        assert (await world.get_session(foreign.session_id)).status == "active"
+
+    async def test_older_handshake_does_not_go_back(
+        self, client: httpx.AsyncClient, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        device = await world.device(await world.session(), gateway.id)
+        recent = utcnow() - timedelta(seconds=5)
+        for at in (recent, recent - timedelta(minutes=5)):
+            body = heartbeat(handshakes={device.public_key: at.isoformat()})
+            assert (
+                await client.post(HEARTBEAT, headers=gateway.headers, json=body)
+            ).status_code == 200
+        assert (await world.get_device(device.id)).last_handshake_at == recent
+
+    async def test_bad_interface_mode(self, client: httpx.AsyncClient, world: World) -> None:
+        gateway = await world.gateway()
+        body = heartbeat(interface_mode="carrier-pigeon")
+        assert (await client.post(HEARTBEAT, headers=gateway.headers, json=body)).status_code == 422
+
+
+class TestLeases:
+    async def test_grants_only_carried_live_sessions(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway, other = await world.gateway(), await world.gateway()
+        carried = await world.session(limit_bytes=4000)
+        ended = await world.session(status="revoked")
+        elsewhere = await world.session()
+        await world.device(carried, gateway.id)
+        await world.device(ended, gateway.id)
+        await world.device(elsewhere, other.id)
+        response = await client.post(
+            LEASES,
+            headers=gateway.headers,
+            json={"session_ids": [carried, ended, elsewhere, "nope"]},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["revision"] == (await world.get_gateway(gateway.id)).revision
+        assert body["leases"] == [{"session_id": carried, "quota_bytes": 4000}]
+
+    async def test_shared_session_top_up(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=1000)
+        await world.device(session_id, first.id)
+        await world.device(session_id, second.id)
+
+        async def ask(gateway: RegisteredGateway) -> int:
+            response = await client.post(
+                LEASES, headers=gateway.headers, json={"session_ids": [session_id]}
+            )
+            [grant] = response.json()["leases"]
+            return int(grant["quota_bytes"])
+
+        assert await ask(first) == 500
+        assert await ask(second) == 500
+        await post_usage(client, first, usage_report(1, (session_id, 500, 0)))
+        # remaining 500, all held by the second gateway: the first gets nothing more.
+        assert await ask(first) == 500
+        await post_usage(client, second, usage_report(1, (session_id, 100, 0)))
+        # remaining 400: the second holds 400 outstanding; still nothing free for the first.
+        assert await ask(first) == 500
+        async with ctx.db.transaction() as db:
+            leases = list(await db.scalars(select(GatewayLease)))
+            session = await db.get(DataSession, session_id)
+        assert session is not None
+        outstanding = sum(max(0, lease.granted_bytes - lease.used_bytes) for lease in leases)
+        assert outstanding <= session.data_limit_bytes - session.used_bytes
+
+
+class TestRevisionsAndHealth:
+    async def test_bump_for_session_bumps_every_carrier(
+        self, ctx: AppContext, world: World
+    ) -> None:
+        first, second, bystander = (
+            await world.gateway(),
+            await world.gateway(),
+            await world.gateway(),
+        )
+        session_id = await world.session()
+        await world.device(session_id, first.id)
+        await world.device(session_id, second.id)
+        before = {
+            g.id: (await world.get_gateway(g.id)).revision for g in (first, second, bystander)
+        }
+        async with ctx.db.transaction() as db:
+            bumped = await service.bump_for_session(db, session_id, ctx.events)
+        assert bumped == {first.id: before[first.id] + 1, second.id: before[second.id] + 1}
+        assert (await world.get_gateway(bystander.id)).revision == before[bystander.id]
+
+    async def test_bump_is_published_only_after_commit(self, ctx: AppContext, world: World) -> None:
+        from kswifi.control.events import gateway_channel
+
+        gateway = await world.gateway()
+        async with ctx.events.subscribe(gateway_channel(gateway.id)) as subscription:
+            with pytest.raises(RuntimeError):
+                async with ctx.db.transaction() as db:
+                    await service.bump_revision(db, [gateway.id], ctx.events)
+                    raise RuntimeError("rolled back")
+            assert await subscription.get(0.2) is None
+            async with ctx.db.transaction() as db:
+                await service.bump_revision(db, [gateway.id], ctx.events)
+            assert await subscription.get(1) == {"type": "revision", "revision": 2}
+
+    async def test_mark_offline(self, ctx: AppContext, world: World) -> None:
+        fresh, stale, never = await world.gateway(), await world.gateway(), await world.gateway()
+        now = utcnow()
+        grace = ctx.settings.gateway_offline_seconds
+        async with ctx.db.transaction() as db:
+            for gateway_id, seen in (
+                (fresh.id, now),
+                (stale.id, now - timedelta(seconds=grace + 1)),
+            ):
+                await db.execute(
+                    update(Gateway)
+                    .where(Gateway.id == gateway_id)
+                    .values(is_online=True, last_heartbeat_at=seen)
+                )
+        async with ctx.db.transaction() as db:
+            assert await service.mark_offline_gateways(db, now, ctx.settings) == 1
+        async with ctx.db.transaction() as db:
+            assert await service.mark_offline_gateways(db, now, ctx.settings) == 0
+        assert (await world.get_gateway(fresh.id)).is_online
+        assert not (await world.get_gateway(stale.id)).is_online
+        assert not (await world.get_gateway(never.id)).is_online
