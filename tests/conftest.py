@@ -43,15 +43,65 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """One migrated PostgreSQL database used as TEMPLATE for each test's own database."""
-    name = f"kswifi_tpl_{uuid.uuid4().hex[:12]}"
+def pg_database() -> Iterator[PgDatabase]:
+    """One migrated PostgreSQL database for the whole run; each test gets it back pristine."""
+    name = f"kswifi_t_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_execute(f'CREATE DATABASE "{name}"'))
     try:
         upgrade(f"{PG_HOST_URL}/{name}")
-        yield name
+        database = PgDatabase(name)
+        asyncio.run(database.snapshot())
+        yield database
     finally:
         asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+class PgDatabase:
+    """Resets a database to its just-migrated state: TRUNCATE everything, restore seed rows.
+
+    Creating a database per test costs seconds on a durable server; a reset costs milliseconds.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.dsn = PG_DSN.rsplit("/", 1)[0] + f"/{name}"
+        self.url = f"{PG_HOST_URL}/{name}"
+        self.tables: list[str] = []
+        self.seed: dict[str, list[asyncpg.Record]] = {}
+
+    async def snapshot(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'alembic_version'"
+            )
+            self.tables = sorted(row["tablename"] for row in rows)
+            for table in self.tables:
+                records = await connection.fetch(f'SELECT * FROM "{table}"')
+                if records:
+                    self.seed[table] = records
+        finally:
+            await connection.close()
+
+    async def reset(self) -> None:
+        connection = await asyncpg.connect(self.dsn)
+        try:
+            await connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                self.name,
+            )
+            quoted = ", ".join(f'"{table}"' for table in self.tables)
+            async with connection.transaction():
+                await connection.execute(f"TRUNCATE {quoted} RESTART IDENTITY CASCADE")
+                for table, records in self.seed.items():
+                    columns = list(records[0].keys())
+                    await connection.copy_records_to_table(
+                        table, records=[tuple(record) for record in records], columns=columns
+                    )
+        finally:
+            await connection.close()
 
 
 @pytest.fixture(params=DATABASES)
@@ -64,13 +114,9 @@ def database_url(
         shutil.copy(sqlite_template, path)
         yield f"sqlite+aiosqlite:///{path}"
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"kswifi_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    try:
-        yield f"{PG_HOST_URL}/{name}"
-    finally:
-        asyncio.run(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    database: PgDatabase = request.getfixturevalue("pg_database")
+    asyncio.run(database.reset())
+    yield database.url
 
 
 @pytest.fixture
