@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import getpass
+import io
+import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, TextIO, cast
 
+import structlog
 import typer
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.commands.common import fail, run_in_transaction
-from kswifi.control.config import Settings
+from kswifi.control.config import Settings, get_settings
+from kswifi.control.logging import configure_logging
 from kswifi.control.models import Plan
 from kswifi.control.plans import service
 from kswifi.control.plans.schemas import PlanCreate
 from kswifi.control.security import SecretBox
 
 app = typer.Typer(help="Plans: what customers can buy.", no_args_is_help=True)
+
+
+class _CurrentStderr(io.TextIOBase):
+    """Whatever `sys.stderr` is at the moment of writing (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def log_to_stderr() -> None:
+    """Keep log lines off stdout, which carries only the command's output (pipes, files)."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr()))
+    )
 
 
 def cli_actor() -> str:
@@ -47,6 +70,7 @@ def create(
     max_devices: Annotated[int, typer.Option(help="Devices that may share the session")] = 1,
 ) -> None:
     """Add a plan; print its line of the catalog."""
+    log_to_stderr()
     try:
         data = PlanCreate(
             code=code,
@@ -85,6 +109,7 @@ def create(
 @app.command("list")
 def list_() -> None:
     """Every plan as a table, withdrawn ones included."""
+    log_to_stderr()
 
     async def work(db: AsyncSession, _secrets: SecretBox, _settings: Settings) -> Sequence[Plan]:
         return await service.list_all(db)
