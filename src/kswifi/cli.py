@@ -44,6 +44,21 @@ for module_name, attribute, parent, group_name in _GROUPS:
     parent.add_typer(getattr(module, attribute), name=group_name)
 
 
+@app.command("demo")
+def demo_command(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    gateway_endpoint: Annotated[
+        str, typer.Option(help="HOST:PORT phones dial for the local gateway")
+    ] = "127.0.0.1:51820",
+    gateway: Annotated[bool, typer.Option(help="Start a local gateway when possible")] = True,
+) -> None:
+    """Start KSWiFi Connect on the embedded default (what `make run` does)."""
+    from kswifi.commands.demo import demo
+
+    demo(host=host, port=port, gateway_endpoint=gateway_endpoint, gateway=gateway)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
