@@ -69,6 +69,8 @@ class Dataplane(Protocol):
 
     def read_usage(self) -> NftReading: ...
 
+    def read_peers(self) -> WireguardReading: ...
+
 
 def session_minors(nft: NftReading, tc: TcReading) -> dict[str, int]:
     """Which tc class belongs to which session, learnt from the filters' addresses.
@@ -137,3 +139,6 @@ class KernelDataplane:
 
     def read_usage(self) -> NftReading:
         return self.nft.read_usage()
+
+    def read_peers(self) -> WireguardReading:
+        return self.wireguard.read()

@@ -65,8 +65,12 @@ class NftReading:
 
     sessions: dict[str, SessionObjects] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
-    handles: dict[tuple[str, Direction], int] = field(default_factory=dict)
+    counters: dict[tuple[str, Direction], tuple[int, int]] = field(default_factory=dict)
+    """(session, direction) -> (kernel handle, bytes)"""
     table_present: bool = True
+
+    def exhausted(self) -> set[str]:
+        return {session for session, objects in self.sessions.items() if objects.exhausted}
 
 
 @dataclass(frozen=True)
@@ -224,8 +228,7 @@ def parse_listing(documents: Iterable[Mapping[str, object]]) -> NftReading:
             upload_bytes=counters.get((session_id, "up"), (0, 0))[1],
             download_bytes=counters.get((session_id, "down"), (0, 0))[1],
         )
-    handles = {key: handle for key, (handle, _) in counters.items()}
-    return NftReading(sessions=sessions, addresses=addresses, handles=handles)
+    return NftReading(sessions=sessions, addresses=addresses, counters=counters)
 
 
 @dataclass

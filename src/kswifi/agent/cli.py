@@ -1,0 +1,169 @@
+"""`kswifi gateway run`: the typer app the main `kswifi` CLI mounts as `gateway`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from kswifi.agent.client import ControlPlaneClient
+from kswifi.agent.config import GatewaySettings
+from kswifi.agent.dataplane import KernelDataplane
+from kswifi.agent.drivers.command import CommandRunner
+from kswifi.agent.drivers.nftables import NftConfig, NftTable
+from kswifi.agent.drivers.tc import TcShaper
+from kswifi.agent.drivers.wireguard import WireguardInterface
+from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
+from kswifi.agent.logs import configure_logging
+from kswifi.agent.main import Agent
+
+gateway_app = typer.Typer(
+    help="Run a KSWiFi gateway: WireGuard + nftables quotas + tc speed tiers.",
+    no_args_is_help=True,
+)
+
+REQUIRED_COMMANDS = ("ip", "nft", "tc", "wg", "sysctl")
+
+
+@gateway_app.callback()
+def gateway() -> None:
+    """Run a KSWiFi gateway: WireGuard + nftables quotas + tc speed tiers."""
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def build_settings(options: dict[str, Any]) -> GatewaySettings:
+    """Settings from CLI options over `KSWIFI_GATEWAY_*`; a clear error for bad input."""
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        return GatewaySettings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            flag = "--" + name.replace("_", "-")
+            env = "KSWIFI_GATEWAY_" + name.upper()
+            problems.append(f"{flag} / {env}: {error['msg']}")
+        raise _fail("invalid gateway settings:\n  " + "\n  ".join(problems)) from None
+
+
+def build_dataplane(settings: GatewaySettings) -> KernelDataplane:
+    runner = CommandRunner(timeout_s=settings.command_timeout_s)
+    return KernelDataplane(
+        runner=runner,
+        wireguard=WireguardInterface(
+            runner, settings.interface, userspace_only=settings.userspace_only
+        ),
+        nft=NftTable(runner, NftConfig(settings.interface, settings.wan_interface)),
+        tc=TcShaper(runner, settings.interface, settings.ifb_name),
+    )
+
+
+def preflight(settings: GatewaySettings) -> None:
+    """Operator mistakes caught before touching anything."""
+    if os.geteuid() != 0:
+        raise _fail("the gateway needs root (it configures WireGuard, nftables and tc)", 1)
+    missing = [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
+    if missing:
+        raise _fail(
+            f"missing commands: {', '.join(missing)} "
+            "(apt-get install wireguard-tools nftables iproute2 procps)",
+            1,
+        )
+    if not Path(f"/sys/class/net/{settings.wan_interface}").exists():
+        raise _fail(f"WAN interface {settings.wan_interface!r} does not exist", 2)
+    if settings.control_url.startswith("unix:"):
+        socket_path = Path(settings.control_url[len("unix:") :])
+        if not socket_path.parent.exists():
+            raise _fail(f"control-plane socket directory {socket_path.parent} does not exist", 2)
+
+
+async def _run(settings: GatewaySettings) -> int:
+    client = ControlPlaneClient(
+        settings.control_url,
+        settings.token.get_secret_value(),
+        poll_timeout_s=settings.poll_timeout_s,
+    )
+    try:
+        try:
+            await client.desired_state(None)
+        except AuthenticationError:
+            typer.echo(
+                "error: the control plane refused the gateway token "
+                "(check --token / KSWIFI_GATEWAY_TOKEN)",
+                err=True,
+            )
+            return 3
+        except ControlPlaneError as exc:
+            typer.echo(
+                f"warning: control plane not reachable yet ({exc}); enforcing last state", err=True
+            )
+        agent = Agent(settings, build_dataplane(settings), client)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop)
+        await agent.run()
+        return 0
+    finally:
+        await client.aclose()
+
+
+@gateway_app.command("run")
+def run(
+    control_url: Annotated[
+        str | None, typer.Option(help="http(s)://host[:port] or unix:/path/to.sock")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Gateway token (or KSWIFI_GATEWAY_TOKEN)")
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option(help="HOST:PORT phones connect to")] = None,
+    wan_interface: Annotated[
+        str | None, typer.Option(help="Interface towards the Internet")
+    ] = None,
+    interface: Annotated[str | None, typer.Option(help="WireGuard interface [kswifi0]")] = None,
+    listen_port: Annotated[int | None, typer.Option(help="WireGuard UDP port [51820]")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Agent state [/var/lib/kswifi/gateway]")
+    ] = None,
+    ifb_interface: Annotated[str | None, typer.Option(help="IFB device for upload")] = None,
+    userspace_only: Annotated[
+        bool | None, typer.Option(help="Use wireguard-go even if the kernel module exists")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    log_json: Annotated[bool, typer.Option(help="JSON log lines")] = False,
+) -> None:
+    """Run the gateway agent until SIGINT/SIGTERM (the data plane stays up when it stops)."""
+    settings = build_settings(
+        {
+            "control_url": control_url,
+            "token": token,
+            "endpoint": endpoint,
+            "wan_interface": wan_interface,
+            "interface": interface,
+            "listen_port": listen_port,
+            "state_dir": state_dir,
+            "ifb_interface": ifb_interface,
+            "userspace_only": userspace_only,
+        }
+    )
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise _fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
+    configure_logging(log_level, json_lines=log_json)
+    preflight(settings)
+    try:
+        code = asyncio.run(_run(settings))
+    except AgentError as exc:
+        raise _fail(f"gateway stopped: {exc}", 1) from None
+    except KeyboardInterrupt:
+        code = 130
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,459 @@
+"""The agent loop: long-poll + reconcile, 1 s usage read and report, heartbeats, leases.
+
+Tasks share one lock around the data plane. The agent keeps enforcing when the control
+plane is unreachable: the last desired state is persisted (expiries keep cutting, quotas
+keep their leases) and usage reports wait in the on-disk spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from kswifi.agent import AGENT_VERSION
+from kswifi.agent.config import GatewaySettings
+from kswifi.agent.dataplane import Dataplane
+from kswifi.agent.drivers.nftables import NftReading
+from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
+from kswifi.agent.keys import generate_private_key
+from kswifi.agent.model import InterfaceState
+from kswifi.agent.reconcile import (
+    Action,
+    AddPeer,
+    CreateSession,
+    RemovePeer,
+    UnmapAddress,
+    desired_from_state,
+    diff,
+    summarize,
+)
+from kswifi.agent.usage import UsageTracker, write_atomic
+from kswifi.protocol import (
+    DesiredState,
+    GatewayHeartbeat,
+    HeartbeatAck,
+    LeaseResponse,
+    UsageAck,
+    UsageReport,
+)
+
+log = structlog.get_logger("kswifi.agent")
+
+
+class ControlPlane(Protocol):
+    """The calls the agent makes (ControlPlaneClient, or a fake in tests)."""
+
+    async def desired_state(self, since: int | None = None) -> DesiredState: ...
+
+    async def post_usage(self, report: UsageReport) -> UsageAck: ...
+
+    async def heartbeat(self, heartbeat: GatewayHeartbeat) -> HeartbeatAck: ...
+
+    async def leases(self, session_ids: list[str]) -> LeaseResponse: ...
+
+
+def load_or_create_private_key(state_dir: Path) -> str:
+    """The fallback interface key (used only if the control plane does not send one)."""
+    path = state_dir / "private.key"
+    if path.exists():
+        return path.read_text().strip()
+    key = generate_private_key()
+    write_atomic(path, (key + "\n").encode())
+    return key
+
+
+@dataclass
+class Throughput:
+    rx_bps: int = 0
+    tx_bps: int = 0
+
+
+class Agent:
+    """One gateway agent: owns the local data plane, nothing else."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        dataplane: Dataplane,
+        control: ControlPlane,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.dataplane = dataplane
+        self.control = control
+        self.clock = clock
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.state_dir, 0o700)
+        self.tracker = UsageTracker(settings.state_dir)
+        self.default_interface = InterfaceState(
+            private_key=load_or_create_private_key(settings.state_dir),
+            listen_port=settings.listen_port,
+            addresses=frozenset(settings.addresses),
+        )
+        self.desired_state: DesiredState | None = self._load_desired_state()
+        self.applied_revision = 0
+        self.lease_overrides: dict[str, int] = {}
+        self.lease_revision = 0
+        self.lease_asked_at: dict[str, float] = {}
+        self.throughput = Throughput()
+        self.control_plane_up: bool | None = None  # unknown until the first call
+        self.lock = asyncio.Lock()
+        self.reconcile_needed = asyncio.Event()
+        self.desired_changed = asyncio.Event()
+        self.report_ready = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    # -- persisted desired state -------------------------------------------------------------
+
+    @property
+    def desired_path(self) -> Path:
+        return self.settings.state_dir / "desired-state.json"
+
+    def _load_desired_state(self) -> DesiredState | None:
+        try:
+            return DesiredState.model_validate_json(self.desired_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("desired_state_file_unreadable", path=str(self.desired_path))
+            return None
+
+    def _store_desired_state(self, state: DesiredState) -> None:
+        # Holds preshared keys and the interface key: 0600 (write_atomic), never logged.
+        write_atomic(self.desired_path, state.model_dump_json().encode())
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    def _harvest(self, reading: NftReading) -> UsageReport | None:
+        if not reading.table_present:
+            return None
+        report = self.tracker.observe(reading.counters, reading.exhausted(), now=self.clock())
+        if report is not None:
+            self.report_ready.set()
+        return report
+
+    async def reconcile_once(self) -> list[Action]:
+        """Read the kernel, diff against the desired state, apply; returns the actions."""
+        state = self.desired_state
+        if state is None:
+            return []  # never touch a data plane before knowing what it should be
+        async with self.lock:
+            started = time.perf_counter()
+            observation = await asyncio.to_thread(self.dataplane.observe)
+            self._harvest(observation.nft)
+            if self.lease_revision and state.revision >= self.lease_revision:
+                self.lease_overrides.clear()
+            desired = desired_from_state(
+                state,
+                self.clock(),
+                default_interface=self.default_interface,
+                lease_overrides=self.lease_overrides,
+            )
+            actions = diff(desired, observation.actual(self.tracker.served))
+            if actions:
+                await asyncio.to_thread(self.dataplane.apply, actions, observation)
+                created = [a.session_id for a in actions if isinstance(a, CreateSession)]
+                self.tracker.forget(created)
+            self.applied_revision = state.revision
+        self._log_actions(actions, state.revision, time.perf_counter() - started)
+        if any(isinstance(a, UnmapAddress) for a in actions):
+            self.reconcile_needed.set()  # next pass deletes the unmapped sessions' objects
+        return actions
+
+    def _log_actions(self, actions: Sequence[Action], revision: int, seconds: float) -> None:
+        if not actions:
+            return
+        for action in actions:
+            if isinstance(action, AddPeer):
+                log.info(
+                    "peer_added", public_key=action.public_key[:8], session_id=action.session_id
+                )
+            elif isinstance(action, RemovePeer):
+                log.info("peer_removed", public_key=action.public_key[:8], reason=action.reason)
+        log.info(
+            "reconciled",
+            revision=revision,
+            actions=summarize(actions),
+            seconds=round(seconds, 3),
+        )
+
+    async def _reconcile_loop(self) -> None:
+        while not self.stopping.is_set():
+            await self.reconcile_needed.wait()
+            self.reconcile_needed.clear()
+            try:
+                await self.reconcile_once()
+            except AgentError as exc:
+                log.error("reconcile_failed", error=str(exc))
+                await asyncio.sleep(1.0)
+                self.reconcile_needed.set()
+
+    async def _resync_loop(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.settings.resync_interval_s)
+            self.reconcile_needed.set()
+
+    async def _expiry_loop(self) -> None:
+        """Wake a reconcile the moment the next session expires (control plane or not)."""
+        while not self.stopping.is_set():
+            self.desired_changed.clear()
+            next_expiry = self._next_expiry()
+            timeout = None
+            if next_expiry is not None:
+                timeout = max(0.0, (next_expiry - self.clock()).total_seconds())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.desired_changed.wait(), timeout)
+                continue
+            log.info("session_expiry_due", at=next_expiry.isoformat() if next_expiry else None)
+            self.reconcile_needed.set()
+            await asyncio.sleep(0.05)
+
+    def _next_expiry(self) -> datetime | None:
+        if self.desired_state is None:
+            return None
+        now = self.clock()
+        upcoming = [
+            peer.expires_at
+            for peer in self.desired_state.peers
+            if peer.expires_at is not None and peer.expires_at > now
+        ]
+        return min(upcoming, default=None)
+
+    # -- control plane: desired state ---------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        since: int | None = None
+        backoff = 1.0
+        while not self.stopping.is_set():
+            asked_at = time.monotonic()
+            try:
+                state = await self.control.desired_state(since)
+            except AuthenticationError as exc:
+                self._control_plane_down(exc)
+                await asyncio.sleep(30.0)
+                continue
+            except ControlPlaneError as exc:
+                self._control_plane_down(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 1.0
+            self._control_plane_back()
+            current = self.desired_state
+            if current is None or state != current:
+                log.info("desired_state", revision=state.revision, peers=len(state.peers))
+                self.desired_state = state
+                await asyncio.to_thread(self._store_desired_state, state)
+                self.desired_changed.set()
+                self.reconcile_needed.set()
+            elif time.monotonic() - asked_at < 0.5:
+                # Same revision answered at once: a server that does not hold long-polls.
+                await asyncio.sleep(1.0)
+            since = state.revision
+
+    def _control_plane_down(self, exc: Exception) -> None:
+        if self.control_plane_up is not False:
+            log.warning("control_plane_unreachable", error=str(exc), enforcing="last state")
+        self.control_plane_up = False
+
+    def _control_plane_back(self) -> None:
+        if self.control_plane_up is not True:
+            log.info("control_plane_reachable")
+        self.control_plane_up = True
+
+    # -- usage -------------------------------------------------------------------------------
+
+    async def usage_once(self) -> UsageReport | None:
+        """Read all counters once (one nft call), spool a report of what changed."""
+        async with self.lock:
+            reading = await asyncio.to_thread(self.dataplane.read_usage)
+            report = self._harvest(reading)
+        interval = self.settings.usage_interval_s
+        if report is not None:
+            self.throughput = Throughput(
+                rx_bps=int(sum(d.rx_bytes for d in report.deltas) * 8 / interval),
+                tx_bps=int(sum(d.tx_bytes for d in report.deltas) * 8 / interval),
+            )
+            for delta in report.deltas:
+                if delta.quota_exhausted:
+                    log.info("quota_exhausted", session_id=delta.session_id)
+        else:
+            self.throughput = Throughput()
+        return report
+
+    async def _usage_loop(self) -> None:
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self.usage_once()
+                await self._refill_leases()
+            except AgentError as exc:
+                log.error("usage_read_failed", error=str(exc))
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.settings.usage_interval_s - elapsed))
+
+    async def deliver_usage(self) -> int:
+        """Send spooled reports oldest first; stops at the first failure. Returns how many."""
+        sent = 0
+        for report in await asyncio.to_thread(self.tracker.pending):
+            try:
+                ack = await self.control.post_usage(report)
+            except ControlPlaneError as exc:
+                self._control_plane_down(exc)
+                break
+            if not await asyncio.to_thread(self.tracker.acknowledge, report, ack):
+                log.warning(
+                    "usage_not_accepted",
+                    sequence=report.sequence,
+                    last_sequence=ack.last_sequence,
+                )
+                break
+            sent += 1
+            self._apply_lease_grants(ack.leases, 0)
+        return sent
+
+    async def _sender_loop(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.report_ready.wait(), 1.0)
+            self.report_ready.clear()
+            try:
+                await self.deliver_usage()
+            except (AgentError, OSError, ValueError) as exc:
+                log.error("usage_delivery_failed", error=str(exc))
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def _refill_leases(self) -> None:
+        """Ask for more lease for sessions that used `lease_refill_fraction` of theirs."""
+        state = self.desired_state
+        if state is None:
+            return
+        now = time.monotonic()
+        due: list[str] = []
+        for peer in state.peers:
+            quota = max(peer.quota_bytes, self.lease_overrides.get(peer.session_id, 0))
+            served = self.tracker.served.get(peer.session_id, 0)
+            nearly_used = quota and served >= quota * self.settings.lease_refill_fraction
+            if nearly_used and now - self.lease_asked_at.get(peer.session_id, 0.0) >= 10.0:
+                due.append(peer.session_id)
+        due = sorted(set(due))
+        if not due:
+            return
+        for session_id in due:
+            self.lease_asked_at[session_id] = now
+        try:
+            response = await self.control.leases(due)
+        except ControlPlaneError as exc:
+            self._control_plane_down(exc)
+            return
+        self._apply_lease_grants(response.leases, response.revision)
+
+    def _apply_lease_grants(self, grants: Sequence[object], revision: int) -> None:
+        changed = False
+        for grant in grants:
+            session_id = getattr(grant, "session_id", None)
+            quota = getattr(grant, "quota_bytes", None)
+            if not isinstance(session_id, str) or not isinstance(quota, int):
+                continue
+            if quota > self.lease_overrides.get(session_id, 0):
+                self.lease_overrides[session_id] = quota
+                changed = True
+        if changed:
+            self.lease_revision = max(self.lease_revision, revision)
+            log.info("lease_granted", sessions=len(grants), revision=revision)
+            self.reconcile_needed.set()
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    async def heartbeat_once(self) -> None:
+        mode = self.dataplane.mode or "userspace"
+        async with self.lock:
+            reading = await asyncio.to_thread(self.dataplane.read_peers)
+        heartbeat = GatewayHeartbeat(
+            agent_version=AGENT_VERSION,
+            interface_mode=mode,
+            peer_count=len(reading.peers),
+            rx_bps=self.throughput.rx_bps,
+            tx_bps=self.throughput.tx_bps,
+            applied_revision=self.applied_revision,
+            handshakes={
+                key: peer.latest_handshake
+                for key, peer in reading.peers.items()
+                if peer.latest_handshake is not None
+            },
+        )
+        await self.control.heartbeat(heartbeat)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.heartbeat_once()
+            except ControlPlaneError as exc:
+                self._control_plane_down(exc)
+            except AgentError as exc:
+                log.error("heartbeat_failed", error=str(exc))
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Prepare the data plane (reusing a running interface) and enforce the last state."""
+        mode = await asyncio.to_thread(self.dataplane.prepare)
+        log.info(
+            "gateway_started",
+            version=AGENT_VERSION,
+            interface=self.settings.interface,
+            interface_mode=mode,
+            state_dir=str(self.settings.state_dir),
+            pending_reports=len(self.tracker.pending()),
+            cached_revision=self.desired_state.revision if self.desired_state else None,
+        )
+        if self.desired_state is not None:
+            await self.reconcile_once()
+        return mode
+
+    async def run(self) -> None:
+        await self.start()
+        tasks = [
+            asyncio.create_task(coroutine, name=name)
+            for name, coroutine in (
+                ("poll", self._poll_loop()),
+                ("reconcile", self._reconcile_loop()),
+                ("resync", self._resync_loop()),
+                ("expiry", self._expiry_loop()),
+                ("usage", self._usage_loop()),
+                ("sender", self._sender_loop()),
+                ("heartbeat", self._heartbeat_loop()),
+            )
+        ]
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Final read so bytes counted up to now are spooled (the data plane stays up).
+            with contextlib.suppress(AgentError):
+                await self.usage_once()
+            log.info("gateway_stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def describe(settings: GatewaySettings) -> str:
+    """Operator-facing summary of the settings (no secrets)."""
+    data = settings.model_dump(mode="json", exclude={"token"})
+    return json.dumps(data, sort_keys=True)

@@ -1,0 +1,254 @@
+"""The agent loop against in-memory fakes of the kernel and the control plane (no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import structlog
+
+from kswifi.agent.config import GatewaySettings
+from kswifi.agent.main import Agent
+from kswifi.agent.reconcile import AddPeer, RemovePeer, SetQuota
+from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
+
+from .fakes import FakeControlPlane, FakeDataplane
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def key(n: int) -> str:
+    return base64.b64encode(bytes([n]) * 32).decode()
+
+
+def peer(
+    n: int, session: str, quota: int = 100_000, expires_at: datetime | None = None
+) -> PeerSpec:
+    return PeerSpec(
+        public_key=key(n),
+        preshared_key=key(100 + n),
+        allowed_ips=[f"100.64.0.{n}/32"],
+        session_id=session,
+        quota_bytes=quota,
+        speed_mbps=10,
+        expires_at=expires_at,
+    )
+
+
+def desired(revision: int, *peers: PeerSpec) -> DesiredState:
+    return DesiredState(
+        revision=revision,
+        interface=GatewayInterface(
+            private_key=key(200),
+            public_key=key(201),
+            listen_port=51820,
+            addresses=["100.64.0.1/10"],
+        ),
+        peers=list(peers),
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def setup(revision: int) -> tuple[FakeDataplane, FakeControlPlane, Clock]:
+    return FakeDataplane(), FakeControlPlane([desired(revision, peer(2, "s1"))]), Clock()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(
+        control_url="http://control.invalid",
+        token="t0ken",
+        endpoint="gw.example.net:51820",
+        wan_interface="eth9",
+        state_dir=tmp_path / "state",
+        usage_interval_s=0.05,
+        heartbeat_interval_s=0.05,
+    )
+
+
+def make_agent(
+    settings: GatewaySettings, kernel: FakeDataplane, control: FakeControlPlane, clock: Clock
+) -> Agent:
+    return Agent(settings, kernel, control, clock=clock)
+
+
+async def poll_once(agent: Agent) -> None:
+    """One long-poll answer + reconcile, without running the loops."""
+    state = await agent.control.desired_state(None)
+    agent.desired_state = state
+    agent._store_desired_state(state)
+    await agent.reconcile_once()
+
+
+class TestReconcileLoop:
+    async def test_desired_state_is_applied_and_persisted(self, settings: GatewaySettings) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(1, peer(2, "s1"))]),
+            Clock(),
+        )
+        agent = make_agent(settings, kernel, control, clock)
+        assert agent.desired_state is None
+        await agent.start()
+        assert kernel.applied == []  # nothing is touched before a desired state is known
+        await poll_once(agent)
+        assert key(2) in kernel.state.peers
+        assert (settings.state_dir / "desired-state.json").stat().st_mode & 0o777 == 0o600
+
+    async def test_restart_keeps_peers_and_applies_nothing(self, settings: GatewaySettings) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(1, peer(2, "s1"))]),
+            Clock(),
+        )
+        await poll_once(make_agent(settings, kernel, control, clock))
+        control.up = False
+        applied_before = len(kernel.applied)
+        restarted = make_agent(settings, kernel, control, clock)
+        await restarted.start()  # control plane down: enforces the cached state
+        assert len(kernel.applied) == applied_before
+        assert key(2) in kernel.state.peers
+
+    async def test_expiry_is_enforced_while_control_plane_is_down(
+        self, settings: GatewaySettings
+    ) -> None:
+        clock = Clock()
+        state = desired(1, peer(2, "s1", expires_at=T0 + timedelta(seconds=5)), peer(3, "s2"))
+        kernel, control = FakeDataplane(), FakeControlPlane([state])
+        agent = make_agent(settings, kernel, control, clock)
+        await poll_once(agent)
+        control.up = False
+        clock.now = T0 + timedelta(seconds=5)
+        actions = await agent.reconcile_once()
+        assert RemovePeer(key(2), "expired") in actions
+        assert set(kernel.state.peers) == {key(3)}
+        await agent.reconcile_once()  # the follow-up pass deletes the expired session's objects
+        assert "s1" not in kernel.state.sessions
+
+    async def test_expiry_loop_wakes_reconcile_on_time(self, settings: GatewaySettings) -> None:
+        clock = Clock()
+        clock.now = datetime.now(UTC)
+        soon = clock.now + timedelta(milliseconds=200)
+        control = FakeControlPlane([desired(1, peer(2, "s1", expires_at=soon))])
+        agent = make_agent(settings, FakeDataplane(), control, clock)
+        await poll_once(agent)
+        task = asyncio.create_task(agent._expiry_loop())
+        try:
+            await asyncio.sleep(0.05)
+            assert not agent.reconcile_needed.is_set()
+            clock.now = soon
+            await asyncio.wait_for(agent.reconcile_needed.wait(), 2)
+        finally:
+            agent.stop()
+            task.cancel()
+
+
+class TestUsage:
+    async def test_usage_is_spooled_while_down_and_delivered_in_order(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(1, peer(2, "s1"))]),
+            Clock(),
+        )
+        agent = make_agent(settings, kernel, control, clock)
+        await poll_once(agent)
+        kernel.count("s1", up=3000, down=10_000)
+        await agent.usage_once()
+        assert await agent.deliver_usage() == 1
+        control.up = False
+        for _ in range(3):
+            kernel.count("s1", down=5000)
+            await agent.usage_once()
+        assert await agent.deliver_usage() == 0
+        # Agent restarts while the control plane is still down: the spool is on disk.
+        restarted = make_agent(settings, kernel, control, clock)
+        await restarted.start()
+        control.up = True
+        assert await restarted.deliver_usage() == 3
+        assert [r.sequence for r in control.reports] == [1, 2, 3, 4]
+        assert control.totals == {"s1": 28_000}
+
+    async def test_quota_exhaustion_and_lease_refill(self, settings: GatewaySettings) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(1, peer(2, "s1"))]),
+            Clock(),
+        )
+        control.grants["s1"] = 150_000
+        agent = make_agent(settings, kernel, control, clock)
+        await poll_once(agent)
+        served = kernel.count("s1", down=120_000)
+        assert served < 100_000  # the kernel quota stopped it
+        report = await agent.usage_once()
+        assert report is not None and report.deltas[0].quota_exhausted
+        await agent._refill_leases()
+        assert control.lease_requests == [["s1"]]
+        actions = await agent.reconcile_once()
+        assert SetQuota("s1", 150_000, served) in actions
+        assert kernel.count("s1", down=20_000) == 20_000
+
+
+class TestHeartbeatAndLogs:
+    async def test_heartbeat_reports_mode_peers_and_revision(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(4, peer(2, "s1"))]),
+            Clock(),
+        )
+        agent = make_agent(settings, kernel, control, clock)
+        await poll_once(agent)
+        await agent.heartbeat_once()
+        beat = control.heartbeats[-1]
+        assert (beat.interface_mode, beat.peer_count, beat.applied_revision) == ("userspace", 1, 4)
+
+    async def test_logs_never_contain_private_or_preshared_keys(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(1, peer(2, "s1"))]),
+            Clock(),
+        )
+        with structlog.testing.capture_logs() as logs:
+            agent = make_agent(settings, kernel, control, clock)
+            await poll_once(agent)
+            await agent.start()
+        text = repr(logs) + repr(kernel.applied)
+        assert any(entry["event"] == "peer_added" for entry in logs)
+        for secret in (key(200), key(102), agent.default_interface.private_key or "?"):
+            assert secret not in text
+        assert any(isinstance(a, AddPeer) for batch in kernel.applied for a in batch)
+
+
+class TestRunLoop:
+    async def test_run_polls_reconciles_reports_and_stops(self, settings: GatewaySettings) -> None:
+        kernel, control = FakeDataplane(), FakeControlPlane([desired(1, peer(2, "s1"))])
+        agent = Agent(settings, kernel, control)
+        task = asyncio.create_task(agent.run())
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if key(2) in kernel.state.peers and control.heartbeats:
+                break
+        kernel.count("s1", down=5000)
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if control.totals.get("s1") == 5000:
+                break
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+        assert control.totals == {"s1": 5000}
+        assert key(2) in kernel.state.peers  # stopping the agent never tears down the data plane
