@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,88 @@ class TestShaping:
         after = dataplane.tc.read()
         assert after.shaped() == before.shaped()
         assert set(after.minors().values()) == {25}
+
+
+class TestReconcileAgainstKernel:
+    def test_sequence_of_desired_states_converges_every_time(self, topology: Topology) -> None:
+        from kswifi.agent.keys import generate_private_key, public_key_of
+
+        from .conftest import random_key
+
+        dataplane = topology.dataplane()
+        dataplane.prepare()
+        a, b, c = (topology.new_phone() for _ in range(3))
+        states = [
+            [peer_spec(a, "s1", 10**6, 10), peer_spec(b, "s1", 10**6, 10), peer_spec(c, "s2")],
+            # c's keys rotate (same address), b leaves, s1 changes tier and lease.
+            [
+                peer_spec(a, "s1", 2 * 10**6, 25),
+                peer_spec(c, "s2").model_copy(
+                    update={
+                        "public_key": public_key_of(generate_private_key()),
+                        "preshared_key": random_key(),
+                    }
+                ),
+            ],
+            [],
+        ]
+        for revision, peers in enumerate(states, start=1):
+            wanted = state(topology, revision, peers)
+            reconcile(dataplane, wanted)
+            reconcile(dataplane, wanted)  # second pass: objects of unmapped sessions go
+            assert converged(dataplane, wanted) == []
+            actual = dataplane.observe().actual({})
+            assert set(actual.peers) == {p.public_key for p in peers}
+            assert set(actual.sessions) == {p.session_id for p in peers}
+            assert set(actual.rates) == {p.session_id for p in peers}
+        tc = dataplane.tc.read()
+        assert tc.download.filters == {} and tc.upload.filters == {}
+        assert tc.download.classes == {} and tc.upload.classes == {}
+
+
+class TestAgentRestart:
+    async def test_restarted_agent_keeps_the_phone_connected(
+        self, topology: Topology, tmp_path: Path
+    ) -> None:
+        from kswifi.agent.config import GatewaySettings
+        from kswifi.agent.main import Agent
+
+        from .fakes import FakeControlPlane
+
+        phone = topology.new_phone()
+        control = FakeControlPlane([state(topology, 1, [peer_spec(phone, "sess-r")])])
+        settings = GatewaySettings(
+            control_url="http://control.invalid",
+            token="t",
+            endpoint="203.0.113.1:51820",
+            wan_interface=topology.wan,
+            interface=topology.wg,
+            ifb_interface=topology.ifb,
+            state_dir=tmp_path / "gw",
+        )
+        first = Agent(settings, topology.dataplane(), control)
+        await first.start()
+        first.desired_state = await control.desired_state()
+        assert await first.reconcile_once()
+        topology.connect(phone)
+        topology.serve(8000)
+        before = topology.traffic(phone, "fetch", SERVER_V4, "8000", "500000", "3")
+        await first.usage_once()
+        assert await first.deliver_usage() == 1
+        handshake = topology.dataplane().read_peers().peers[phone.public_key].latest_handshake
+        assert handshake is not None
+
+        # The agent dies (no cleanup); a new one starts with the control plane unreachable.
+        del first
+        control.up = False
+        second = Agent(settings, topology.dataplane(), control)
+        await second.start()
+        assert await second.reconcile_once() == []
+        after = topology.traffic(phone, "fetch", SERVER_V4, "8000", "500000", "3")
+        assert before["received"] == after["received"] == 500_000
+        peers = topology.dataplane().read_peers().peers
+        assert peers[phone.public_key].latest_handshake == handshake  # same tunnel, no rekey
+        await second.usage_once()
+        control.up = True
+        assert await second.deliver_usage() == 1
+        assert 1_000_000 < control.totals["sess-r"] < 1_300_000
