@@ -106,3 +106,22 @@ class TestAuthRateLimits:
         assert limits.login_by_address.limit == 4 * ADDRESS_FACTOR
         assert limits.register_by_address.limit == REGISTRATIONS_PER_MINUTE
         assert limits.login_by_account.window == 60
+
+    def test_login_helpers_share_one_key_per_account(self, clock: FakeClock) -> None:
+        limits = AuthRateLimits.from_settings(Settings(login_attempts_per_minute=2), clock=clock)
+        limits.login_failed(" Ann@Example.com", "192.0.2.1")
+        assert limits.login_wait("ann@example.com", "192.0.2.1") is None
+        limits.login_failed("ANN@EXAMPLE.COM", "192.0.2.2")
+        assert limits.login_wait("ann@example.com", "192.0.2.3") == 60
+        clock.advance(20)
+        limits.login_succeeded("Ann@example.com")
+        assert limits.login_wait("ann@example.com", "192.0.2.3") is None
+
+    def test_login_wait_is_the_longer_of_account_and_address(self, clock: FakeClock) -> None:
+        limits = AuthRateLimits.from_settings(Settings(login_attempts_per_minute=1), clock=clock)
+        for index in range(ADDRESS_FACTOR):
+            limits.login_failed(f"user{index}@example.com", "192.0.2.1")
+        clock.advance(30)
+        limits.login_failed("late@example.com", "198.51.100.1")
+        assert limits.login_wait("late@example.com", "192.0.2.1") == 60  # the account's
+        assert limits.login_wait("fresh@example.com", "192.0.2.1") == 30  # the address's

@@ -41,27 +41,16 @@ async def register(body: RegisterIn, request: Request, ctx: Ctx, db: DbSession) 
 @router.post("/login")
 async def login(body: LoginIn, request: Request, ctx: Ctx, db: DbSession) -> TokenOut:
     limits = rate_limits(request, ctx)
-    account_key = service.normalize_email(body.email)
-    address_key = client_address(request)
-    waits = [
-        wait
-        for wait in (
-            limits.login_by_account.retry_after(account_key),
-            limits.login_by_address.retry_after(address_key),
-        )
-        if wait is not None
-    ]
-    if waits:
-        raise TooManyRequests(
-            f"Too many failed logins; try again in {max(waits)} seconds", max(waits)
-        )
+    address = client_address(request)
+    wait = limits.login_wait(body.email, address)
+    if wait is not None:
+        raise TooManyRequests(f"Too many failed logins; try again in {wait} seconds", wait)
     try:
         tokens = await service.login(db, ctx.secrets, ctx.settings, body.email, body.password)
     except service.InvalidCredentials:
-        limits.login_by_account.record(account_key)
-        limits.login_by_address.record(address_key)
+        limits.login_failed(body.email, address)
         raise
-    limits.login_by_account.reset(account_key)
+    limits.login_succeeded(body.email)
     return tokens
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,9 +93,18 @@ class SlidingWindowLimiter:
             del self._events[next(iter(self._events))]
 
 
+def account_key(email: str) -> str:
+    """One key per account however the address is typed (case, spaces, Unicode form)."""
+    return unicodedata.normalize("NFC", email.strip()).lower()
+
+
 @dataclass
 class AuthRateLimits:
-    """The limiters the auth endpoints share for the life of one app."""
+    """The limiters the auth endpoints (API and web forms) share for the life of one app.
+
+    Only failed logins count, per account and per client address; a success clears the
+    account's failures (not the address's, or one good login would launder a spray).
+    """
 
     login_by_account: SlidingWindowLimiter
     login_by_address: SlidingWindowLimiter
@@ -108,3 +118,22 @@ class AuthRateLimits:
             login_by_address=SlidingWindowLimiter(per_minute * ADDRESS_FACTOR, clock=clock),
             register_by_address=SlidingWindowLimiter(REGISTRATIONS_PER_MINUTE, clock=clock),
         )
+
+    def login_wait(self, email: str, address: str) -> int | None:
+        """Seconds before this account or address may try again; None if it may now."""
+        waits = [
+            wait
+            for wait in (
+                self.login_by_account.retry_after(account_key(email)),
+                self.login_by_address.retry_after(address),
+            )
+            if wait is not None
+        ]
+        return max(waits) if waits else None
+
+    def login_failed(self, email: str, address: str) -> None:
+        self.login_by_account.record(account_key(email))
+        self.login_by_address.record(address)
+
+    def login_succeeded(self, email: str) -> None:
+        self.login_by_account.reset(account_key(email))
