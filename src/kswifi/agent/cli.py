@@ -157,8 +157,8 @@ def run(
     )
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise _fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
-    configure_logging(log_level, json_lines=log_json)
     preflight(settings)
+    configure_logging(log_level, json_lines=log_json)
     try:
         code = asyncio.run(_run(settings))
     except AgentError as exc:

@@ -8,6 +8,10 @@ import sys
 import structlog
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(level: str = "info", json_lines: bool = False) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
@@ -22,6 +26,7 @@ def configure_logging(level: str = "info", json_lines: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolve sys.stderr at each use: it may be swapped (tests, daemonizing) after setup.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
