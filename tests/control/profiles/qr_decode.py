@@ -15,7 +15,9 @@ PNG_PREFIX = "data:image/png;base64,"
 
 def decode_image(image: Image.Image) -> tuple[str, str]:
     """(text, error-correction level) of the single QR code in `image`."""
-    results = zxingcpp.read_barcodes(image)
+    # Only QR codes, as a phone's scanner looks for: a 1D reader may see a bogus Codabar in
+    # the modules of a dense code (about 1 config in 400).
+    results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert len(results) == 1, f"expected one QR code, found {len(results)}"
     return results[0].text, results[0].ec_level
 

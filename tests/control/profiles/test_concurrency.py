@@ -1,0 +1,102 @@
+"""Concurrent generate calls: distinct addresses, the device limit and rotation hold under races."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+from sqlalchemy import select
+
+from kswifi.control.deps import AppContext
+from kswifi.control.models import Device, Plan, Purchase
+from kswifi.control.profiles.config_render import parse_config
+from kswifi.control.sessions import service as sessions
+from tests.control.profiles.conftest import MakeSession, Owner, RegisteredGateway, generate
+from tests.control.profiles.qr_decode import decode_data_uri
+
+CALLS = 200
+
+
+async def many_sessions(ctx: AppContext, user_id: str, count: int) -> list[str]:
+    async with ctx.db.transaction() as db:
+        plan = await db.scalar(select(Plan).where(Plan.code == "basic"))
+        assert plan is not None
+        ids = []
+        for _ in range(count):
+            purchase = Purchase(
+                user_id=user_id,
+                plan_id=plan.id,
+                provider="dev",
+                status="paid",
+                amount_cents=0,
+                currency=plan.currency,
+            )
+            db.add(purchase)
+            await db.flush()
+            session = await sessions.create_for_purchase(
+                db, user_id=user_id, purchase_id=purchase.id, plan=plan, activation_days=30
+            )
+            ids.append(session.id)
+        return ids
+
+
+class TestConcurrentGeneration:
+    async def test_200_concurrent_calls_get_200_distinct_addresses(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session_ids = await many_sessions(ctx, owner.id, CALLS)
+        responses = await asyncio.gather(
+            *(generate(client, owner, session_id) for session_id in session_ids)
+        )
+        assert Counter(r.status_code for r in responses) == {200: CALLS}
+        configs = [parse_config(decode_data_uri(r.json()["profile_qr"])[0]) for r in responses]
+        assert len({config.ipv4 for config in configs}) == CALLS
+        assert len({config.ipv6 for config in configs}) == CALLS
+        async with ctx.db.transaction() as db:
+            devices = list(await db.scalars(select(Device)))
+        assert len(devices) == CALLS
+        assert len({device.host_index for device in devices}) == CALLS
+        assert len({device.public_key for device in devices}) == CALLS
+
+    async def test_concurrent_new_devices_respect_the_limit(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session = await make_session(owner.id, "ultra")  # three devices
+        responses = await asyncio.gather(
+            *(generate(client, owner, session.id, device_name=f"d{i}") for i in range(12))
+        )
+        assert Counter(r.status_code for r in responses) == {200: 3, 409: 9}
+        assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {
+            "device_limit_reached"
+        }
+        async with ctx.db.transaction() as db:
+            devices = list(await db.scalars(select(Device)))
+        assert len(devices) == 3
+
+    async def test_concurrent_same_name_makes_one_device(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session = await make_session(owner.id, "ultra")
+        responses = await asyncio.gather(
+            *(generate(client, owner, session.id, device_name="Phone") for _ in range(8))
+        )
+        assert Counter(r.status_code for r in responses) == {200: 8}
+        assert len({r.json()["connect_id"] for r in responses}) == 1
+        async with ctx.db.transaction() as db:
+            devices = list(await db.scalars(select(Device)))
+        assert len(devices) == 1

@@ -1,0 +1,229 @@
+"""Listing and removing Connect Profiles, cross-user 404s, and the worker's clean-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+
+from kswifi.control.deps import AppContext
+from kswifi.control.events import InProcessEventBus
+from kswifi.control.models import AddressRelease, DataSession, Device, SetupLink
+from kswifi.control.profiles import service
+from kswifi.control.profiles.config_render import parse_config
+from tests.control.profiles.conftest import (
+    MakeOwner,
+    MakeSession,
+    Owner,
+    RegisteredGateway,
+    desired_peers,
+    gateway_row,
+    generate,
+)
+from tests.control.profiles.qr_decode import decode_data_uri
+
+
+async def make_profile(
+    client: httpx.AsyncClient, owner: Owner, session_id: str, **fields: Any
+) -> dict[str, Any]:
+    response = await generate(client, owner, session_id, **fields)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+class TestList:
+    async def test_lists_own_profiles_only(
+        self,
+        client: httpx.AsyncClient,
+        owner: Owner,
+        make_owner: MakeOwner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session = await make_session(owner.id, "ultra")
+        first = await make_profile(client, owner, session.id, device_name="Phone")
+        await make_profile(client, owner, session.id, device_name="Tablet")
+        stranger = await make_owner()
+        await make_profile(client, stranger, (await make_session(stranger.id)).id)
+
+        response = await client.get("/api/connect/profiles", headers=owner.headers)
+        assert response.status_code == 200
+        profiles = response.json()["profiles"]
+        assert [p["device_name"] for p in profiles] == ["Tablet", "Phone"]
+        phone = profiles[1]
+        assert set(phone) == {
+            "connect_id",
+            "session_id",
+            "device_name",
+            "region",
+            "gateway",
+            "ipv4",
+            "ipv6",
+            "created_at",
+            "last_handshake_at",
+        }
+        config = parse_config(decode_data_uri(first["profile_qr"])[0])
+        assert phone["connect_id"] == first["connect_id"]
+        assert phone["session_id"] == session.id
+        assert (phone["region"], phone["gateway"]) == ("eu-west", gateway.name)
+        assert (phone["ipv4"], phone["ipv6"]) == (str(config.ipv4), str(config.ipv6))
+        assert phone["last_handshake_at"] is None
+        single = await client.get(
+            f"/api/connect/profiles/{first['connect_id']}", headers=owner.headers
+        )
+        assert single.json() == phone
+
+    async def test_needs_login(self, client: httpx.AsyncClient) -> None:
+        assert (await client.get("/api/connect/profiles")).status_code == 401
+
+
+class TestDelete:
+    async def test_removes_the_device_and_releases_its_address(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session = await make_session(owner.id)
+        profile = await make_profile(client, owner, session.id)
+        assert len(await desired_peers(client, gateway)) == 1
+        revision = (await gateway_row(ctx, gateway.id)).revision
+        response = await client.delete(
+            f"/api/connect/profiles/{profile['connect_id']}", headers=owner.headers
+        )
+        assert response.status_code == 204
+        assert await desired_peers(client, gateway) == []
+        assert (await gateway_row(ctx, gateway.id)).revision > revision
+        async with ctx.db.transaction() as db:
+            device = await db.get(Device, profile["connect_id"])
+            assert device is not None
+            assert device.status == "removed" and device.removed_at is not None
+            release = await db.get(AddressRelease, (gateway.id, device.host_index))
+            assert release is not None
+            assert await db.scalar(select(func.count()).select_from(SetupLink)) == 0
+        listed = await client.get("/api/connect/profiles", headers=owner.headers)
+        assert listed.json()["profiles"] == []
+        # Its links are dead and deleting again is a 404.
+        assert (await client.get(profile["config_url"])).status_code == 404
+        again = await client.delete(
+            f"/api/connect/profiles/{profile['connect_id']}", headers=owner.headers
+        )
+        assert again.status_code == 404
+        # The session has room again; the cooled-down address is not handed out at once.
+        new = await make_profile(client, owner, session.id)
+        assert new["connect_id"] != profile["connect_id"]
+        old_ip = parse_config(decode_data_uri(profile["profile_qr"])[0]).ipv4
+        assert parse_config(decode_data_uri(new["profile_qr"])[0]).ipv4 != old_ip
+
+
+class TestCrossUser:
+    @pytest.mark.parametrize(
+        ("method", "suffix"),
+        [
+            ("GET", ""),
+            ("DELETE", ""),
+            ("GET", "/config"),
+            ("GET", "/mobileconfig"),
+        ],
+    )
+    async def test_someone_elses_profile_is_404_like_a_missing_one(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_owner: MakeOwner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+        method: str,
+        suffix: str,
+    ) -> None:
+        profile = await make_profile(client, owner, (await make_session(owner.id)).id)
+        stranger = await make_owner()
+        theirs = await client.request(
+            method,
+            f"/api/connect/profiles/{profile['connect_id']}{suffix}",
+            headers=stranger.headers,
+        )
+        missing = await client.request(
+            method, f"/api/connect/profiles/{'f' * 32}{suffix}", headers=stranger.headers
+        )
+        assert theirs.status_code == missing.status_code == 404
+        assert theirs.json() == missing.json()
+        async with ctx.db.transaction() as db:
+            device = await db.get(Device, profile["connect_id"])
+            assert device is not None and device.status == "active"
+
+    async def test_generate_for_someone_elses_session_is_404(
+        self,
+        client: httpx.AsyncClient,
+        owner: Owner,
+        make_owner: MakeOwner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        stranger = await make_owner()
+        response = await generate(client, stranger, (await make_session(owner.id)).id)
+        assert response.status_code == 404
+
+
+class TestReleaseEndedSessions:
+    @pytest.mark.parametrize("ending", ["exhausted", "expired", "revoked", "time_up"])
+    async def test_devices_of_ended_sessions_are_removed(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+        ending: str,
+    ) -> None:
+        ended = await make_session(owner.id, "ultra")
+        live = await make_session(owner.id)
+        for name in ("a", "b"):
+            await make_profile(client, owner, ended.id, device_name=name)
+        kept = await make_profile(client, owner, live.id)
+        now = datetime.now(UTC)
+        async with ctx.db.transaction() as db:
+            values: dict[str, Any] = (
+                {"expires_at": now - timedelta(seconds=1)}
+                if ending == "time_up"
+                else {"status": ending, "ended_at": now}
+            )
+            await db.execute(update(DataSession).where(DataSession.id == ended.id).values(**values))
+        revision = (await gateway_row(ctx, gateway.id)).revision
+        bus = InProcessEventBus()
+        async with ctx.db.transaction() as db:
+            removed = await service.release_devices_of_ended_sessions(db, now, bus)
+        assert removed == 2
+        async with ctx.db.transaction() as db:
+            devices = list(await db.scalars(select(Device).order_by(Device.device_name)))
+            statuses = {device.device_name: device.status for device in devices}
+            assert statuses == {"a": "removed", "b": "removed", "My device": "active"}
+            releases = await db.scalar(select(func.count()).select_from(AddressRelease))
+            assert releases == 2
+        assert (await gateway_row(ctx, gateway.id)).revision > revision
+        assert [p["session_id"] for p in await desired_peers(client, gateway)] == [live.id]
+        assert kept["session_id"] == live.id
+        async with ctx.db.transaction() as db:
+            assert await service.release_devices_of_ended_sessions(db, now, bus) == 0
+
+    async def test_purge_expired_setup_links(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        await make_profile(client, owner, (await make_session(owner.id)).id)
+        async with ctx.db.transaction() as db:
+            assert await service.purge_expired_setup_links(db, datetime.now(UTC)) == 0
+        later = datetime.now(UTC) + timedelta(minutes=11)
+        async with ctx.db.transaction() as db:
+            assert await service.purge_expired_setup_links(db, later) == 1
