@@ -494,6 +494,34 @@ class TestLeases:
         outstanding = sum(max(0, lease.granted_bytes - lease.used_bytes) for lease in leases)
         assert outstanding <= session.data_limit_bytes - session.used_bytes
 
+    async def test_concurrent_top_ups_of_a_shared_session(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateways = [await world.gateway() for _ in range(3)]
+        session_id = await world.session(limit_bytes=9000)
+        for gateway in gateways:
+            await world.device(session_id, gateway.id)
+
+        async def ask(gateway: RegisteredGateway) -> None:
+            response = await client.post(
+                LEASES, headers=gateway.headers, json={"session_ids": [session_id]}
+            )
+            assert response.status_code == 200, response.text
+
+        async def serve(gateway: RegisteredGateway, sequence: int) -> None:
+            await post_usage(client, gateway, usage_report(sequence, (session_id, 700, 0)))
+
+        await asyncio.gather(*(ask(gateway) for gateway in gateways for _ in range(4)))
+        await asyncio.gather(*(serve(gateway, 1) for gateway in gateways))
+        await asyncio.gather(*(ask(gateway) for gateway in gateways for _ in range(4)))
+        async with ctx.db.transaction() as db:
+            leases = list(await db.scalars(select(GatewayLease)))
+            session = await db.get(DataSession, session_id)
+        assert session is not None and session.used_bytes == 2100
+        outstanding = sum(max(0, lease.granted_bytes - lease.used_bytes) for lease in leases)
+        assert outstanding <= session.data_limit_bytes - session.used_bytes
+        assert sum(lease.used_bytes for lease in leases) == 2100
+
 
 class TestRevisionsAndHealth:
     async def test_bump_for_session_bumps_every_carrier(

@@ -7,6 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.models import (
@@ -20,6 +22,8 @@ from kswifi.control.models import (
     Region,
     UsageBatch,
 )
+
+_INSERT_CHUNK = 1000  # rows per INSERT: stays far below the databases' bound-parameter limits
 
 
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
@@ -35,12 +39,18 @@ async def get_by_token_hash(db: AsyncSession, token_hash: str) -> Gateway | None
 
 
 async def lock(db: AsyncSession, gateway_id: str) -> Gateway | None:
-    """The gateway row, locked for this transaction (`FOR UPDATE`; SQLite's whole-database
-    write lock is already held, as every transaction there begins IMMEDIATE)."""
+    """The gateway row, locked for this transaction, re-read.
+
+    PostgreSQL: `FOR NO KEY UPDATE`, which serializes lockers but not inserts of rows that
+    reference the gateway. SQLite: the whole-database write lock is already held, as every
+    transaction there begins IMMEDIATE.
+
+    Lock order everywhere: gateway row, then session rows (by id), then lease rows.
+    """
     return await db.scalar(
         select(Gateway)
         .where(Gateway.id == gateway_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
 
@@ -149,11 +159,54 @@ async def leases_of_sessions_carried_by(db: AsyncSession, gateway_id: str) -> li
     )
 
 
-async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[GatewayLease]:
+async def leases_of(
+    db: AsyncSession, session_ids: Iterable[str], *, fresh: bool = False
+) -> list[GatewayLease]:
     ids = list(set(session_ids))
     if not ids:
         return []
-    return list(await db.scalars(select(GatewayLease).where(GatewayLease.session_id.in_(ids))))
+    query = select(GatewayLease).where(GatewayLease.session_id.in_(ids))
+    if fresh:
+        query = query.execution_options(populate_existing=True)
+    return list(await db.scalars(query))
+
+
+async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
+    """Create empty (gateway, session) lease rows that do not exist yet; a row created by a
+    concurrent transaction is left alone (no duplicate-key error)."""
+    rows = [
+        {
+            "gateway_id": gateway_id,
+            "session_id": session_id,
+            "granted_bytes": 0,
+            "used_bytes": 0,
+            "updated_at": now,
+        }
+        for gateway_id, session_id in dict.fromkeys(pairs)
+    ]
+    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        await db.execute(
+            insert(GatewayLease)
+            .values(rows[start : start + _INSERT_CHUNK])
+            .on_conflict_do_nothing(index_elements=["gateway_id", "session_id"])
+        )
+
+
+async def lock_sessions(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:
+    """Session rows locked in id order (a stable order: no deadlock between two lockers),
+    re-read so their usage is current."""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return {}
+    rows = await db.scalars(
+        select(DataSession)
+        .where(DataSession.id.in_(ids))
+        .order_by(DataSession.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
+    return {session.id: session for session in rows}
 
 
 async def sessions_by_id(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:

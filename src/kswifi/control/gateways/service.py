@@ -459,7 +459,9 @@ async def desired_state(
 ) -> protocol.DesiredState:
     """What the gateway must carry now: its interface and one peer per active device of a
     live session, each with the gateway's cumulative lease of that session."""
-    gateway = await _get(db, gateway_id)
+    gateway = await repository.lock(db, gateway_id)  # leases change: see `repository.lock`
+    if gateway is None:
+        raise NotFound("No such gateway")
     blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
     rows = await repository.live_peers(db, gateway.id, now)
     sessions = {session.id: session for _, session in rows}
@@ -502,36 +504,47 @@ async def _refresh_leases(
     now: datetime,
 ) -> dict[str, int]:
     """Top up `gateway_id`'s leases of `sessions` (and release those of gateways that stopped
-    carrying them); its cumulative grant per session."""
-    by_session: dict[str, dict[str, GatewayLease]] = {}
-    for lease_row in rows:
-        by_session.setdefault(lease_row.session_id, {})[lease_row.gateway_id] = lease_row
-    granted: dict[str, int] = {}
-    for session_id, session in sessions.items():
-        existing = by_session.get(session_id, {})
-        plan = leases.plan_session_leases(
-            limit_bytes=session.data_limit_bytes,
-            used_total_bytes=session.used_bytes,
-            leases={
-                other_id: leases.Lease(held.granted_bytes, held.used_bytes)
-                for other_id, held in existing.items()
-            },
-            carriers=carriers.get(session_id, set()) | {gateway_id},
-            requesting=[gateway_id],
+    carrying them); its cumulative grant per session.
+
+    A session only this gateway carries is its alone to lease. A shared one (or one whose
+    other leases change) is recomputed under a lock of its row, so two gateways topping up at
+    once never hand out the same bytes twice.
+    """
+    if not sessions:
+        return {}
+    by_session = _leases_by_session(rows)
+    missing = [sid for sid in sessions if gateway_id not in by_session.get(sid, {})]
+    if missing:
+        await repository.ensure_leases(db, [(gateway_id, sid) for sid in missing], now)
+        by_session.update(_leases_by_session(await repository.leases_of(db, missing)))
+    current = dict(sessions)
+    plans = {
+        session_id: _plan_leases(session, by_session.get(session_id, {}), carriers, gateway_id)
+        for session_id, session in current.items()
+    }
+    contested = [
+        session_id
+        for session_id, plan in plans.items()
+        if len(carriers.get(session_id, set()) | {gateway_id}) > 1
+        or any(
+            other_id != gateway_id
+            and lease.granted_bytes != by_session[session_id][other_id].granted_bytes
+            for other_id, lease in plan.items()
         )
+    ]
+    if contested:
+        current.update(await repository.lock_sessions(db, contested))
+        fresh = _leases_by_session(await repository.leases_of(db, contested, fresh=True))
+        for session_id in contested:
+            by_session[session_id] = fresh.get(session_id, {})
+            plans[session_id] = _plan_leases(
+                current[session_id], by_session[session_id], carriers, gateway_id
+            )
+    granted: dict[str, int] = {}
+    for session_id, plan in plans.items():
         for other_id, lease in plan.items():
-            row = existing.get(other_id)
-            if row is None:
-                db.add(
-                    GatewayLease(
-                        gateway_id=other_id,
-                        session_id=session_id,
-                        granted_bytes=lease.granted_bytes,
-                        used_bytes=lease.used_bytes,
-                        updated_at=now,
-                    )
-                )
-            elif row.granted_bytes != lease.granted_bytes:
+            row = by_session[session_id][other_id]
+            if row.granted_bytes != lease.granted_bytes:
                 row.granted_bytes = lease.granted_bytes
                 row.updated_at = now
         granted[session_id] = plan[gateway_id].granted_bytes
@@ -539,11 +552,37 @@ async def _refresh_leases(
     return granted
 
 
+def _leases_by_session(rows: Iterable[GatewayLease]) -> dict[str, dict[str, GatewayLease]]:
+    by_session: dict[str, dict[str, GatewayLease]] = {}
+    for row in rows:
+        by_session.setdefault(row.session_id, {})[row.gateway_id] = row
+    return by_session
+
+
+def _plan_leases(
+    session: DataSession,
+    held: dict[str, GatewayLease],
+    carriers: dict[str, set[str]],
+    gateway_id: str,
+) -> dict[str, leases.Lease]:
+    return leases.plan_session_leases(
+        limit_bytes=session.data_limit_bytes,
+        used_total_bytes=session.used_bytes,
+        leases={
+            other_id: leases.Lease(row.granted_bytes, row.used_bytes)
+            for other_id, row in held.items()
+        },
+        carriers=carriers.get(session.id, set()) | {gateway_id},
+        requesting=[gateway_id],
+    )
+
+
 async def grant_leases(
     db: AsyncSession, gateway: Gateway, session_ids: Iterable[str], now: datetime
 ) -> protocol.LeaseResponse:
     """Top up the gateway's leases of the given sessions. Sessions it does not carry, or that
     are no longer live, get no grant (the agent drops them with the next desired state)."""
+    await repository.lock(db, gateway.id)  # leases change: see `repository.lock`
     wanted = set(session_ids)
     carried = await repository.carriers_of(db, wanted)
     sessions = {
@@ -636,6 +675,7 @@ async def apply_usage(
             accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
         )
 
+    await repository.ensure_leases(db, [(locked.id, session_id) for session_id in accepted], now)
     lease_rows = {
         row.session_id: row
         for row in await repository.leases_of(db, accepted)
@@ -661,14 +701,8 @@ async def apply_usage(
         )
         if session is None:
             continue
-        row = lease_rows.get(session_id)
-        if row is None:
-            row = GatewayLease(
-                gateway_id=locked.id, session_id=session_id, granted_bytes=0, used_bytes=0
-            )
-            db.add(row)
-            lease_rows[session_id] = row
-        row.used_bytes += rx + tx
+        row = lease_rows[session_id]
+        row.used_bytes += rx + tx  # only this gateway's batches, serialized by its lock
         row.updated_at = now
         if session.status in LIVE_STATES:
             live[session_id] = session
