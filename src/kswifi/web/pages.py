@@ -89,7 +89,7 @@ async def signup(request: Request, ctx: Ctx, db: DbSession) -> Response:
         tokens = await users.issue_tokens(db, ctx.secrets, ctx.settings, user)
     except KSWiFiError as exc:
         await abandon(db)
-        context = {"nav": "signup", "email": email, "next": next_path, "error": _say(exc)}
+        context = {"nav": "signup", "email": email, "next": next_path, "error": say(exc)}
         return render(request, "signup.html", context, status_code=exc.status_code)
     auth.set_login_cookies(request, tokens)
     return redirect(request, next_path)
@@ -133,7 +133,7 @@ async def login(request: Request, ctx: Ctx, db: DbSession) -> Response:
             raise
     except KSWiFiError as exc:
         await abandon(db)
-        context = {"nav": "login", "email": email, "next": next_path, "error": _say(exc)}
+        context = {"nav": "login", "email": email, "next": next_path, "error": say(exc)}
         return render(request, "login.html", context, status_code=exc.status_code)
     limits.login_by_account.reset(account_key)
     auth.set_login_cookies(request, tokens)
@@ -229,7 +229,7 @@ async def checkout(
         result = await purchases.buy(db, ctx.settings, user=user, data=data, idempotency_key=key)
     except (KSWiFiError, ValidationError) as exc:
         await abandon(db)
-        context.update(error=_say(exc), voucher_code=voucher)
+        context.update(error=say(exc), voucher_code=voucher)
         status = exc.status_code if isinstance(exc, KSWiFiError) else 422
         return render(request, "checkout.html", context, status_code=status)
     purchase = result.purchase
@@ -289,7 +289,7 @@ def _notice(request: Request) -> str | None:
     return _NOTICES.get(request.query_params.get("notice", ""))
 
 
-def _say(exc: KSWiFiError | ValidationError) -> str:
+def say(exc: KSWiFiError | ValidationError) -> str:
     """A domain error's message for a person (they are written for people already)."""
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
@@ -305,23 +305,13 @@ def _path_of(url: str) -> str:
 
 # --- setup: Generate Connect Code ---------------------------------------------------------------
 
-REGION_NAMES = {
-    "us-east": "US East (New York)",
-    "eu-west": "EU West (London)",
-    "ap-southeast": "Asia Pacific (Singapore)",
-}
-
-
-def region_name(code: str) -> str:
-    return REGION_NAMES.get(code, code)
-
 
 async def _regions(db: DbSession, ctx: Ctx) -> list[dict[str, str]]:
     """Regions with an enabled gateway, for the optional region choice."""
     codes = sorted(
         {g.region for g in await gateways.list_out(db, utcnow(), ctx.settings) if g.is_enabled}
     )
-    return [{"code": code, "name": region_name(code)} for code in codes]
+    return [{"code": code, "name": copy.region_name(code)} for code in codes]
 
 
 @router.get("/sessions/{session_id}/setup", response_class=HTMLResponse)
@@ -367,7 +357,7 @@ async def generate(
             "s": sessions.to_out(session, now),
             "regions": await _regions(db, ctx),
             "copy": copy,
-            "error": _say(exc),
+            "error": say(exc),
             "device_name": device_name or "",
         }
         return render(request, "setup.html", context, status_code=exc.status_code)
@@ -375,7 +365,7 @@ async def generate(
         "nav": "sessions",
         "s": sessions.to_out(session, now),
         "profile": profile,
-        "region_name": region_name(profile.region),
+        "region_name": copy.region_name(profile.region),
         "setup_path": _path_of(profile.setup_url),
         "config_path": _path_of(profile.config_url),
         "mobileconfig_path": _path_of(profile.mobileconfig_url),
