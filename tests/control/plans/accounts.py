@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,12 @@ from kswifi.control.models import User
 from kswifi.control.security import hash_password
 
 PASSWORD = "correct horse battery 42"
+
+
+@functools.cache
+def _password_hash() -> str:
+    """Hashed once per run: argon2 is slow on purpose, and every account shares the password."""
+    return hash_password(PASSWORD)
 
 
 @dataclass
@@ -27,7 +34,7 @@ async def create_account(
 ) -> Account:
     email = f"{'admin' if is_admin else 'buyer'}-{uuid.uuid4().hex[:10]}@example.com"
     async with ctx.db.transaction() as db:
-        user = User(email=email, password_hash=hash_password(PASSWORD), is_admin=is_admin)
+        user = User(email=email, password_hash=_password_hash(), is_admin=is_admin)
         db.add(user)
         await db.flush()
         user_id = user.id
