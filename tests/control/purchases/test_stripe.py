@@ -87,7 +87,10 @@ class TestCheckout:
         description = form["line_items[0][price_data][product_data][description]"]
         assert "5 GB" in description
         assert "VPN" not in description
-        assert form["success_url"].startswith("http://testserver/")
+        assert form["success_url"] == (
+            f"http://testserver/sessions?checkout=success&purchase={purchase['id']}"
+        )
+        assert form["cancel_url"] == "http://testserver/checkout/premium?checkout=cancelled"
 
         assert await state(ctx) == {"purchases": 1, "sessions": 0, "events": 0}
         shown = await client.get(f"/api/purchases/{purchase['id']}", headers=buyer.headers)
@@ -121,6 +124,30 @@ class TestCheckout:
         assert response.json()["error"]["code"] == "payments_unavailable"
         assert fake_stripe.requests == []
         assert await state(ctx) == {"purchases": 0, "sessions": 0, "events": 0}
+
+    async def test_a_free_plan_needs_no_checkout(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        buyer: Account,
+        admin: Account,
+        fake_stripe: FakeStripe,
+    ) -> None:
+        plan = {
+            "code": "trial",
+            "name": "Trial Session",
+            "data_limit_mb": 100,
+            "speed_mbps": 5,
+            "validity_days": 1,
+            "price_cents": 0,
+        }
+        created = await client.post("/api/admin/plans", json=plan, headers=admin.headers)
+        assert created.status_code == 201
+        purchase = await _checkout(client, buyer, "trial")
+        assert (purchase["status"], purchase["amount_cents"]) == ("paid", 0)
+        assert purchase["checkout_url"] is None
+        assert purchase["session_id"] is not None
+        assert fake_stripe.requests == []
 
 
 class TestWebhook:

@@ -252,8 +252,9 @@ def _checkout_request(
         ),
         amount_cents=purchase.amount_cents,
         currency=purchase.currency,
-        success_url=f"{base}/purchases/{purchase.id}?checkout=success",
-        cancel_url=f"{base}/purchases/{purchase.id}?checkout=cancelled",
+        # Pages of the web app: the buyer's sessions, or back to this plan's checkout.
+        success_url=f"{base}/sessions?checkout=success&purchase={purchase.id}",
+        cancel_url=f"{base}/checkout/{plan.code}?checkout=cancelled",
     )
 
 
