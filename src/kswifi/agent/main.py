@@ -42,6 +42,7 @@ from kswifi.protocol import (
     DesiredState,
     GatewayHeartbeat,
     HeartbeatAck,
+    LeaseGrant,
     LeaseResponse,
     UsageAck,
     UsageReport,
@@ -320,7 +321,7 @@ class Agent:
                 )
                 break
             sent += 1
-            self._apply_lease_grants(ack.leases, 0)
+            self._apply_lease_grants(ack.leases, None)
         return sent
 
     async def _sender_loop(self) -> None:
@@ -360,20 +361,27 @@ class Agent:
             return
         self._apply_lease_grants(response.leases, response.revision)
 
-    def _apply_lease_grants(self, grants: Sequence[object], revision: int) -> None:
-        changed = False
+    def _apply_lease_grants(self, grants: Sequence[LeaseGrant], revision: int | None) -> None:
+        """Remember grants larger than the desired state's lease until a desired state at
+        `revision` (or newer) includes them."""
+        state = self.desired_state
+        if state is None:
+            return
+        leased = {peer.session_id: peer.quota_bytes for peer in state.peers}
+        raised = []
         for grant in grants:
-            session_id = getattr(grant, "session_id", None)
-            quota = getattr(grant, "quota_bytes", None)
-            if not isinstance(session_id, str) or not isinstance(quota, int):
+            if grant.session_id not in leased:
                 continue
-            if quota > self.lease_overrides.get(session_id, 0):
-                self.lease_overrides[session_id] = quota
-                changed = True
-        if changed:
-            self.lease_revision = max(self.lease_revision, revision)
-            log.info("lease_granted", sessions=len(grants), revision=revision)
-            self.reconcile_needed.set()
+            held = max(leased[grant.session_id], self.lease_overrides.get(grant.session_id, 0))
+            if grant.quota_bytes > held:
+                raised.append(grant)
+        if not raised:
+            return
+        for grant in raised:
+            self.lease_overrides[grant.session_id] = grant.quota_bytes
+        self.lease_revision = max(self.lease_revision, revision or state.revision + 1)
+        log.info("lease_granted", sessions=len(raised), revision=self.lease_revision)
+        self.reconcile_needed.set()
 
     # -- heartbeat ---------------------------------------------------------------------------
 
