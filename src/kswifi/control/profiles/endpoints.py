@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -72,24 +73,26 @@ def _error(status: int, code: str, description: str) -> dict[str, Any]:
 async def generate_connect_profile(
     request: GenerateConnectRequest,
     current_user_id: CurrentUserId,
-    db: DbSession,
     ctx: Ctx,
 ) -> ConnectProfileResponse:
     """Generate a KSWiFi Connect Profile for a data session (200 OK, also when the call rotates
     the keys of an existing device of the same name). Extra fields such as `data_limit_mb`
     are ignored: the response carries the session's own limit."""
-    generated = await service.generate_profile(
-        db,
-        secrets=ctx.secrets,
-        settings=ctx.settings,
-        bus=ctx.events,
-        user_id=current_user_id,
-        session_id=request.session_id,
-        region=request.region,
-        device_name=request.device_name,
-        now=utcnow(),
-    )
-    return service.to_response(generated, ctx.settings)
+    # Our own transaction instead of `DbSession`: it commits before the QR codes are drawn, so
+    # the tens of milliseconds of encoding never hold a row lock (or SQLite's write lock).
+    async with ctx.db.transaction() as db:
+        generated = await service.generate_profile(
+            db,
+            secrets=ctx.secrets,
+            settings=ctx.settings,
+            bus=ctx.events,
+            user_id=current_user_id,
+            session_id=request.session_id,
+            region=request.region,
+            device_name=request.device_name,
+            now=utcnow(),
+        )
+    return await asyncio.to_thread(service.to_response, generated, ctx.settings)
 
 
 @router.get("/profiles", response_model=ConnectProfileList)

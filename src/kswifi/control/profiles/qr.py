@@ -22,21 +22,19 @@ def _make(text: str) -> segno.QRCode:
     return segno.make(text, error=ERROR_CORRECTION, boost_error=False, micro=False)
 
 
-def png_bytes(text: str, *, scale: int = PNG_SCALE) -> bytes:
+def _png(code: segno.QRCode, scale: int) -> bytes:
     buffer = io.BytesIO()
-    _make(text).save(buffer, kind="png", scale=scale, border=BORDER)
+    code.save(buffer, kind="png", scale=scale, border=BORDER)
     return buffer.getvalue()
 
 
-def png_data_uri(text: str, *, scale: int = PNG_SCALE) -> str:
-    """`data:image/png;base64,…` of `text` as a QR code."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(text, scale=scale)).decode()
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def svg(text: str, *, scale: int = SVG_SCALE) -> str:
-    """A standalone SVG document of `text` as a QR code (no XML declaration, UTF-8)."""
+def _svg(code: segno.QRCode, scale: int) -> str:
     buffer = io.BytesIO()
-    _make(text).save(
+    code.save(
         buffer,
         kind="svg",
         scale=scale,
@@ -47,3 +45,23 @@ def svg(text: str, *, scale: int = SVG_SCALE) -> str:
         encoding="utf-8",
     )
     return buffer.getvalue().decode("utf-8")
+
+
+def png_bytes(text: str, *, scale: int = PNG_SCALE) -> bytes:
+    return _png(_make(text), scale)
+
+
+def png_data_uri(text: str, *, scale: int = PNG_SCALE) -> str:
+    """`data:image/png;base64,…` of `text` as a QR code."""
+    return _data_uri(png_bytes(text, scale=scale))
+
+
+def svg(text: str, *, scale: int = SVG_SCALE) -> str:
+    """A standalone SVG document of `text` as a QR code (no XML declaration, UTF-8)."""
+    return _svg(_make(text), scale)
+
+
+def png_data_uri_and_svg(text: str) -> tuple[str, str]:
+    """Both renderings of one code; encoding is the costly part (tens of ms), so it runs once."""
+    code = _make(text)
+    return _data_uri(_png(code, PNG_SCALE)), _svg(code, SVG_SCALE)

@@ -18,7 +18,7 @@ from kswifi.control.config import Settings
 from kswifi.control.errors import Conflict, Gone, NotFound, Unauthorized
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
-from kswifi.control.models import DataSession, Device, Gateway
+from kswifi.control.models import Device, Gateway
 from kswifi.control.profiles import qr, repository
 from kswifi.control.profiles.config_render import (
     ClientConfig,
@@ -53,11 +53,15 @@ class DeviceInOtherRegion(Conflict):
 
 @dataclass(frozen=True)
 class GeneratedProfile:
-    """What one generate call produced; the secrets in it live only for this response."""
+    """What one generate call produced, as plain values (rendered after the commit); the
+    secrets in it live only for this response."""
 
-    device: Device
-    session: DataSession
-    gateway: Gateway
+    connect_id: str
+    session_id: str
+    data_limit_bytes: int
+    session_expires_at: datetime | None
+    region: str
+    gateway_name: str
     config_text: str
     setup_token: str
     download_token: str
@@ -161,9 +165,12 @@ async def generate_profile(
     )
     await db.flush()
     return GeneratedProfile(
-        device=device,
-        session=session,
-        gateway=gateway,
+        connect_id=device.id,
+        session_id=session.id,
+        data_limit_bytes=session.data_limit_bytes,
+        session_expires_at=session.expires_at,
+        region=gateway.region_code,
+        gateway_name=gateway.name,
         config_text=config_text,
         setup_token=setup_token,
         download_token=issue_download_token(secrets, device.id, token_hash, setup_expires_at),
@@ -207,21 +214,25 @@ def links(
 
 
 def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfileResponse:
-    """The product note's response shape; `data_limit_mb` is the session's own limit."""
+    """The product note's response shape; `data_limit_mb` is the session's own limit.
+
+    Pure and CPU-bound (QR encoding): call it after the transaction committed, off the loop.
+    """
+    profile_qr, profile_qr_svg = qr.png_data_uri_and_svg(generated.config_text)
     return ConnectProfileResponse(
         success=True,
-        connect_id=generated.device.id,
-        profile_qr=qr.png_data_uri(generated.config_text),
-        session_id=generated.session.id,
-        data_limit_mb=generated.session.data_limit_bytes // MIB,
+        connect_id=generated.connect_id,
+        profile_qr=profile_qr,
+        session_id=generated.session_id,
+        data_limit_mb=generated.data_limit_bytes // MIB,
         profile_type="kswifi_connect",
         setup_instructions=list(SETUP_INSTRUCTIONS),
         access_method="secure_profile",
-        region=generated.gateway.region_code,
-        gateway=generated.gateway.name,
-        expires_at=generated.session.expires_at,
-        profile_qr_svg=qr.svg(generated.config_text),
-        **links(settings, generated.device.id, generated.setup_token, generated.download_token),
+        region=generated.region,
+        gateway=generated.gateway_name,
+        expires_at=generated.session_expires_at,
+        profile_qr_svg=profile_qr_svg,
+        **links(settings, generated.connect_id, generated.setup_token, generated.download_token),
     )
 
 
