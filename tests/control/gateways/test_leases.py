@@ -10,6 +10,7 @@ from kswifi.control.gateways.leases import (
     fair_share,
     plan_session_leases,
     remaining_budget,
+    sole_carrier_grant,
     top_up,
     total_outstanding,
 )
@@ -90,6 +91,24 @@ class TestSharedSession:
         assert fair_share(10, 1, 2) == 5
         assert fair_share(10, 0, 3) == 4
         assert remaining_budget(10, 12) == 0
+
+    @given(
+        limit=st.integers(min_value=0, max_value=10**12),
+        used_total=st.integers(min_value=0, max_value=10**12),
+        granted=st.integers(min_value=0, max_value=10**12),
+        own_used=st.integers(min_value=0, max_value=10**12),
+    )
+    def test_sole_carrier_fast_path_matches_the_general_plan(
+        self, limit: int, used_total: int, granted: int, own_used: int
+    ) -> None:
+        plan = plan_session_leases(
+            limit_bytes=limit,
+            used_total_bytes=used_total,
+            leases={"a": Lease(granted, own_used)},
+            carriers=["a"],
+            requesting=["a"],
+        )
+        assert plan["a"].granted_bytes == sole_carrier_grant(limit, used_total, own_used)
 
 
 @st.composite

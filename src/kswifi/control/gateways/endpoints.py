@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
 from kswifi.control.errors import Unauthorized
@@ -88,7 +88,7 @@ async def _authenticated_gateway_id(ctx: Ctx, credentials: BearerCredentials) ->
         return gateway.id
 
 
-@router.get("/gateway/v1/desired-state", tags=["gateway"])
+@router.get("/gateway/v1/desired-state", tags=["gateway"], response_model=protocol.DesiredState)
 async def get_desired_state(
     ctx: Ctx,
     credentials: BearerCredentials,
@@ -96,7 +96,7 @@ async def get_desired_state(
         int | None,
         Query(ge=0, description="The revision the agent holds: wait until there is a newer one"),
     ] = None,
-) -> protocol.DesiredState:
+) -> Response:
     """The gateway's desired state. With `since` equal to the current revision the answer
     waits (up to `KSWIFI_LONGPOLL_SECONDS`) for a change; on timeout it is the same revision.
     """
@@ -109,7 +109,9 @@ async def get_desired_state(
             if since == revision:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
     async with ctx.db.transaction() as db:
-        return await service.desired_state(db, ctx.secrets, gateway_id, utcnow())
+        state = await service.desired_state(db, ctx.secrets, gateway_id, utcnow())
+    # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
+    return Response(state.model_dump_json(), media_type="application/json")
 
 
 async def _wait_for_new_revision(subscription: Subscription, since: int, seconds: float) -> None:

@@ -9,6 +9,7 @@ network and broadcast addresses are never handed out, nor the IPv6 subnet-router
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def interface_cidr(block: IPNetwork, host_index: int = GATEWAY_HOST_INDEX) -> st
     return f"{host_address(block, host_index)}/{block.prefixlen}"
 
 
+@functools.lru_cache(maxsize=1 << 18)  # desired states render the same addresses every poll
 def host_cidr(address: str) -> str:
     """One address as a single-host network: `100.64.0.2` → `100.64.0.2/32`, v6 → `/128`.
 

@@ -55,6 +55,14 @@ def top_up(
     return own.used_bytes + min(free_for_own, max(0, wanted))
 
 
+def sole_carrier_grant(limit_bytes: int, used_total_bytes: int, own_used_bytes: int) -> int:
+    """The grant of the only gateway that holds a lease of the session: all that remains.
+
+    Equal to `plan_session_leases` with that one lease and carrier (the fast path of polls).
+    """
+    return own_used_bytes + remaining_budget(limit_bytes, used_total_bytes)
+
+
 def fair_share(limit_bytes: int, used_total_bytes: int, carriers: int) -> int | None:
     """What each of `carriers` gateways is topped up to; None (all of it) for a sole carrier."""
     if carriers <= 1:

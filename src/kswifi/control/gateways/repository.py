@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from kswifi.control.models import (
     LIVE_STATES,
@@ -23,7 +25,9 @@ from kswifi.control.models import (
     UsageBatch,
 )
 
-_INSERT_CHUNK = 1000  # rows per INSERT: stays far below the databases' bound-parameter limits
+# Rows per INSERT and ids per IN (...): far below the databases' bound-parameter limits.
+_INSERT_CHUNK = 1000
+_IN_CHUNK = 5000
 
 
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
@@ -99,17 +103,50 @@ async def live_device_counts(db: AsyncSession, now: datetime) -> dict[str, int]:
     return {gateway_id: count for gateway_id, count in rows}
 
 
-async def live_peers(
-    db: AsyncSession, gateway_id: str, now: datetime
-) -> list[tuple[Device, DataSession]]:
-    """Devices the gateway must carry, with their sessions, in a stable order."""
+@dataclass(frozen=True)
+class PeerRow:
+    """What a desired-state peer is made of: plain columns, no ORM objects (10,000s per poll)."""
+
+    public_key: str
+    preshared_key_encrypted: str
+    ipv4: str
+    ipv6: str
+    session_id: str
+    data_limit_bytes: int
+    used_bytes: int
+    speed_mbps: int
+    expires_at: datetime | None
+    lease_granted_bytes: int | None
+    lease_used_bytes: int | None
+
+
+async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[PeerRow]:
+    """Devices the gateway must carry, with their sessions' limits and the gateway's own
+    lease of each (None before the first one), in a stable order."""
     rows = await db.execute(
-        select(Device, DataSession)
+        select(
+            Device.public_key,
+            Device.preshared_key_encrypted,
+            Device.ipv4,
+            Device.ipv6,
+            DataSession.id,
+            DataSession.data_limit_bytes,
+            DataSession.used_bytes,
+            DataSession.speed_mbps,
+            DataSession.expires_at,
+            GatewayLease.granted_bytes,
+            GatewayLease.used_bytes,
+        )
         .join(DataSession, DataSession.id == Device.session_id)
+        .outerjoin(
+            GatewayLease,
+            (GatewayLease.gateway_id == Device.gateway_id)
+            & (GatewayLease.session_id == Device.session_id),
+        )
         .where(Device.gateway_id == gateway_id, *_live_device_filter(now))
         .order_by(Device.host_index)
     )
-    return [(device, session) for device, session in rows]
+    return [PeerRow(*row) for row in rows]
 
 
 def _sessions_carried_by(gateway_id: str) -> Select[Any]:
@@ -120,11 +157,19 @@ def _sessions_carried_by(gateway_id: str) -> Select[Any]:
     )
 
 
-async def carriers_of_sessions(db: AsyncSession, gateway_id: str) -> dict[str, set[str]]:
-    """For each session with an active device on `gateway_id`: every gateway carrying it."""
+async def other_carriers(db: AsyncSession, gateway_id: str) -> dict[str, set[str]]:
+    """For the sessions with an active device on `gateway_id`: the OTHER gateways carrying
+    them (usually none, so this answers from the index without touching most sessions)."""
+    other = aliased(Device)
     rows = await db.execute(
-        select(Device.session_id, Device.gateway_id)
-        .where(Device.status == "active", Device.session_id.in_(_sessions_carried_by(gateway_id)))
+        select(other.session_id, other.gateway_id)
+        .join(Device, Device.session_id == other.session_id)
+        .where(
+            Device.gateway_id == gateway_id,
+            Device.status == "active",
+            other.status == "active",
+            other.gateway_id != gateway_id,
+        )
         .distinct()
     )
     carriers: dict[str, set[str]] = {}
@@ -148,27 +193,46 @@ async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str,
     return carriers
 
 
-async def leases_of_sessions_carried_by(db: AsyncSession, gateway_id: str) -> list[GatewayLease]:
-    """All gateways' leases of the sessions `gateway_id` carries."""
-    return list(
-        await db.scalars(
-            select(GatewayLease).where(
-                GatewayLease.session_id.in_(_sessions_carried_by(gateway_id))
-            )
+@dataclass(frozen=True)
+class LeaseRow:
+    gateway_id: str
+    session_id: str
+    granted_bytes: int
+    used_bytes: int
+
+
+_LEASE_COLUMNS = (
+    GatewayLease.gateway_id,
+    GatewayLease.session_id,
+    GatewayLease.granted_bytes,
+    GatewayLease.used_bytes,
+)
+
+
+async def other_leases_of_sessions_carried_by(db: AsyncSession, gateway_id: str) -> list[LeaseRow]:
+    """Other gateways' leases of the sessions `gateway_id` carries (sessions that moved or
+    are shared; usually none)."""
+    rows = await db.execute(
+        select(*_LEASE_COLUMNS).where(
+            GatewayLease.session_id.in_(_sessions_carried_by(gateway_id)),
+            GatewayLease.gateway_id != gateway_id,
         )
     )
+    return [LeaseRow(*row) for row in rows]
 
 
-async def leases_of(
-    db: AsyncSession, session_ids: Iterable[str], *, fresh: bool = False
-) -> list[GatewayLease]:
-    ids = list(set(session_ids))
-    if not ids:
-        return []
-    query = select(GatewayLease).where(GatewayLease.session_id.in_(ids))
-    if fresh:
-        query = query.execution_options(populate_existing=True)
-    return list(await db.scalars(query))
+async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[LeaseRow]:
+    """All gateways' leases of the sessions, as the database holds them now."""
+    ids = sorted(set(session_ids))
+    found: list[LeaseRow] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        rows = await db.execute(
+            select(*_LEASE_COLUMNS).where(
+                GatewayLease.session_id.in_(ids[start : start + _IN_CHUNK])
+            )
+        )
+        found.extend(LeaseRow(*row) for row in rows)
+    return found
 
 
 async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
@@ -193,20 +257,56 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
         )
 
 
-async def lock_sessions(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:
-    """Session rows locked in id order (a stable order: no deadlock between two lockers),
-    re-read so their usage is current."""
-    ids = sorted(set(session_ids))
-    if not ids:
-        return {}
-    rows = await db.scalars(
-        select(DataSession)
-        .where(DataSession.id.in_(ids))
-        .order_by(DataSession.id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
+async def set_granted(
+    db: AsyncSession, changes: Iterable[tuple[str, str, int]], now: datetime
+) -> None:
+    """New grants as (gateway, session, granted_bytes), written in one executemany."""
+    params = [
+        {"b_gateway": gateway_id, "b_session": session_id, "b_granted": granted, "b_now": now}
+        for gateway_id, session_id, granted in changes
+    ]
+    if not params:
+        return
+    table = cast(Table, GatewayLease.__table__)
+    await db.execute(
+        update(table)
+        .where(
+            table.c.gateway_id == bindparam("b_gateway"),
+            table.c.session_id == bindparam("b_session"),
+        )
+        .values(granted_bytes=bindparam("b_granted"), updated_at=bindparam("b_now")),
+        params,
     )
-    return {session.id: session for session in rows}
+
+
+async def add_lease_usage(
+    db: AsyncSession, gateway_id: str, session_id: str, served_bytes: int, now: datetime
+) -> None:
+    """Count bytes a gateway served against its lease (one atomic UPDATE)."""
+    await db.execute(
+        update(GatewayLease)
+        .where(GatewayLease.gateway_id == gateway_id, GatewayLease.session_id == session_id)
+        .values(used_bytes=GatewayLease.used_bytes + served_bytes, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def lock_session_budgets(
+    db: AsyncSession, session_ids: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """(data_limit_bytes, used_bytes) of the sessions, their rows locked in id order (a stable
+    order: no deadlock between two lockers) and read as they are now."""
+    ids = sorted(set(session_ids))
+    budgets: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        rows = await db.execute(
+            select(DataSession.id, DataSession.data_limit_bytes, DataSession.used_bytes)
+            .where(DataSession.id.in_(ids[start : start + _IN_CHUNK]))
+            .order_by(DataSession.id)
+            .with_for_update(key_share=True)
+        )
+        budgets.update({session_id: (limit, used) for session_id, limit, used in rows})
+    return budgets
 
 
 async def sessions_by_id(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +33,6 @@ from kswifi.control.models import (
     AddressRelease,
     DataSession,
     Gateway,
-    GatewayLease,
     UsageBatch,
 )
 from kswifi.control.security import SecretBox, hash_token, new_opaque_token
@@ -463,27 +463,35 @@ async def desired_state(
     if gateway is None:
         raise NotFound("No such gateway")
     blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
-    rows = await repository.live_peers(db, gateway.id, now)
-    sessions = {session.id: session for _, session in rows}
+    peer_rows = await repository.live_peers(db, gateway.id, now)
+    own_leases = [
+        repository.LeaseRow(
+            gateway.id, row.session_id, row.lease_granted_bytes, row.lease_used_bytes
+        )
+        for row in peer_rows
+        if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
+    ]
     quotas = await _refresh_leases(
         db,
         gateway.id,
-        sessions,
-        carriers=await repository.carriers_of_sessions(db, gateway.id),
-        rows=await repository.leases_of_sessions_carried_by(db, gateway.id),
+        {row.session_id: (row.data_limit_bytes, row.used_bytes) for row in peer_rows},
+        carriers=await repository.other_carriers(db, gateway.id),
+        rows=own_leases + await repository.other_leases_of_sessions_carried_by(db, gateway.id),
         now=now,
     )
+    # Built without re-validation: every value comes from our own checked writes, and a
+    # gateway with 10,000 peers polls this often.
     peers = [
-        protocol.PeerSpec(
-            public_key=device.public_key,
-            preshared_key=secrets.decrypt(device.preshared_key_encrypted),
-            allowed_ips=[ipam.host_cidr(device.ipv4), ipam.host_cidr(device.ipv6)],
-            session_id=session.id,
-            quota_bytes=quotas[session.id],
-            speed_mbps=session.speed_mbps,
-            expires_at=session.expires_at,
+        protocol.PeerSpec.model_construct(
+            public_key=row.public_key,
+            preshared_key=_decrypt_cached(secrets, row.preshared_key_encrypted),
+            allowed_ips=[ipam.host_cidr(row.ipv4), ipam.host_cidr(row.ipv6)],
+            session_id=row.session_id,
+            quota_bytes=quotas[row.session_id],
+            speed_mbps=row.speed_mbps,
+            expires_at=row.expires_at,
         )
-        for device, session in rows
+        for row in peer_rows
     ]
     interface = protocol.GatewayInterface(
         private_key=secrets.decrypt(gateway.private_key_encrypted),
@@ -491,88 +499,112 @@ async def desired_state(
         listen_port=gateway.listen_port,
         addresses=blocks.interface_addresses(),
     )
-    return protocol.DesiredState(revision=gateway.revision, interface=interface, peers=peers)
+    return protocol.DesiredState.model_construct(
+        revision=gateway.revision, interface=interface, peers=peers
+    )
+
+
+# Decrypted preshared keys per SecretBox: a poll of 10,000 peers would otherwise spend most of
+# its time in Fernet. Bounded; the keys are decrypted on every poll anyway.
+_PLAINTEXTS: weakref.WeakKeyDictionary[SecretBox, dict[str, str]] = weakref.WeakKeyDictionary()
+_PLAINTEXT_CACHE_SIZE = 200_000
+
+
+def _decrypt_cached(secrets: SecretBox, ciphertext: str) -> str:
+    cache = _PLAINTEXTS.setdefault(secrets, {})
+    plaintext = cache.get(ciphertext)
+    if plaintext is None:
+        if len(cache) >= _PLAINTEXT_CACHE_SIZE:
+            cache.clear()
+        plaintext = cache[ciphertext] = secrets.decrypt(ciphertext)
+    return plaintext
 
 
 async def _refresh_leases(
     db: AsyncSession,
     gateway_id: str,
-    sessions: dict[str, DataSession],
+    budgets: dict[str, tuple[int, int]],
     *,
     carriers: dict[str, set[str]],
-    rows: list[GatewayLease],
+    rows: list[repository.LeaseRow],
     now: datetime,
 ) -> dict[str, int]:
-    """Top up `gateway_id`'s leases of `sessions` (and release those of gateways that stopped
-    carrying them); its cumulative grant per session.
+    """Top up `gateway_id`'s leases of the sessions in `budgets` ((limit, used) per session)
+    and release those of gateways that stopped carrying them; its cumulative grant per session.
 
     A session only this gateway carries is its alone to lease. A shared one (or one whose
     other leases change) is recomputed under a lock of its row, so two gateways topping up at
     once never hand out the same bytes twice.
     """
-    if not sessions:
+    if not budgets:
         return {}
-    by_session = _leases_by_session(rows)
-    missing = [sid for sid in sessions if gateway_id not in by_session.get(sid, {})]
+    held = _leases_by_session(rows)
+    missing = [sid for sid in budgets if gateway_id not in held.get(sid, {})]
     if missing:
         await repository.ensure_leases(db, [(gateway_id, sid) for sid in missing], now)
-        by_session.update(_leases_by_session(await repository.leases_of(db, missing)))
-    current = dict(sessions)
+        held.update(_leases_by_session(await repository.leases_of(db, missing)))
+    budgets = dict(budgets)
     plans = {
-        session_id: _plan_leases(session, by_session.get(session_id, {}), carriers, gateway_id)
-        for session_id, session in current.items()
+        session_id: _plan_leases(budget, held[session_id], carriers.get(session_id), gateway_id)
+        for session_id, budget in budgets.items()
     }
     contested = [
         session_id
         for session_id, plan in plans.items()
         if len(carriers.get(session_id, set()) | {gateway_id}) > 1
         or any(
-            other_id != gateway_id
-            and lease.granted_bytes != by_session[session_id][other_id].granted_bytes
+            other_id != gateway_id and lease != held[session_id][other_id]
             for other_id, lease in plan.items()
         )
     ]
     if contested:
-        current.update(await repository.lock_sessions(db, contested))
-        fresh = _leases_by_session(await repository.leases_of(db, contested, fresh=True))
+        budgets.update(await repository.lock_session_budgets(db, contested))
+        fresh = _leases_by_session(await repository.leases_of(db, contested))
         for session_id in contested:
-            by_session[session_id] = fresh.get(session_id, {})
+            held[session_id] = fresh.get(session_id, {})
             plans[session_id] = _plan_leases(
-                current[session_id], by_session[session_id], carriers, gateway_id
+                budgets[session_id], held[session_id], carriers.get(session_id), gateway_id
             )
-    granted: dict[str, int] = {}
-    for session_id, plan in plans.items():
-        for other_id, lease in plan.items():
-            row = by_session[session_id][other_id]
-            if row.granted_bytes != lease.granted_bytes:
-                row.granted_bytes = lease.granted_bytes
-                row.updated_at = now
-        granted[session_id] = plan[gateway_id].granted_bytes
-    await db.flush()
-    return granted
+    changes = [
+        (other_id, session_id, lease.granted_bytes)
+        for session_id, plan in plans.items()
+        for other_id, lease in plan.items()
+        if lease.granted_bytes != held[session_id][other_id].granted_bytes
+    ]
+    await repository.set_granted(db, changes, now)
+    return {session_id: plan[gateway_id].granted_bytes for session_id, plan in plans.items()}
 
 
-def _leases_by_session(rows: Iterable[GatewayLease]) -> dict[str, dict[str, GatewayLease]]:
-    by_session: dict[str, dict[str, GatewayLease]] = {}
+def _leases_by_session(rows: Iterable[repository.LeaseRow]) -> dict[str, dict[str, leases.Lease]]:
+    by_session: dict[str, dict[str, leases.Lease]] = {}
     for row in rows:
-        by_session.setdefault(row.session_id, {})[row.gateway_id] = row
+        by_session.setdefault(row.session_id, {})[row.gateway_id] = leases.Lease(
+            row.granted_bytes, row.used_bytes
+        )
     return by_session
 
 
 def _plan_leases(
-    session: DataSession,
-    held: dict[str, GatewayLease],
-    carriers: dict[str, set[str]],
+    budget: tuple[int, int],
+    held: dict[str, leases.Lease],
+    carriers: set[str] | None,
     gateway_id: str,
 ) -> dict[str, leases.Lease]:
+    limit_bytes, used_bytes = budget
+    if (carriers or set()) <= {gateway_id} and held.keys() == {gateway_id}:
+        # The common case, a session only this gateway ever carried: skip the general plan.
+        own = held[gateway_id]
+        granted = leases.sole_carrier_grant(limit_bytes, used_bytes, own.used_bytes)
+        return {
+            gateway_id: own
+            if own.granted_bytes == granted
+            else leases.Lease(granted, own.used_bytes)
+        }
     return leases.plan_session_leases(
-        limit_bytes=session.data_limit_bytes,
-        used_total_bytes=session.used_bytes,
-        leases={
-            other_id: leases.Lease(row.granted_bytes, row.used_bytes)
-            for other_id, row in held.items()
-        },
-        carriers=carriers.get(session.id, set()) | {gateway_id},
+        limit_bytes=limit_bytes,
+        used_total_bytes=used_bytes,
+        leases=held,
+        carriers=(carriers or set()) | {gateway_id},
         requesting=[gateway_id],
     )
 
@@ -585,8 +617,8 @@ async def grant_leases(
     await repository.lock(db, gateway.id)  # leases change: see `repository.lock`
     wanted = set(session_ids)
     carried = await repository.carriers_of(db, wanted)
-    sessions = {
-        session_id: session
+    budgets = {
+        session_id: (session.data_limit_bytes, session.used_bytes)
         for session_id, session in (await repository.sessions_by_id(db, wanted)).items()
         if gateway.id in carried.get(session_id, set())
         and session.status in LIVE_STATES
@@ -595,12 +627,12 @@ async def grant_leases(
     quotas = await _refresh_leases(
         db,
         gateway.id,
-        sessions,
+        budgets,
         carriers=carried,
-        rows=await repository.leases_of(db, sessions),
+        rows=await repository.leases_of(db, budgets),
         now=now,
     )
-    refused = wanted - set(sessions)
+    refused = wanted - set(budgets)
     if refused:
         log.info("lease_refused", gateway_id=gateway.id, session_count=len(refused))
     return protocol.LeaseResponse(
@@ -676,11 +708,6 @@ async def apply_usage(
         )
 
     await repository.ensure_leases(db, [(locked.id, session_id) for session_id in accepted], now)
-    lease_rows = {
-        row.session_id: row
-        for row in await repository.leases_of(db, accepted)
-        if row.gateway_id == locked.id
-    }
     was_live = {
         session_id: session.status in LIVE_STATES
         for session_id, session in (await repository.sessions_by_id(db, accepted)).items()
@@ -701,9 +728,7 @@ async def apply_usage(
         )
         if session is None:
             continue
-        row = lease_rows[session_id]
-        row.used_bytes += rx + tx  # only this gateway's batches, serialized by its lock
-        row.updated_at = now
+        await repository.add_lease_usage(db, locked.id, session_id, rx + tx, now)
         if session.status in LIVE_STATES:
             live[session_id] = session
         elif was_live.get(session_id, False):
@@ -720,7 +745,7 @@ async def apply_usage(
     grants = await _refresh_leases(
         db,
         locked.id,
-        live,
+        {session_id: (s.data_limit_bytes, s.used_bytes) for session_id, s in live.items()},
         carriers=await repository.carriers_of(db, live),
         rows=await repository.leases_of(db, live),
         now=now,
