@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -120,6 +121,23 @@ class TestDelete:
         assert new["connect_id"] != profile["connect_id"]
         old_ip = parse_config(decode_data_uri(profile["profile_qr"])[0]).ipv4
         assert parse_config(decode_data_uri(new["profile_qr"])[0]).ipv4 != old_ip
+
+    async def test_concurrent_removals_release_once(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        profile = await make_profile(client, owner, (await make_session(owner.id)).id)
+        url = f"/api/connect/profiles/{profile['connect_id']}"
+        responses = await asyncio.gather(
+            *(client.delete(url, headers=owner.headers) for _ in range(4))
+        )
+        assert sorted(r.status_code for r in responses) == [204, 404, 404, 404]
+        async with ctx.db.transaction() as db:
+            assert await db.scalar(select(func.count()).select_from(AddressRelease)) == 1
 
 
 class TestCrossUser:

@@ -31,8 +31,18 @@ async def serialize_session_profiles(db: AsyncSession, session_id: str) -> None:
     await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": signed_key})
 
 
-async def get_device(db: AsyncSession, device_id: str) -> Device | None:
-    return await db.get(Device, device_id)
+async def get_device(
+    db: AsyncSession, device_id: str, *, for_update: bool = False
+) -> Device | None:
+    """A device; `for_update` locks its row (PostgreSQL) and re-reads it."""
+    if not for_update:
+        return await db.get(Device, device_id)
+    return await db.scalar(
+        select(Device)
+        .where(Device.id == device_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 async def active_devices_of_session(db: AsyncSession, session_id: str) -> list[Device]:
@@ -70,6 +80,9 @@ async def devices_of_ended_sessions(db: AsyncSession, now: datetime, limit: int)
         )
         .order_by(Device.id)
         .limit(limit)
+        # Replicas running this job at once take disjoint rows (PostgreSQL; SQLite has one
+        # writer anyway).
+        .with_for_update(of=Device, skip_locked=True)
     )
     return list(rows)
 

@@ -381,7 +381,13 @@ async def remove_profile(
 ) -> None:
     """The owner removes a device: it leaves its gateway, its address cools down for reuse."""
     device = await _own_active_device(db, user_id, device_id)
-    await _remove_devices(db, bus, [device], now)
+    # Same order as generate (session, then device): a rotation and a removal of one device
+    # never interleave, and two removals never release one address twice.
+    await repository.serialize_session_profiles(db, device.session_id)
+    locked = await repository.get_device(db, device.id, for_update=True)
+    if locked is None or locked.status != repository.ACTIVE:
+        raise NotFound("No such Connect Profile")
+    await _remove_devices(db, bus, [locked], now)
 
 
 async def _remove_devices(
