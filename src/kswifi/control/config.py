@@ -53,6 +53,24 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error")
     log_json: bool = Field(False, description="Log JSON lines instead of console lines")
     run_worker: bool = Field(True, description="Run the periodic jobs inside `kswifi serve`")
+    client_address_header: str = Field(
+        "",
+        description="Trusted proxy header with the client address (last entry of e.g. "
+        "X-Forwarded-For) for region placement; empty: the connection's address",
+    )
+    client_country_header: str = Field(
+        "",
+        description="Trusted proxy header with the client's ISO country (e.g. CF-IPCountry); "
+        "empty: off",
+    )
+    region_probe_url: str = Field(
+        "",
+        description="Latency probe URL per region, `{region}` replaced (e.g. on the gateway "
+        "host); empty: this server's /api/regions/{region}/probe",
+    )
+    metrics_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token /metrics asks for; empty: /metrics is open"
+    )
 
     @field_validator("data_dir")
     @classmethod
