@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Gone, NotFound
-from kswifi.control.models import SetupLink
+from kswifi.control.models import DataSession, SetupLink
 from kswifi.control.profiles import service
 from kswifi.control.profiles.config_render import parse_config
 from tests.control.profiles.conftest import (
@@ -261,6 +261,20 @@ class TestSetupPage:
             assert link is not None
             assert link.expires_at - link.created_at <= timedelta(minutes=10, seconds=5)
             assert link.expires_at - datetime.now(UTC) > timedelta(minutes=9)
+
+    async def test_link_of_an_ended_session_says_so(
+        self, client: httpx.AsyncClient, ctx: AppContext, profile: dict[str, Any]
+    ) -> None:
+        async with ctx.db.transaction() as db:
+            await db.execute(
+                update(DataSession)
+                .where(DataSession.id == profile["session_id"])
+                .values(status="revoked")
+            )
+        response = await client.get(path_of(profile["setup_url"]))
+        assert response.status_code == 409
+        assert "This session was cancelled." in response.text
+        assert "/config?t=" not in response.text
 
     async def test_unknown_link_is_404(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/setup/not-a-real-token")
