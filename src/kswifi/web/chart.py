@@ -16,8 +16,8 @@ from markupsafe import Markup
 
 from kswifi.control.sessions.service import format_gb
 
-WIDTH, HEIGHT = 600, 220
-LEFT, RIGHT, TOP, BOTTOM = 56, 590, 14, 188
+WIDTH, HEIGHT = 600, 224
+LEFT, RIGHT, TOP, BOTTOM = 66, 588, 14, 186
 
 
 @dataclass(frozen=True)

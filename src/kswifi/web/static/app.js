@@ -89,7 +89,7 @@
     var pts = chart.points;
     if (pts.length && pts[pts.length - 1][1] === used) return;
     pts.push([at, used]);
-    var L = 56, R = 590, T = 14, B = 188;
+    var L = 66, R = 588, T = 14, B = 186;
     var start = chart.start, end = Math.max(Date.now(), at);
     var span = Math.max(60000, end - start);
     function x(t) { return L + (R - L) * ((t - start) / span); }
