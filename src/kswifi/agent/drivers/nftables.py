@@ -38,7 +38,10 @@ def object_name(kind: str, session_id: str) -> str:
     prefix = _PREFIXES[kind]
     if _SAFE.fullmatch(session_id):
         return f"{prefix}-{session_id}"
-    return f"{prefix}x-{session_id.encode().hex()}"
+    name = f"{prefix}x-{session_id.encode().hex()}"
+    if len(name) > 255:  # NFT_OBJ_MAXNAMELEN, with its NUL
+        raise DriverError(f"session id too long for an nftables object name: {session_id!r}")
+    return name
 
 
 def parse_object_name(name: str) -> tuple[str, str] | None:

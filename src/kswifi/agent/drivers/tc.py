@@ -46,7 +46,8 @@ _OFFSETS: dict[tuple[int, Side], int] = {
 }
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000, "T": 1_000_000_000_000}
 _CLASS = re.compile(r"^class htb 1:([0-9a-f]+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?)bit", re.M)
-_FILTER = re.compile(r"\bfh ([0-9a-f]+):([0-9a-f]+):([0-9a-f]+) .*?\bflowid 1:([0-9a-f]+)")
+# tc prints bucket 0 as nothing: `fh 10::1`.
+_FILTER = re.compile(r"\bfh ([0-9a-f]+):([0-9a-f]*):([0-9a-f]+) .*?\bflowid 1:([0-9a-f]+)")
 _MATCH = re.compile(r"^\s+match ([0-9a-f]{8})/ffffffff at (\d+)")
 
 
@@ -146,7 +147,7 @@ def parse_filters(text: str, side: Side) -> tuple[dict[str, FilterEntry], set[in
         found = _FILTER.search(line)
         if not found:
             continue
-        ht, bucket, node, minor = (int(g, 16) for g in found.groups())
+        ht, bucket, node, minor = (int(g or "0", 16) for g in found.groups())
         version = 4 if ht == _HT[4] else 6 if ht == _HT[6] else 0
         if not version or not node:
             continue
