@@ -128,7 +128,7 @@ async def generate_profile(
                 "Remove one, or generate again with the same device name to renew it.",
                 max_devices=session.max_devices,
             )
-        gateway = await gateways.choose_gateway(db, region_code=region, now=now)
+        gateway = await gateways.choose_gateway(db, region_code=region, now=now, settings=settings)
         host_index, ipv4, ipv6 = await gateways.allocate_host(db, gateway, settings, now)
         device = Device(
             session_id=session.id,
