@@ -10,6 +10,7 @@ from kswifi.control.plans.endpoints import router as plans_router
 from kswifi.control.profiles import endpoints as profiles_endpoints
 from kswifi.control.profiles.endpoints import router as profiles_router
 from kswifi.control.purchases.endpoints import router as purchases_router
+from kswifi.control.regions.endpoints import router as regions_router
 from kswifi.control.sessions.endpoints import router as sessions_router
 from kswifi.control.usage.endpoints import router as usage_router
 from kswifi.control.users.endpoints import router as users_router
@@ -29,6 +30,7 @@ for router in (
     profiles_router,
     gateways_router,
     admin_router,
+    regions_router,
 ):
     api_router.include_router(router)
 

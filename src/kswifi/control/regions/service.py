@@ -1,0 +1,398 @@
+"""Business rules of the regions domain: the catalog of regions, their health, how far each is
+from a client, and placing a new device in the nearest region with a healthy gateway.
+
+Distance is counted in continents (the only thing an offline country lookup tells reliably):
+0 same continent, 1 a neighbour (one ocean or sea away), 2 distant, 3 the far side of the world.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control import geoip
+from kswifi.control.config import Settings
+from kswifi.control.db import Database
+from kswifi.control.errors import Conflict, NotFound, Unprocessable
+from kswifi.control.gateways import service as gateways
+from kswifi.control.gateways.schemas import GatewayOut
+from kswifi.control.geoip import ClientLocation
+from kswifi.control.models import Gateway, Region
+from kswifi.control.regions import repository
+from kswifi.control.regions.schemas import (
+    AdminRegionOut,
+    RegionCreate,
+    RegionList,
+    RegionStatus,
+    RegionUpdate,
+)
+
+FAR = 3
+# Symmetric; pairs not listed are FAR. Tuned to where the undersea cables run, not to maps.
+_NEIGHBOURS: dict[frozenset[str], int] = {
+    frozenset(("NA", "SA")): 1,
+    frozenset(("NA", "EU")): 1,
+    frozenset(("EU", "AF")): 1,
+    frozenset(("AS", "OC")): 1,
+    frozenset(("NA", "AS")): 2,
+    frozenset(("NA", "OC")): 2,
+    frozenset(("NA", "AF")): 2,
+    frozenset(("SA", "EU")): 2,
+    frozenset(("SA", "AF")): 2,
+    frozenset(("AF", "AS")): 2,
+    frozenset(("EU", "AS")): 2,  # London-Singapore is ~170 ms; New York is ~75 ms from London
+    frozenset(("AN", "SA")): 2,
+    frozenset(("AN", "OC")): 2,
+}
+LATENCY_HINTS = {
+    0: "Same continent: 20–50 ms",
+    1: "Neighbouring continent: 70–120 ms",
+    2: "Distant continent: 120–200 ms",
+    3: "Far side of the world: 200–300 ms",
+}
+UNKNOWN_LATENCY_HINT = "Test to see your latency"
+
+
+class RegionNotFound(NotFound):
+    code = "region_not_found"
+
+
+class RegionExists(Conflict):
+    code = "region_exists"
+
+
+def continent_distance(a: str | None, b: str | None) -> int | None:
+    """0 (same continent) to 3 (far side of the world); None when either is unknown."""
+    if not a or not b:
+        return None
+    if a == b:
+        return 0
+    return _NEIGHBOURS.get(frozenset((a, b)), FAR)
+
+
+def latency_hint(distance: int | None) -> str:
+    """What the app shows next to a region before (or instead of) measuring."""
+    if distance is None:
+        return UNKNOWN_LATENCY_HINT
+    return LATENCY_HINTS[min(distance, FAR)]
+
+
+def dns_list(region: Region) -> list[str]:
+    return [server.strip() for server in region.dns_servers.split(",") if server.strip()]
+
+
+def locate_client(
+    settings: Settings, *, peer_address: str | None, headers: Mapping[str, str]
+) -> ClientLocation:
+    """Where the caller of a request is: the trusted proxy headers when configured, else the
+    connection's address, looked up in the embedded GeoIP data."""
+    return geoip.locate(
+        peer_address=peer_address,
+        headers=dict(headers),
+        address_header=settings.client_address_header,
+        country_header=settings.client_country_header,
+    )
+
+
+def probe_url(settings: Settings, code: str) -> str:
+    """Where the app times round trips to a region: the operator's per-region URL template
+    (a tiny endpoint on the region's gateway host), else this server's own probe."""
+    if settings.region_probe_url:
+        return settings.region_probe_url.replace("{region}", code)
+    return f"{settings.public_url.rstrip('/')}/api/regions/{code}/probe"
+
+
+# --- the catalog (operators) -------------------------------------------------------------------
+
+
+def to_admin_out(region: Region) -> AdminRegionOut:
+    return AdminRegionOut(
+        code=region.code,
+        name=region.name,
+        location=region.location,
+        continent=region.continent,
+        dns_servers=dns_list(region),
+        is_active=region.is_active,
+        created_at=region.created_at,
+    )
+
+
+async def get(db: AsyncSession, code: str) -> Region:
+    """The region with this code, active or not; RegionNotFound (404) otherwise."""
+    region = await repository.get(db, code)
+    if region is None:
+        raise RegionNotFound(f"No region {code!r}")
+    return region
+
+
+async def list_all(db: AsyncSession) -> list[Region]:
+    """Every region, inactive ones included (operators)."""
+    return await repository.list_all(db)
+
+
+async def create(db: AsyncSession, data: RegionCreate, *, actor: str) -> Region:
+    """A new region; RegionExists (409) when the code is taken. Audited."""
+    if await repository.get(db, data.code) is not None:
+        raise RegionExists(f"A region with code {data.code!r} already exists")
+    region = Region(
+        code=data.code,
+        name=data.name,
+        location=data.location,
+        continent=data.continent,
+        dns_servers=", ".join(data.dns_servers),
+        is_active=data.is_active,
+    )
+    try:
+        async with db.begin_nested():  # a concurrent create of the same code loses cleanly
+            repository.add(db, region)
+            await db.flush()
+    except IntegrityError as exc:
+        raise RegionExists(f"A region with code {data.code!r} already exists") from exc
+    repository.add_audit(
+        db,
+        actor=actor,
+        action="region.create",
+        target=f"region:{region.code}",
+        detail=data.model_dump_json(),
+    )
+    _CODES_CACHE.clear()
+    return region
+
+
+async def update(db: AsyncSession, code: str, changes: RegionUpdate, *, actor: str) -> Region:
+    """Change a region's name, place, continent, resolvers or whether it takes new devices.
+    Devices already set up keep their gateway (and the DNS of the profile they scanned)."""
+    region = await get(db, code)
+    given = changes.model_dump(exclude_unset=True)
+    empty = sorted(name for name, value in given.items() if value is None)
+    if empty:
+        raise Unprocessable(f"{empty[0]}: may not be null", field=empty[0])
+    before = _fields(region)
+    for name, value in given.items():
+        if name == "dns_servers":
+            region.dns_servers = ", ".join(value)
+        elif isinstance(value, str):
+            setattr(region, name, value.strip())
+        else:
+            setattr(region, name, value)
+    await db.flush()
+    after = _fields(region)
+    diff = {name: [before[name], after[name]] for name in after if before[name] != after[name]}
+    repository.add_audit(
+        db,
+        actor=actor,
+        action="region.update",
+        target=f"region:{region.code}",
+        detail=json.dumps(diff, sort_keys=True),
+    )
+    _CODES_CACHE.clear()
+    return region
+
+
+def _fields(region: Region) -> dict[str, Any]:
+    return {
+        "name": region.name,
+        "location": region.location,
+        "continent": region.continent,
+        "dns_servers": dns_list(region),
+        "is_active": region.is_active,
+    }
+
+
+# Active region codes per database, for the latency probe, which must not wait on the database
+# (it measures the network). Refreshed every few seconds; an edit through this service clears
+# it at once (on other replicas, within the refresh period).
+_CODES_CACHE: weakref.WeakKeyDictionary[Database, tuple[float, frozenset[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+_CODES_TTL_SECONDS = 10.0
+
+
+async def is_active_code(database: Database, code: str) -> bool:
+    """Whether `code` is an active region; reads the database at most every few seconds."""
+    cached = _CODES_CACHE.get(database)
+    clock = time.monotonic()
+    if cached is None or clock - cached[0] > _CODES_TTL_SECONDS:
+        async with database.transaction() as db:
+            cached = (clock, frozenset(await repository.codes(db)))
+        _CODES_CACHE[database] = cached
+    return code in cached[1]
+
+
+# --- health and distance (anyone) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegionLoad:
+    """A region's gateways summed up."""
+
+    gateways: int = 0
+    healthy_gateways: int = 0
+    capacity_left: int = 0
+    # (tier, load) of the best gateway that can take a device: tier 0 online, 1 never seen
+    # yet (a fresh install without a running agent); None when no gateway can take one.
+    best: tuple[int, float] | None = None
+
+    @property
+    def status(self) -> str:
+        if self.gateways == 0:
+            return "no_gateways"
+        if self.healthy_gateways == 0:
+            return "offline"
+        return "online" if self.capacity_left > 0 else "full"
+
+
+def region_loads(outs: list[GatewayOut]) -> dict[str, RegionLoad]:
+    """Per region: enabled and healthy gateways, free places, and the best candidate."""
+    loads: dict[str, RegionLoad] = {}
+    for out in outs:
+        if not out.is_enabled:
+            continue
+        load = loads.get(out.region, RegionLoad())
+        free = max(0, out.capacity - out.active_devices)
+        tier: int | None = None
+        if out.is_online:
+            tier = 0
+        elif out.last_heartbeat_at is None:
+            tier = 1
+        candidate = (tier, out.active_devices / out.capacity) if tier is not None and free else None
+        best = load.best
+        if candidate is not None and (best is None or candidate < best):
+            best = candidate
+        loads[out.region] = RegionLoad(
+            gateways=load.gateways + 1,
+            healthy_gateways=load.healthy_gateways + int(out.is_online),
+            capacity_left=load.capacity_left + (free if out.is_online else 0),
+            best=best,
+        )
+    return loads
+
+
+def rank_regions(
+    regions: list[Region], loads: Mapping[str, RegionLoad], continent: str | None
+) -> list[Region]:
+    """Regions in the order placement tries them: nearest first, then the one whose best
+    gateway is the most available (online before never-seen, then least loaded)."""
+
+    def key(region: Region) -> tuple[int, tuple[int, float], str]:
+        distance = continent_distance(continent, region.continent)
+        best = loads.get(region.code, RegionLoad()).best
+        return (FAR + 1 if distance is None else distance, best or (9, 9.0), region.code)
+
+    return sorted(regions, key=key)
+
+
+async def list_status(
+    db: AsyncSession, settings: Settings, client: ClientLocation, now: datetime
+) -> RegionList:
+    """Active regions with their health and a latency hint for the caller, nearest first."""
+    regions = await repository.list_all(db, active_only=True)
+    loads = region_loads(await gateways.list_out(db, now, settings))
+    ranked = rank_regions(regions, loads, client.continent)
+    recommended = next((r.code for r in ranked if loads.get(r.code, RegionLoad()).best), None)
+    statuses = []
+    for region in ranked:
+        load = loads.get(region.code, RegionLoad())
+        distance = continent_distance(client.continent, region.continent)
+        statuses.append(
+            RegionStatus(
+                code=region.code,
+                name=region.name,
+                location=region.location,
+                continent=region.continent,
+                status=load.status,
+                online=load.healthy_gateways > 0,
+                healthy_gateways=load.healthy_gateways,
+                gateways=load.gateways,
+                capacity_left=load.capacity_left,
+                distance=distance,
+                latency_hint=latency_hint(distance),
+                probe_url=probe_url(settings, region.code),
+                recommended=region.code == recommended,
+            )
+        )
+    return RegionList(
+        regions=statuses,
+        client_country=client.country,
+        client_continent=client.continent,
+        recommended_region=recommended,
+    )
+
+
+# --- placement ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new device goes, and why there."""
+
+    gateway: Gateway
+    region_code: str
+    reason: str  # "requested", "nearest", "fallback" (nearest had no room) or "least_loaded"
+    nearest_region: str | None  # the region that would have been first, when it differs
+
+    @property
+    def note(self) -> str | None:
+        if self.reason != "fallback" or self.nearest_region is None:
+            return None
+        return (
+            f"The region nearest to you ({self.nearest_region}) has no free gateway right now, "
+            f"so this profile uses {self.region_code}."
+        )
+
+
+async def place(
+    db: AsyncSession,
+    *,
+    region: str | None,
+    client: ClientLocation,
+    settings: Settings,
+    now: datetime,
+) -> Placement:
+    """The gateway for a new device.
+
+    An explicit region is honoured or refused (503 `no_gateway_available` when it has no
+    room: the person chose it, so we do not move them silently). Otherwise: the nearest active
+    region to the client with a healthy gateway that has room, least loaded first; if none,
+    the next nearest; without a location, the least loaded region anywhere.
+    """
+    if region is not None:
+        chosen = await repository.get(db, region)
+        if chosen is None or not chosen.is_active:
+            known = ", ".join(sorted(await repository.codes(db))) or "none"
+            raise Unprocessable(f"unknown region {region!r} (regions: {known})", field="region")
+        gateway = await gateways.choose_gateway(db, region_code=region, now=now, settings=settings)
+        return Placement(gateway, region, "requested", None)
+
+    regions = await repository.list_all(db, active_only=True)
+    loads = region_loads(await gateways.list_out(db, now, settings))
+    ranked = rank_regions(regions, loads, client.continent)
+    nearest = ranked[0].code if ranked and client.known else None
+    for candidate in ranked:
+        if loads.get(candidate.code, RegionLoad()).best is None:
+            continue
+        try:
+            gateway = await gateways.choose_gateway(
+                db, region_code=candidate.code, now=now, settings=settings
+            )
+        except gateways.NoGatewayAvailable:  # filled up since we looked: try the next one
+            continue
+        if not client.known:
+            return Placement(gateway, candidate.code, "least_loaded", None)
+        if nearest is not None and continent_distance(
+            client.continent, candidate.continent
+        ) == continent_distance(client.continent, ranked[0].continent):
+            return Placement(gateway, candidate.code, "nearest", None)
+        return Placement(gateway, candidate.code, "fallback", nearest)
+    raise gateways.NoGatewayAvailable(
+        "No gateway is available in any region right now: every gateway is full or offline. "
+        "Try again later."
+    )
