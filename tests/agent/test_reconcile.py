@@ -261,7 +261,7 @@ def actual_states(draw: st.DrawFn) -> ActualState:
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(desired_states(), actual_states())
 def test_applying_the_diff_reaches_the_desired_state(
     state: DesiredState, actual: ActualState

@@ -127,7 +127,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(operations)
 def test_arbitrary_resets_crashes_and_replays_lose_and_double_count_nothing(
     ops: list[tuple[str, str, int]],
