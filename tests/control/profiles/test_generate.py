@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,6 @@ from sqlalchemy import func, select
 from kswifi.control.deps import AppContext
 from kswifi.control.models import DataSession, Device, SetupLink
 from kswifi.control.profiles.config_render import parse_config
-from kswifi.control.profiles.keys import WireguardKey
 from tests.control.profiles.conftest import (
     MakeGateway,
     MakeOwner,
@@ -394,8 +392,3 @@ class TestPlacement:
         assert config.endpoint == "[2001:db8::7]:51820"
         unknown = await generate(client, owner, session.id, region="mars-1", device_name="x")
         assert unknown.status_code == 422
-
-
-def test_keys_in_desired_state_are_wireguard_keys() -> None:
-    # Guards the helper above: base64 of 32 bytes, as `wg` prints them.
-    WireguardKey.from_base64(base64.b64encode(b"\x01" * 32).decode())
