@@ -68,6 +68,7 @@ class LiveServer:
     settings: Settings
     api: httpx.Client
     _sequences: dict[str, int] = field(default_factory=dict)
+    _tokens: list[str] = field(default_factory=list)
 
     def run(self, work: Callable[[Database], Awaitable[T]]) -> T:
         """Run `work` against the server's database (its own engine, its own loop)."""
@@ -111,7 +112,19 @@ class LiveServer:
         )
         made.raise_for_status()
         token: str = made.json()["token"]
+        self._tokens.append(token)
         return token
+
+    def carrier(self, session_id: str) -> str:
+        """The token of the gateway the session's device was placed on (any region)."""
+        for token in self._tokens:
+            state = self.api.get(
+                "/api/gateway/v1/desired-state", headers={"Authorization": f"Bearer {token}"}
+            )
+            state.raise_for_status()
+            if any(peer["session_id"] == session_id for peer in state.json()["peers"]):
+                return token
+        raise AssertionError(f"no gateway carries session {session_id}")
 
     def report_usage(self, token: str, session_id: str, rx_bytes: int, tx_bytes: int = 0) -> None:
         """What the gateway agent does when bytes flow: one sequence-numbered usage batch."""

@@ -104,7 +104,7 @@ def capture(browser: Any, live: LiveServer, out: Path) -> list[Path]:
     """Drive a small, realistic scene and photograph every main page at both sizes."""
     out.mkdir(parents=True, exist_ok=True)
     admin_email, admin = live.make_admin()
-    token = live.gateway(admin, f"eu-west-{uuid.uuid4().hex[:4]}")
+    live.gateway(admin, f"eu-west-{uuid.uuid4().hex[:4]}")
     live.gateway(admin, f"us-east-{uuid.uuid4().hex[:4]}", "us-east")
     premium = live.vouchers(admin, "premium", 2)
     others = live.vouchers(admin, "basic", 1) + live.vouchers(admin, "ultra", 1)
@@ -139,6 +139,7 @@ def capture(browser: Any, live: LiveServer, out: Path) -> list[Path]:
         page.get_by_role("button", name="Generate Connect Code").click()
         expect(page.get_by_text("Your KSWiFi Connect profile is ready")).to_be_visible()
         shots.append(_shot(page, out, "profile-ready", size))
+        token = live.carrier(session_id)
         if size == "phone":
             _history(live, session_id, int(2.1 * GIB) - 6 * MIB, hours=3)
             live.handshake(token, session_id)

@@ -69,7 +69,7 @@ def test_sign_up_buy_generate_watch_usage_until_exhausted(
     browser: Any, live_server: LiveServer
 ) -> None:
     _email, admin = live_server.make_admin()
-    token = live_server.gateway(admin, "eu-west-journey")
+    live_server.gateway(admin, "eu-west-journey")
     [voucher] = live_server.vouchers(admin, "premium")
     page = new_page(browser, PHONE, live_server.url)
 
@@ -101,6 +101,7 @@ def test_sign_up_buy_generate_watch_usage_until_exhausted(
     assert (open_here.get_attribute("href") or "").startswith("/setup/")
 
     # Step 4/5: live usage, updated from the event stream without a reload.
+    token = live_server.carrier(session_id)
     page.get_by_role("link", name="See live usage").click()
     usage = page.locator("#usage")
     expect(usage).to_have_attribute("data-stream", "open")
@@ -189,3 +190,29 @@ def test_keyboard_reaches_the_main_actions(
         seen.append(page.evaluate("document.activeElement.textContent.trim()"))
     assert "Get started" in seen
     page.context.close()
+
+
+def test_everything_but_live_updates_works_without_javascript(
+    browser: Any, live_server: LiveServer
+) -> None:
+    _email, admin = live_server.make_admin()
+    live_server.gateway(admin, "eu-west-nojs")
+    [voucher] = live_server.vouchers(admin, "basic")
+    context = browser.new_context(
+        viewport=PHONE, base_url=live_server.url, java_script_enabled=False
+    )
+    page: Page = context.new_page()
+    sign_up(page)
+    session_id = buy(page, "Basic Session", voucher)
+    page.get_by_role("link", name="Generate Connect Code").click()
+    page.get_by_role("button", name="Generate Connect Code").click()
+    expect(page.get_by_text("Your KSWiFi Connect profile is ready")).to_be_visible()
+    expect(page.get_by_role("img", name="Connect QR Code")).to_be_visible()
+    live_server.report_usage(live_server.carrier(session_id), session_id, rx_bytes=GIB // 2)
+    page.get_by_role("link", name="See live usage").click()
+    expect(page.locator('[data-field="usage_text"]')).to_have_text("512 MB of 1 GB used")
+    page.get_by_role("button", name="Log out").click()
+    expect(
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Log in")
+    ).to_be_visible()
+    context.close()

@@ -204,7 +204,10 @@ async def _checkout_context(db: DbSession, ctx: Ctx, code: str) -> dict[str, Any
 async def checkout_page(
     plan_code: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
 ) -> Response:
-    return render(request, "checkout.html", await _checkout_context(db, ctx, plan_code))
+    context = await _checkout_context(db, ctx, plan_code)
+    if request.query_params.get("checkout") == "cancelled":
+        context["notice"] = "Payment cancelled. Nothing was charged."
+    return render(request, "checkout.html", context)
 
 
 @router.post("/checkout/{plan_code}", response_class=HTMLResponse)
@@ -247,7 +250,22 @@ async def checkout(
 async def sessions_page(request: Request, user: RequiredUser, db: DbSession) -> Response:
     now = utcnow()
     rows = [sessions.to_out(session, now) for session in await sessions.list_for_user(db, user.id)]
-    return render(request, "sessions.html", {"nav": "sessions", "sessions": rows})
+    context: dict[str, Any] = {"nav": "sessions", "sessions": rows}
+    purchase_id = request.query_params.get("purchase", "")
+    if request.query_params.get("checkout") == "success" and purchase_id:
+        # Back from Stripe: the session exists once the signed webhook has arrived.
+        try:
+            purchase = await purchases.get_for_user(db, user.id, purchase_id[:64])
+        except KSWiFiError:
+            purchase = None
+        if purchase is not None and purchase.status == "paid":
+            context["notice"] = "Payment received. Your data session is ready."
+        elif purchase is not None and purchase.status == "pending":
+            context["notice"] = "We are confirming your payment. This page updates by itself."
+            context["refresh_seconds"] = 3
+        elif purchase is not None:
+            context["error"] = "The payment did not go through. Nothing was charged."
+    return render(request, "sessions.html", context)
 
 
 @router.get("/sessions/{session_id}", response_class=HTMLResponse)
