@@ -32,6 +32,7 @@ class JobSchedule:
     expire_sessions: float = 1.0
     mark_offline_gateways: float = 5.0
     release_devices: float = 10.0
+    purge_setup_links: float = 60.0
     purge_refresh_tokens: float = 3600.0
 
 
@@ -58,6 +59,11 @@ class Worker:
         async with self.ctx.db.transaction() as db:
             return await profiles.release_devices_of_ended_sessions(db, now, self.ctx.events)
 
+    async def purge_setup_links(self, now: datetime) -> int:
+        """Expired setup links still hold an encrypted config: delete them."""
+        async with self.ctx.db.transaction() as db:
+            return await profiles.purge_expired_setup_links(db, now)
+
     async def purge_refresh_tokens(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
             return await users.purge_expired_refresh_tokens(db, now=now)
@@ -70,6 +76,7 @@ class Worker:
             "expire_sessions",
             "mark_offline_gateways",
             "release_devices",
+            "purge_setup_links",
             "purge_refresh_tokens",
         ):
             period: float = getattr(self.schedule, name)
