@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -160,7 +161,7 @@ def run(count: int) -> list[tuple[str, float, str]]:
             specs = specs + one
             observation, read_s = timed(dataplane.observe)
             actions = diff(desired_from_state(state, now), observation.actual({}))
-            _, apply_s = timed(lambda: dataplane.apply(actions, observation))
+            _, apply_s = timed(partial(dataplane.apply, actions, observation))
             add_times.append(apply_s)
             full_add.append(read_s + apply_s)
         results.append(
@@ -192,7 +193,9 @@ def render(count: int, results: list[tuple[str, float, str]]) -> str:
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {os.cpu_count()} CPUs, kernel "
         f"{platform.release()}, wireguard-go (userspace), nft {nft_version()}; one namespace,"
-        f" {count} sessions with one device each (IPv4 + IPv6), tiers 10/25/50 Mbit/s.",
+        f" {count} sessions with one device each (IPv4 + IPv6), tiers 10/25/50 Mbit/s."
+        f" Load average at the end: {os.getloadavg()[0]:.1f} (numbers taken on a busy machine"
+        " are inflated; re-run on an idle one).",
         "",
         "| what | seconds | note |",
         "| --- | ---: | --- |",
