@@ -23,7 +23,7 @@ from kswifi.control.models import SESSION_STATES, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.plans.schemas import PlanCreate, PlanUpdate
 from kswifi.control.purchases import service as purchases
-from kswifi.web import copy
+from kswifi.control.regions import service as regions
 from kswifi.web.deps import Operator
 from kswifi.web.pages import abandon, form_fields, redirect, say
 from kswifi.web.templating import render
@@ -98,11 +98,15 @@ async def _gateways(request: Request, ctx: Ctx, db: DbSession, **extra: Any) -> 
     by_region: dict[str, list[Any]] = defaultdict(list)
     for gateway in rows:
         by_region[gateway.region].append(gateway)
-    regions = [
-        {"code": code, "name": copy.region_name(code), "gateways": by_region.get(code, [])}
-        for code in sorted(set(copy.REGION_NAMES) | set(by_region))
+    names = {
+        r.code: f"{r.name} ({r.location})" if r.location else r.name
+        for r in await regions.list_all(db)
+    }
+    regions_shown = [
+        {"code": code, "name": names.get(code, code), "gateways": by_region.get(code, [])}
+        for code in sorted(set(names) | set(by_region))
     ]
-    return _page(request, "gateways.html", "gateways", regions=regions, **extra)
+    return _page(request, "gateways.html", "gateways", regions=regions_shown, **extra)
 
 
 @router.post("", response_class=HTMLResponse)

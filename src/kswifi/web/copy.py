@@ -17,17 +17,6 @@ SETUP_INSTRUCTIONS = (
     "4. Enjoy secure global internet access!",
 )
 
-# The product note's server locations.
-REGION_NAMES = {
-    "us-east": "US East (New York)",
-    "eu-west": "EU West (London)",
-    "ap-southeast": "Asia Pacific (Singapore)",
-}
-
-
-def region_name(code: str) -> str:
-    return REGION_NAMES.get(code, code)
-
 
 @dataclass(frozen=True)
 class WorksLine:

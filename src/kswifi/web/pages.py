@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kswifi.control.db import AFTER_COMMIT
 from kswifi.control.deps import Ctx, DbSession
 from kswifi.control.errors import KSWiFiError, TooManyRequests, Unprocessable
-from kswifi.control.gateways import service as gateways
 from kswifi.control.models import DataSession, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.profiles import service as profiles
 from kswifi.control.purchases import service as purchases
 from kswifi.control.purchases.schemas import PurchaseCreate
+from kswifi.control.regions import service as regions
 from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import endpoints as user_endpoints
@@ -324,12 +324,36 @@ def _path_of(url: str) -> str:
 # --- setup: Generate Connect Code ---------------------------------------------------------------
 
 
-async def _regions(db: DbSession, ctx: Ctx) -> list[dict[str, str]]:
-    """Regions with an enabled gateway, for the optional region choice."""
-    codes = sorted(
-        {g.region for g in await gateways.list_out(db, utcnow(), ctx.settings) if g.is_enabled}
+async def _regions(request: Request, db: AsyncSession, ctx: Ctx) -> list[dict[str, Any]]:
+    """Regions that have gateways, nearest to this browser first, for the region choice."""
+    client = regions.locate_client(
+        ctx.settings,
+        peer_address=request.client.host if request.client else None,
+        headers=request.headers,
     )
-    return [{"code": code, "name": copy.region_name(code)} for code in codes]
+    listing = await regions.list_status(db, ctx.settings, client, utcnow())
+    return [
+        {
+            "code": region.code,
+            "name": _place(region.name, region.location),
+            "hint": region.latency_hint if region.distance is not None else "",
+            "status": region.status,
+        }
+        for region in listing.regions
+        if region.gateways > 0
+    ]
+
+
+def _place(name: str, location: str) -> str:
+    return f"{name} ({location})" if location else name
+
+
+async def _region_name(db: AsyncSession, code: str) -> str:
+    try:
+        region = await regions.get(db, code)
+    except KSWiFiError:
+        return code
+    return _place(region.name, region.location)
 
 
 @router.get("/sessions/{session_id}/setup", response_class=HTMLResponse)
@@ -338,7 +362,12 @@ async def setup_page(
 ) -> Response:
     session = await _own_session(db, user.id, session_id)
     out = sessions.to_out(session, utcnow())
-    context = {"nav": "sessions", "s": out, "regions": await _regions(db, ctx), "copy": copy}
+    context = {
+        "nav": "sessions",
+        "s": out,
+        "regions": await _regions(request, db, ctx),
+        "copy": copy,
+    }
     if out.status not in ("active", "connected"):
         context["error"] = ENDED_MESSAGES.get(out.status)
     return render(request, "setup.html", context)
@@ -373,7 +402,7 @@ async def generate(
         context = {
             "nav": "sessions",
             "s": sessions.to_out(session, now),
-            "regions": await _regions(db, ctx),
+            "regions": await _regions(request, db, ctx),
             "copy": copy,
             "error": say(exc),
             "device_name": device_name or "",
@@ -383,7 +412,7 @@ async def generate(
         "nav": "sessions",
         "s": sessions.to_out(session, now),
         "profile": profile,
-        "region_name": copy.region_name(profile.region),
+        "region_name": await _region_name(db, profile.region),
         "setup_path": _path_of(profile.setup_url),
         "config_path": _path_of(profile.config_url),
         "mobileconfig_path": _path_of(profile.mobileconfig_url),
