@@ -13,6 +13,7 @@ from kswifi.agent.reconcile import desired_from_state, diff
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
 from .conftest import GATEWAY_PORT, SERVER_V4, SERVER_V6, Phone, Topology
+from .netlab import steady_rate
 
 pytestmark = pytest.mark.root
 
@@ -147,8 +148,9 @@ class TestShaping:
         import time
 
         time.sleep(0.3)
-        down = iperf(topology, phone, reverse=True)
-        up = iperf(topology, phone, reverse=False)
+        down = steady_rate(lambda: iperf(topology, phone, reverse=True), 10)
+        up = steady_rate(lambda: iperf(topology, phone, reverse=False), 10)
+        print(f"shaped 10 Mbit/s: download {down:.2f}, upload {up:.2f} Mbit/s")
         assert 9.0 <= down <= 11.0, down
         assert 9.0 <= up <= 11.0, up
 

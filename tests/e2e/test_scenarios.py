@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.agent.netlab import steady_rate
+
 from .harness import SERVER, E2ESystem, Phone, wait_for
 
 pytestmark = pytest.mark.root
@@ -56,8 +58,9 @@ def iperf(system: E2ESystem, phone: Phone, reverse: bool) -> float:
 def test_3_speed_tiers_both_directions(system: E2ESystem, plan: str, mbps: int) -> None:
     phone = system.connect_phone(plan)
     system.fetch(phone, 10_000)  # tunnel up (handshake done) before measuring
-    down = iperf(system, phone, reverse=True)
-    up = iperf(system, phone, reverse=False)
+    down = steady_rate(lambda: iperf(system, phone, reverse=True), mbps)
+    up = steady_rate(lambda: iperf(system, phone, reverse=False), mbps)
+    print(f"{plan} ({mbps} Mbit/s): download {down:.2f}, upload {up:.2f} Mbit/s")
     assert 0.9 * mbps <= down <= 1.1 * mbps, (plan, down)
     assert 0.9 * mbps <= up <= 1.1 * mbps, (plan, up)
 
