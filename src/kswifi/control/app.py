@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kswifi import __version__
+from kswifi.control import metrics
 from kswifi.control.api import api_router, page_router
 from kswifi.control.config import Settings, get_settings
 from kswifi.control.db import Database
@@ -184,6 +185,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(page_router)
+    metrics.install(app)  # /metrics and request counters
     _mount_web(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
