@@ -121,6 +121,8 @@ def _download_link(world: World, _role: str) -> dict[str, str]:
 MATRIX: list[Rule] = [
     # --- public and documentation --------------------------------------------------------------
     Rule("GET", "/api/health", PUBLIC, "public"),
+    # Open unless KSWIFI_METRICS_TOKEN is set; aggregate numbers only (the leak check holds).
+    Rule("GET", "/metrics", PUBLIC, "public"),
     Rule("GET", "/api/openapi.json", PUBLIC, "public"),
     Rule("GET", "/api/docs", PUBLIC, "public"),
     Rule("GET", "/docs/oauth2-redirect", PUBLIC, "public"),
