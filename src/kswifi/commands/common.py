@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kswifi.control.config import Settings, get_settings
 from kswifi.control.db import Database
 from kswifi.control.errors import KSWiFiError
+from kswifi.control.logging import configure_logging
 from kswifi.control.security import SecretBox
 
 T = TypeVar("T")
@@ -26,6 +27,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def run_in_transaction(work: Callable[[AsyncSession, SecretBox, Settings], Awaitable[T]]) -> T:
     """Run `work` in one committed transaction; operator mistakes end as one clear line."""
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)  # to stderr: stdout is output
 
     async def runner() -> T:
         database = Database(settings.resolved_database_url)

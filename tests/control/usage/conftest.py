@@ -9,4 +9,4 @@ from kswifi.control.config import Settings
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"sse_max_seconds": 1.5})
+    return settings.model_copy(update={"sse_max_seconds": 2.5})

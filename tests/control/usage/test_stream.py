@@ -50,7 +50,7 @@ class TestStream:
         session = await make_session(await _user_id(client, user), "basic")
 
         async def report_later() -> None:
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.2)
             await _report(ctx, session.id, 1024 * 1024)
 
         reporter = asyncio.create_task(report_later())
@@ -75,7 +75,7 @@ class TestStream:
         session = await make_session(await _user_id(client, user), "basic")
 
         async def use_it_all() -> None:
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.2)
             await _report(ctx, session.id, session.data_limit_bytes)
 
         reporter = asyncio.create_task(use_it_all())
