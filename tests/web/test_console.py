@@ -24,6 +24,7 @@ from tests.web.conftest import (
     web_login,
     web_signup,
 )
+from tests.web.test_vocabulary import assert_accessible_forms
 
 CONSOLE_PAGES = [
     "/admin",
@@ -79,11 +80,14 @@ class TestAccess:
 
     @pytest.mark.parametrize("path", CONSOLE_PAGES)
     async def test_operator_sees_every_page(
-        self, operator_client: httpx.AsyncClient, path: str
+        self, operator_client: httpx.AsyncClient, ctx: AppContext, path: str
     ) -> None:
+        await add_gateway(ctx)
+        await make_vouchers(ctx, "basic")  # something in the audit log and the tables
         response = await operator_client.get(path)
         assert response.status_code == 200, response.text
         assert "Operator console" in response.text
+        assert_accessible_forms(path, response.text)
 
 
 class TestGateways:
@@ -147,6 +151,7 @@ class TestSessions:
         assert found.status_code == 200
         assert f'data-session-id="{first}"' in found.text
         assert f'data-session-id="{second}"' in found.text
+        assert_accessible_forms("sessions with rows", found.text)
         by_id = await operator_client.get("/admin/sessions", params={"q": first})
         assert f'data-session-id="{second}"' not in by_id.text
 

@@ -63,6 +63,34 @@ def assert_clean(where: str, html: str) -> None:
     assert not found, f"{where} says {found!r}"
 
 
+class FormControls(HTMLParser):
+    """Visible form controls, the ids that labels point at, and images without alt text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.controls: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+        self.images_without_alt = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "label" and values.get("for"):
+            self.labelled.add(str(values["for"]))
+        if tag in ("input", "select", "textarea") and values.get("type") not in ("hidden",):
+            self.controls.append(values)
+        if tag == "img" and "alt" not in values:
+            self.images_without_alt += 1
+
+
+def assert_accessible_forms(where: str, html: str) -> None:
+    """Every visible control has a label (or an aria-label); every image has alt text."""
+    parser = FormControls()
+    parser.feed(html)
+    for control in parser.controls:
+        assert control.get("aria-label") or control.get("id") in parser.labelled, (where, control)
+    assert parser.images_without_alt == 0, where
+
+
 def test_the_scanner_catches_the_words() -> None:
     with pytest.raises(AssertionError):
         assert_clean("sample", "<p>Your VPN is ready</p>")
@@ -114,6 +142,7 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
 
     for where, html in pages.items():
         assert_clean(where, html)
+        assert_accessible_forms(where, html)
     assert len(pages) >= 17
 
 
