@@ -30,6 +30,12 @@ _INSERT_CHUNK = 1000
 _IN_CHUNK = 5000
 
 
+def _chunks(values: Iterable[str]) -> list[list[str]]:
+    """Distinct values, sorted, in slices that fit in one `IN (...)`."""
+    ordered = sorted(set(values))
+    return [ordered[start : start + _IN_CHUNK] for start in range(0, len(ordered), _IN_CHUNK)]
+
+
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
     return await db.get(Gateway, gateway_id)
 
@@ -179,17 +185,16 @@ async def other_carriers(db: AsyncSession, gateway_id: str) -> dict[str, set[str
 
 
 async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, set[str]]:
-    ids = list(set(session_ids))
-    carriers: dict[str, set[str]] = {session_id: set() for session_id in ids}
-    if not ids:
-        return carriers
-    rows = await db.execute(
-        select(Device.session_id, Device.gateway_id)
-        .where(Device.status == "active", Device.session_id.in_(ids))
-        .distinct()
-    )
-    for session_id, carrier_id in rows:
-        carriers[session_id].add(carrier_id)
+    """Every gateway with an active device of each session (an empty set for none)."""
+    carriers: dict[str, set[str]] = {session_id: set() for session_id in session_ids}
+    for chunk in _chunks(carriers):
+        rows = await db.execute(
+            select(Device.session_id, Device.gateway_id)
+            .where(Device.status == "active", Device.session_id.in_(chunk))
+            .distinct()
+        )
+        for session_id, carrier_id in rows:
+            carriers[session_id].add(carrier_id)
     return carriers
 
 
@@ -223,14 +228,9 @@ async def other_leases_of_sessions_carried_by(db: AsyncSession, gateway_id: str)
 
 async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[LeaseRow]:
     """All gateways' leases of the sessions, as the database holds them now."""
-    ids = sorted(set(session_ids))
     found: list[LeaseRow] = []
-    for start in range(0, len(ids), _IN_CHUNK):
-        rows = await db.execute(
-            select(*_LEASE_COLUMNS).where(
-                GatewayLease.session_id.in_(ids[start : start + _IN_CHUNK])
-            )
-        )
+    for chunk in _chunks(session_ids):
+        rows = await db.execute(select(*_LEASE_COLUMNS).where(GatewayLease.session_id.in_(chunk)))
         found.extend(LeaseRow(*row) for row in rows)
     return found
 
@@ -296,12 +296,11 @@ async def lock_session_budgets(
 ) -> dict[str, tuple[int, int]]:
     """(data_limit_bytes, used_bytes) of the sessions, their rows locked in id order (a stable
     order: no deadlock between two lockers) and read as they are now."""
-    ids = sorted(set(session_ids))
     budgets: dict[str, tuple[int, int]] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
+    for chunk in _chunks(session_ids):  # sorted: chunks lock in id order too
         rows = await db.execute(
             select(DataSession.id, DataSession.data_limit_bytes, DataSession.used_bytes)
-            .where(DataSession.id.in_(ids[start : start + _IN_CHUNK]))
+            .where(DataSession.id.in_(chunk))
             .order_by(DataSession.id)
             .with_for_update(key_share=True)
         )
@@ -310,26 +309,26 @@ async def lock_session_budgets(
 
 
 async def sessions_by_id(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:
-    ids = list(set(session_ids))
-    if not ids:
-        return {}
-    rows = await db.scalars(select(DataSession).where(DataSession.id.in_(ids)))
-    return {session.id: session for session in rows}
+    found: dict[str, DataSession] = {}
+    for chunk in _chunks(session_ids):
+        rows = await db.scalars(select(DataSession).where(DataSession.id.in_(chunk)))
+        found.update({session.id: session for session in rows})
+    return found
 
 
 async def sessions_with_device_on(
     db: AsyncSession, gateway_id: str, session_ids: Iterable[str]
 ) -> set[str]:
     """Which of `session_ids` have a device (active or since removed) on the gateway."""
-    ids = list(set(session_ids))
-    if not ids:
-        return set()
-    rows = await db.scalars(
-        select(Device.session_id)
-        .where(Device.gateway_id == gateway_id, Device.session_id.in_(ids))
-        .distinct()
-    )
-    return set(rows)
+    found: set[str] = set()
+    for chunk in _chunks(session_ids):
+        rows = await db.scalars(
+            select(Device.session_id)
+            .where(Device.gateway_id == gateway_id, Device.session_id.in_(chunk))
+            .distinct()
+        )
+        found.update(rows)
+    return found
 
 
 async def gateways_carrying(db: AsyncSession, session_id: str) -> list[str]:
@@ -400,18 +399,17 @@ async def usage_batch_exists(db: AsyncSession, gateway_id: str, sequence: int) -
 async def devices_by_public_key(
     db: AsyncSession, gateway_id: str, public_keys: Iterable[str]
 ) -> list[Device]:
-    keys = list(set(public_keys))
-    if not keys:
-        return []
-    return list(
-        await db.scalars(
+    found: list[Device] = []
+    for chunk in _chunks(public_keys):
+        rows = await db.scalars(
             select(Device).where(
                 Device.gateway_id == gateway_id,
                 Device.status == "active",
-                Device.public_key.in_(keys),
+                Device.public_key.in_(chunk),
             )
         )
-    )
+        found.extend(rows)
+    return found
 
 
 async def mark_offline(db: AsyncSession, seen_before: datetime) -> int:
