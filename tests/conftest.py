@@ -13,12 +13,18 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 
 from kswifi.control.app import create_app
 from kswifi.control.config import Settings
 from kswifi.control.deps import AppContext
 from kswifi.control.migrate import upgrade
+from kswifi.control.security import use_password_hasher
+
+# argon2id with the smallest parameters: the same code path, a fraction of the CPU. The
+# production parameters are checked in tests/control/test_security.py.
+use_password_hasher(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 PG_DSN = os.environ.get("KSWIFI_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST_URL = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")

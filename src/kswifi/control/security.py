@@ -24,6 +24,13 @@ _JWT_ALGORITHM = "HS256"
 _DUMMY_HASH = _password_hasher.hash("kswifi-timing-equaliser")
 
 
+def use_password_hasher(hasher: PasswordHasher) -> None:
+    """Swap the argon2id parameters (the test suite uses cheap ones; production never calls)."""
+    global _password_hasher, _DUMMY_HASH
+    _password_hasher = hasher
+    _DUMMY_HASH = hasher.hash("kswifi-timing-equaliser")
+
+
 def hash_password(password: str) -> str:
     return _password_hasher.hash(password)
 
