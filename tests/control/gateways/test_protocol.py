@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
-from kswifi.control.gateways import service
+from kswifi.control.gateways import repository, service
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.protocol.models import DesiredState, UsageAck
 from tests.control.gateways.conftest import RegisteredGateway, World
@@ -221,6 +221,13 @@ class TestLongPoll:
         assert state.revision == revision
         assert 0.45 <= elapsed < 2
 
+    async def test_bad_since_is_422(self, client: httpx.AsyncClient, world: World) -> None:
+        gateway = await world.gateway()
+        for since in ("-1", "soon"):
+            response = await client.get(STATE, headers=gateway.headers, params={"since": since})
+            assert response.status_code == 422
+            assert response.json()["error"]["code"] == "validation_error"
+
     async def test_other_revisions_answer_at_once(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:
@@ -385,6 +392,30 @@ class TestUsage:
             await db.execute(update(Device).where(Device.id == device.id).values(status="removed"))
         await post_usage(client, gateway, usage_report(1, (session_id, 70, 0)))
         assert (await world.get_session(session_id)).used_bytes == 70
+
+    async def test_large_reports_are_queried_in_chunks(
+        self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(repository, "_IN_CHUNK", 2)
+        gateway = await world.gateway()
+        session_ids = [await world.session(limit_bytes=10_000) for _ in range(5)]
+        devices = [await world.device(session_id, gateway.id) for session_id in session_ids]
+        ack = await post_usage(
+            client, gateway, usage_report(1, *((sid, 10, 5) for sid in session_ids))
+        )
+        assert sorted(grant.session_id for grant in ack.leases) == sorted(session_ids)
+        assert all(grant.quota_bytes == 10_000 for grant in ack.leases)
+        for session_id in session_ids:
+            assert (await world.get_session(session_id)).used_bytes == 15
+        now = utcnow().isoformat()
+        body = heartbeat(handshakes={device.public_key: now for device in devices})
+        assert (await client.post(HEARTBEAT, headers=gateway.headers, json=body)).status_code == 200
+        for session_id in session_ids:
+            assert (await world.get_session(session_id)).status == "connected"
+        response = await client.post(
+            LEASES, headers=gateway.headers, json={"session_ids": session_ids}
+        )
+        assert len(response.json()["leases"]) == 5
 
 
 class TestHeartbeat:
