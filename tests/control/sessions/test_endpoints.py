@@ -111,3 +111,25 @@ class TestUsageRules:
         assert usage is not None and usage["type"] == "usage"
         assert usage["used_bytes"] == int(0.85 * session.data_limit_bytes)
         assert warning is not None and warning["type"] == "warning" and warning["percent"] == 80
+
+
+class TestLiveStateEvents:
+    async def test_first_handshake_and_extension_reach_open_streams(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        from kswifi.control.events import session_channel
+        from kswifi.control.models import utcnow
+        from kswifi.control.sessions import service
+
+        session = await make_session(plan_code="basic")
+        async with ctx.events.subscribe(session_channel(session.id)) as subscription:
+            async with ctx.db.transaction() as db:
+                await service.mark_connected(db, session.id, utcnow(), ctx.events)
+            connected = await subscription.get(1)
+            async with ctx.db.transaction() as db:
+                row = await service.get(db, session.id)
+                await service.extend(row, 3, utcnow(), db=db, bus=ctx.events)
+            extended = await subscription.get(1)
+        assert connected is not None and connected["status"] == "connected"
+        assert extended is not None and extended["seconds_left"] >= 3 * 86_400 - 5
+        assert extended["expires_at"] is not None

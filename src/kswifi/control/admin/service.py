@@ -152,7 +152,7 @@ async def extend_session(
             f"A {session.status} session cannot be extended", status=session.status
         )
     before = session.expires_at
-    await sessions.extend(session, days, now)
+    await sessions.extend(session, days, now, db=db, bus=bus)
     await db.flush()
     await gateways.bump_for_session(db, session.id, bus)  # new expiry in the desired state
     record(

@@ -105,13 +105,18 @@ def activate_if_needed(session: DataSession, now: datetime) -> None:
         session.expires_at = now + timedelta(seconds=session.validity_seconds)
 
 
-async def mark_connected(db: AsyncSession, session_id: str, now: datetime) -> None:
+async def mark_connected(
+    db: AsyncSession, session_id: str, now: datetime, bus: EventBus | None = None
+) -> None:
+    """The gateway saw a handshake: the app shows "Connect Profile Active" at once."""
     session = await repository.get(db, session_id)
     if session is None:
         return
     session.last_seen_at = now
     if session.status == "active" and not _time_is_up(session, now):
         session.status = "connected"
+        if bus is not None:
+            publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
 
 
 async def record_usage(
@@ -177,8 +182,18 @@ async def end(
     )
 
 
-async def extend(session: DataSession, days: int, now: datetime) -> None:
-    """Operator extension: more validity (an expired session comes back to life)."""
+async def extend(
+    session: DataSession,
+    days: int,
+    now: datetime,
+    *,
+    db: AsyncSession | None = None,
+    bus: EventBus | None = None,
+) -> None:
+    """Operator extension: more validity (an expired session comes back to life).
+
+    With `db` and `bus`, open usage streams get the new end time once it is committed.
+    """
     if days <= 0:
         raise ValueError("days must be positive")
     base = max(session.expires_at or now, now)
@@ -189,6 +204,8 @@ async def extend(session: DataSession, days: int, now: datetime) -> None:
         session.status = "active"
         session.ended_at = None
         session.end_reason = None
+    if db is not None and bus is not None:
+        publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
 
 
 async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> list[DataSession]:
@@ -232,11 +249,16 @@ def usage_fields(session: DataSession) -> dict[str, Any]:
 
 
 def usage_event(session: DataSession, now: datetime) -> dict[str, Any]:
+    seconds_left = None
+    if session.expires_at is not None:
+        seconds_left = max(0, int((session.expires_at - now).total_seconds()))
     return {
         "type": "usage",
         "session_id": session.id,
         "status": session.status,
         "at": now.isoformat(),
+        "expires_at": session.expires_at.isoformat() if session.expires_at else None,
+        "seconds_left": seconds_left,
         **usage_fields(session),
     }
 
