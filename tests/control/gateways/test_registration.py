@@ -103,6 +103,18 @@ class TestRegister:
         with pytest.raises(Conflict):
             await _register(ctx)
 
+    async def test_concurrent_registrations_get_distinct_blocks(self, ctx: AppContext) -> None:
+        created = await asyncio.gather(*(_register(ctx, name=f"gw-{n}") for n in range(8)))
+        assert len({gateway.ipv4_pool for gateway, _ in created}) == 8
+        assert len({gateway.ipv6_pool for gateway, _ in created}) == 8
+
+    async def test_concurrent_duplicate_names_give_one_gateway(self, ctx: AppContext) -> None:
+        results = await asyncio.gather(
+            *(_register(ctx, name="same") for _ in range(4)), return_exceptions=True
+        )
+        assert sum(isinstance(result, tuple) for result in results) == 1
+        assert all(isinstance(r, Conflict) for r in results if not isinstance(r, tuple))
+
     async def test_capacity_larger_than_block(self, ctx: AppContext) -> None:
         with pytest.raises(Unprocessable, match="capacity"):
             await _register(ctx, capacity=70_000)

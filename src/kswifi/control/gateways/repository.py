@@ -27,6 +27,7 @@ from kswifi.control.models import (
 
 # Rows per INSERT and ids per IN (...): far below the databases' bound-parameter limits.
 _INSERT_CHUNK = 1000
+_REGISTRATION_LOCK_KEY = 0x4B5357_4757  # "KSW" "GW": any constant unique to this lock
 _IN_CHUNK = 5000
 
 
@@ -63,6 +64,14 @@ async def lock(db: AsyncSession, gateway_id: str) -> Gateway | None:
         .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
+
+
+async def lock_registrations(db: AsyncSession) -> None:
+    """Serialize gateway registrations (rare operator actions) so two never carve the same
+    blocks: a transaction-scoped advisory lock on PostgreSQL; SQLite transactions already are
+    serialized."""
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(select(func.pg_advisory_xact_lock(_REGISTRATION_LOCK_KEY)))
 
 
 async def get_region(db: AsyncSession, code: str) -> Region | None:

@@ -41,6 +41,7 @@ from kswifi.protocol import models as protocol
 
 log = get_logger("kswifi.control.gateways")
 
+_REGISTER_ATTEMPTS = 5
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
@@ -162,44 +163,51 @@ async def register(
         raise Unprocessable(f"unknown region {region_code!r} (known: {known})", field="region")
     if listen_port is not None and not 1 <= listen_port <= 65535:
         raise Unprocessable("listen_port must be between 1 and 65535", field="listen_port")
+    await repository.lock_registrations(db)
     if await repository.get_by_name(db, name) is not None:
         raise Conflict(f"a gateway named {name!r} already exists")
 
-    blocks = await _carve_blocks(db, settings)
     capacity = settings.gateway_capacity if capacity is None else capacity
     if capacity < 1:
         raise Unprocessable("capacity must be at least 1", field="capacity")
-    if capacity > blocks.device_capacity:
-        raise Unprocessable(
-            f"capacity {capacity} is more than the gateway's address block holds"
-            f" ({blocks.device_capacity} devices in {blocks.ipv4})",
-            field="capacity",
-        )
     private_key, public_key = _new_key_pair()
     token = new_opaque_token()
-    gateway = Gateway(
-        name=name,
-        region_code=region.code,
-        endpoint=endpoint,
-        listen_port=listen_port or _endpoint_port(endpoint),
-        token_hash=hash_token(token),
-        public_key=public_key,
-        private_key_encrypted=secrets.encrypt(private_key),
-        ipv4_pool=str(blocks.ipv4),
-        ipv6_pool=str(blocks.ipv6),
-        capacity=capacity,
-        next_host_index=ipam.FIRST_DEVICE_HOST_INDEX,
-        revision=1,
-        is_enabled=True,
-        is_online=False,
-    )
-    db.add(gateway)
-    try:
-        async with db.begin_nested():
-            await db.flush()
-    except IntegrityError as exc:
-        # Another registration took the name or the block between our check and our insert.
-        raise Conflict(f"gateway {name!r} or its address block was just taken; retry") from exc
+    for _attempt in range(_REGISTER_ATTEMPTS):
+        blocks = await _carve_blocks(db, settings)
+        if capacity > blocks.device_capacity:
+            raise Unprocessable(
+                f"capacity {capacity} is more than the gateway's address block holds"
+                f" ({blocks.device_capacity} devices in {blocks.ipv4})",
+                field="capacity",
+            )
+        gateway = Gateway(
+            name=name,
+            region_code=region.code,
+            endpoint=endpoint,
+            listen_port=listen_port or _endpoint_port(endpoint),
+            token_hash=hash_token(token),
+            public_key=public_key,
+            private_key_encrypted=secrets.encrypt(private_key),
+            ipv4_pool=str(blocks.ipv4),
+            ipv6_pool=str(blocks.ipv6),
+            capacity=capacity,
+            next_host_index=ipam.FIRST_DEVICE_HOST_INDEX,
+            revision=1,
+            is_enabled=True,
+            is_online=False,
+        )
+        try:
+            async with db.begin_nested():
+                db.add(gateway)
+                await db.flush()
+            break
+        except IntegrityError:
+            # A concurrent registration committed first: the same name, or the same blocks
+            # (then carve again; they are taken now).
+            if await repository.get_by_name(db, name) is not None:
+                raise Conflict(f"a gateway named {name!r} already exists") from None
+    else:
+        raise Conflict("gateway address blocks are contended; try again")
     repository.add_audit(
         db,
         actor=actor,
