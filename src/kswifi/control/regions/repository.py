@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import AuditEntry, Region
+from kswifi.control.models import AuditEntry, Device, Gateway, Region
 
 
 async def get(db: AsyncSession, code: str) -> Region | None:
@@ -30,3 +32,36 @@ def add(db: AsyncSession, region: Region) -> None:
 
 def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
     db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
+
+
+async def claim_silent_gateways(
+    db: AsyncSession, seen_before: datetime
+) -> list[tuple[str, str, str]]:
+    """Mark online gateways silent since `seen_before` offline; (id, name, region) of each.
+
+    One conditional UPDATE: on PostgreSQL a replica running it at the same moment waits for
+    the row, re-checks `is_online` and skips it, so each gateway goes offline exactly once.
+    """
+    rows = await db.execute(
+        update(Gateway)
+        .where(
+            Gateway.is_online.is_(True),
+            or_(Gateway.last_heartbeat_at.is_(None), Gateway.last_heartbeat_at < seen_before),
+        )
+        .values(is_online=False)
+        .returning(Gateway.id, Gateway.name, Gateway.region_code)
+        .execution_options(synchronize_session=False)
+    )
+    return [(gateway_id, name, region) for gateway_id, name, region in rows]
+
+
+async def active_devices_on(db: AsyncSession, gateway_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(gateway id, session id, device id) of every active device on the gateways."""
+    if not gateway_ids:
+        return []
+    rows = await db.execute(
+        select(Device.gateway_id, Device.session_id, Device.id)
+        .where(Device.gateway_id.in_(gateway_ids), Device.status == "active")
+        .order_by(Device.session_id, Device.id)
+    )
+    return [(gateway_id, session_id, device_id) for gateway_id, session_id, device_id in rows]

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -22,9 +22,11 @@ from kswifi.control import geoip
 from kswifi.control.config import Settings
 from kswifi.control.db import Database
 from kswifi.control.errors import Conflict, NotFound, Unprocessable
+from kswifi.control.events import EventBus, publish_after_commit, session_channel
 from kswifi.control.gateways import service as gateways
 from kswifi.control.gateways.schemas import GatewayOut
 from kswifi.control.geoip import ClientLocation
+from kswifi.control.logging import get_logger
 from kswifi.control.models import Gateway, Region
 from kswifi.control.regions import repository
 from kswifi.control.regions.schemas import (
@@ -35,6 +37,7 @@ from kswifi.control.regions.schemas import (
     RegionUpdate,
 )
 
+log = get_logger("kswifi.control.regions")
 FAR = 3
 # Symmetric; pairs not listed are FAR. Tuned to where the undersea cables run, not to maps.
 _NEIGHBOURS: dict[frozenset[str], int] = {
@@ -344,7 +347,7 @@ class Placement:
         if self.reason != "fallback" or self.nearest_region is None:
             return None
         return (
-            f"The region nearest to you ({self.nearest_region}) has no free gateway right now, "
+            f"Region {self.nearest_region} has no free gateway right now, "
             f"so this profile uses {self.region_code}."
         )
 
@@ -396,3 +399,88 @@ async def place(
         "No gateway is available in any region right now: every gateway is full or offline. "
         "Try again later."
     )
+
+
+def gateway_usable(gateway: Gateway, now: datetime, settings: Settings) -> bool:
+    """Whether a device may stay on its gateway: enabled, and online or never seen yet (a
+    gateway known to have gone silent is not)."""
+    if not gateway.is_enabled:
+        return False
+    return gateway.last_heartbeat_at is None or gateways.seen_recently(gateway, now, settings)
+
+
+async def place_away_from(
+    db: AsyncSession,
+    current: Gateway,
+    *,
+    region: str | None,
+    client: ClientLocation,
+    settings: Settings,
+    now: datetime,
+) -> Placement:
+    """A new gateway for a device whose gateway is offline or disabled: another gateway of
+    the asked region (by default the device's own region); with no region asked and none
+    left there, the nearest region that has one."""
+    target = region or current.region_code
+    try:
+        placement = await place(db, region=target, client=client, settings=settings, now=now)
+    except (gateways.NoGatewayAvailable, Unprocessable):  # none left there, or region retired
+        if region is not None:
+            raise
+        placement = await place(db, region=None, client=client, settings=settings, now=now)
+        return Placement(placement.gateway, placement.region_code, "fallback", target)
+    return placement
+
+
+# --- gateways going offline ---------------------------------------------------------------------
+
+GATEWAY_OFFLINE_EVENT = "gateway_offline"
+
+
+def gateway_offline_message(region_name: str) -> str:
+    return (
+        f"The KSWiFi gateway carrying this device in {region_name} is not responding. "
+        "Generate your Connect Code again (same device name) to move to another gateway; "
+        "your data session and its remaining data are kept."
+    )
+
+
+async def mark_offline_gateways(
+    db: AsyncSession, bus: EventBus, now: datetime, settings: Settings
+) -> int:
+    """Worker job: gateways silent for longer than the grace period go offline (each exactly
+    once, whichever replica gets there first), and the usage stream of every session with a
+    device on one of them gets a `gateway_offline` event once this transaction commits.
+    New profiles avoid offline gateways (see `place`)."""
+    claimed = await repository.claim_silent_gateways(
+        db, now - timedelta(seconds=settings.gateway_offline_seconds)
+    )
+    if not claimed:
+        return 0
+    names = {gateway_id: (name, region) for gateway_id, name, region in claimed}
+    region_names = {region.code: region.name for region in await repository.list_all(db)}
+    affected: dict[tuple[str, str], list[str]] = {}
+    for gateway_id, session_id, device_id in await repository.active_devices_on(db, list(names)):
+        affected.setdefault((gateway_id, session_id), []).append(device_id)
+    for (gateway_id, session_id), device_ids in affected.items():
+        name, region = names[gateway_id]
+        publish_after_commit(
+            db,
+            bus,
+            session_channel(session_id),
+            {
+                "type": GATEWAY_OFFLINE_EVENT,
+                "session_id": session_id,
+                "gateway": name,
+                "region": region,
+                "connect_ids": device_ids,
+                "message": gateway_offline_message(region_names.get(region, region)),
+                "at": now.isoformat(),
+            },
+        )
+    log.warning(
+        "gateways_offline",
+        gateways=[name for name, _region in names.values()],
+        sessions_told=len({session_id for _gateway, session_id in affected}),
+    )
+    return len(claimed)
