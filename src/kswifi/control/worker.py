@@ -19,6 +19,7 @@ from kswifi.control.gateways import service as gateways
 from kswifi.control.logging import get_logger
 from kswifi.control.models import utcnow
 from kswifi.control.profiles import service as profiles
+from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
 
@@ -52,8 +53,9 @@ class Worker:
         return len(due)
 
     async def mark_offline_gateways(self, now: datetime) -> int:
+        """Silent gateways go offline; their devices' usage streams are told."""
         async with self.ctx.db.transaction() as db:
-            return await gateways.mark_offline_gateways(db, now, self.ctx.settings)
+            return await regions.mark_offline_gateways(db, self.ctx.events, now, self.ctx.settings)
 
     async def release_devices(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
