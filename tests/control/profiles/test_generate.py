@@ -40,6 +40,7 @@ NOTE_FIELDS = {
 }
 EXTRA_FIELDS = {
     "region",
+    "region_note",
     "gateway",
     "expires_at",
     "setup_url",

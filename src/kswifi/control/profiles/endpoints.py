@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from kswifi.control.deps import (
@@ -23,6 +23,7 @@ from kswifi.control.profiles.schemas import (
     ConnectProfileResponse,
     GenerateConnectRequest,
 )
+from kswifi.control.regions import service as regions
 from kswifi.control.security import utcnow
 
 router = APIRouter(prefix="/connect", tags=["connect profiles"])
@@ -74,6 +75,7 @@ async def generate_connect_profile(
     request: GenerateConnectRequest,
     current_user_id: CurrentUserId,
     ctx: Ctx,
+    http: Request,
 ) -> ConnectProfileResponse:
     """Generate a KSWiFi Connect Profile for a data session (200 OK, also when the call rotates
     the keys of an existing device of the same name). Extra fields such as `data_limit_mb`
@@ -91,6 +93,11 @@ async def generate_connect_profile(
             region=request.region,
             device_name=request.device_name,
             now=utcnow(),
+            client=regions.locate_client(
+                ctx.settings,
+                peer_address=http.client.host if http.client else None,
+                headers=http.headers,
+            ),
         )
     return await asyncio.to_thread(service.to_response, generated, ctx.settings)
 

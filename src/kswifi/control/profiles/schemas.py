@@ -64,6 +64,11 @@ class ConnectProfileResponse(BaseModel):
     setup_instructions: list[str]
     access_method: Literal["secure_profile"] = "secure_profile"
     region: str
+    region_note: str | None = Field(
+        None,
+        description="Set when the region is not the one nearest to the caller (it had no free "
+        "gateway) or the device moved off an offline gateway",
+    )
     gateway: str = Field(description="Name of the gateway that carries the device")
     expires_at: datetime | None = Field(description="When the session's validity ends")
     setup_url: str = Field(description="Single-use setup page for the phone, valid 10 minutes")
