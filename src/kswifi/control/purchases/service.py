@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
-from kswifi.control.errors import Conflict, Forbidden, NotFound, Unprocessable
+from kswifi.control.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
 from kswifi.control.logging import get_logger
 from kswifi.control.models import Plan, ProviderEvent, Purchase, User, utcnow
 from kswifi.control.plans import service as plans_service
@@ -34,6 +34,7 @@ from kswifi.control.purchases.schemas import (
     WebhookAck,
 )
 from kswifi.control.sessions import service as sessions_service
+from kswifi.control.users.ratelimit import SlidingWindowLimiter
 
 log = get_logger("kswifi.purchases")
 
@@ -44,6 +45,11 @@ STRIPE_FAILED_EVENTS = frozenset(
     {"checkout.session.expired", "checkout.session.async_payment_failed"}
 )
 STRIPE_SETTLED = frozenset({"paid", "no_payment_required"})
+
+# Voucher codes are bearer value: an account may try only so many that do not work (unknown,
+# used, another plan's) per minute, whether through the API or the web checkout.
+VOUCHER_FAILURES_PER_MINUTE = 10
+_voucher_failures = SlidingWindowLimiter(VOUCHER_FAILURES_PER_MINUTE)
 
 
 class PurchaseNotFound(NotFound):
@@ -107,7 +113,17 @@ async def buy(
         earlier = await repository.get_by_idempotency_key(db, user.id, idempotency_key)
         if earlier is not None:
             return await _replay(db, earlier, data)
-    plan, voucher_code = await _resolve(db, settings, data)
+    if data.payment_method == "voucher":
+        wait = _voucher_failures.retry_after(user.id)
+        if wait is not None:
+            raise TooManyRequests(
+                f"Too many voucher codes that did not work; try again in {wait} seconds", wait
+            )
+    try:
+        plan, voucher_code = await _resolve(db, settings, data)
+    except (VoucherNotFound, VoucherUsed, VoucherPlanMismatch):
+        _voucher_failures.record(user.id)
+        raise
     purchase = Purchase(
         user_id=user.id,
         plan_id=plan.id,
