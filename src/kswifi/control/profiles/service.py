@@ -18,6 +18,7 @@ from kswifi.control.config import Settings
 from kswifi.control.errors import Conflict, Gone, NotFound, TooManyRequests, Unauthorized
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
+from kswifi.control.geoip import UNKNOWN, ClientLocation
 from kswifi.control.models import Device, Gateway
 from kswifi.control.profiles import qr, repository
 from kswifi.control.profiles.config_render import (
@@ -33,6 +34,7 @@ from kswifi.control.profiles.schemas import (
     ConnectProfileOut,
     ConnectProfileResponse,
 )
+from kswifi.control.regions import service as regions
 from kswifi.control.security import SecretBox, hash_token, new_opaque_token
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users.ratelimit import SlidingWindowLimiter
@@ -72,6 +74,7 @@ class GeneratedProfile:
     download_token: str
     setup_expires_at: datetime
     rotated: bool
+    region_note: str | None = None  # why the region is not the nearest, or the move
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,12 @@ async def generate_profile(
     region: str | None,
     device_name: str | None,
     now: datetime,
+    client: ClientLocation | None = None,
 ) -> GeneratedProfile:
-    """A new device on a gateway of the region, or new keys for the session's device of that
-    name (same gateway and address; the old keys leave the gateway's desired state)."""
+    """A new device on a gateway of the region (none asked: the region nearest to `client`),
+    or new keys for the session's device of that name (same gateway and address; the old keys
+    leave the gateway's desired state). A device whose gateway went offline or was disabled
+    moves to a healthy gateway (of its region when there is one) with a new address."""
     session = await sessions.get_for_user(db, user_id, session_id)
     wait = _generations.hit(session.id)
     if wait is not None:
@@ -116,16 +122,34 @@ async def generate_profile(
 
     keypair = generate_keypair()
     preshared_key = generate_preshared_key()
+    region_note: str | None = None
+    moved_from: list[str] = []
     if existing is not None:
         gateway = await repository.get_gateway(db, existing.gateway_id)
         if gateway is None:  # pragma: no cover - foreign key
             raise NotFound("No such gateway")
-        if region is not None and region != gateway.region_code:
+        usable = regions.gateway_usable(gateway, now, settings)
+        if usable and region is not None and region != gateway.region_code:
             raise DeviceInOtherRegion(
                 f"The device {name!r} is set up for region {gateway.region_code}. "
                 "Remove it first to set it up in another region."
             )
         device = existing
+        if not usable:
+            placement = await regions.place_away_from(
+                db, gateway, region=region, client=client or UNKNOWN, settings=settings, now=now
+            )
+            await gateways.release_host(db, gateway.id, device.host_index, now)
+            moved_from.append(gateway.id)
+            gateway = placement.gateway
+            device.host_index, device.ipv4, device.ipv6 = await gateways.allocate_host(
+                db, gateway, settings, now
+            )
+            device.gateway_id = gateway.id
+            region_note = placement.note or (
+                f"Your previous gateway was not responding; this device now uses {gateway.name}"
+                f" in {gateway.region_code}. Scan this new code: the old one no longer works."
+            )
         device.public_key = str(keypair.public_key)
         device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
         device.rotated_at = now
@@ -138,7 +162,10 @@ async def generate_profile(
                 "Remove one, or generate again with the same device name to renew it.",
                 max_devices=session.max_devices,
             )
-        gateway = await gateways.choose_gateway(db, region_code=region, now=now, settings=settings)
+        placement = await regions.place(
+            db, region=region, client=client or UNKNOWN, settings=settings, now=now
+        )
+        gateway, region_note = placement.gateway, placement.note
         host_index, ipv4, ipv6 = await gateways.allocate_host(db, gateway, settings, now)
         device = Device(
             session_id=session.id,
@@ -158,7 +185,7 @@ async def generate_profile(
         db.add(device)
     sessions.activate_if_needed(session, now)
     await db.flush()
-    await gateways.bump_revision(db, [gateway.id], bus)
+    await gateways.bump_revision(db, [gateway.id, *moved_from], bus)
 
     config_text = render_config(
         await _client_config(db, settings, gateway, device, keypair.private_key, preshared_key)
@@ -186,6 +213,7 @@ async def generate_profile(
         download_token=issue_download_token(secrets, device.id, token_hash, setup_expires_at),
         setup_expires_at=setup_expires_at,
         rotated=existing is not None,
+        region_note=region_note,
     )
 
 
@@ -239,6 +267,7 @@ def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfi
         setup_instructions=list(SETUP_INSTRUCTIONS),
         access_method="secure_profile",
         region=generated.region,
+        region_note=generated.region_note,
         gateway=generated.gateway_name,
         expires_at=generated.session_expires_at,
         profile_qr_svg=profile_qr_svg,
