@@ -255,7 +255,7 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
             "used_bytes": 0,
             "updated_at": now,
         }
-        for gateway_id, session_id in dict.fromkeys(pairs)
+        for gateway_id, session_id in sorted(set(pairs))  # one order: no lock cycles
     ]
     insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     for start in range(0, len(rows), _INSERT_CHUNK):
@@ -272,7 +272,7 @@ async def set_granted(
     """New grants as (gateway, session, granted_bytes), written in one executemany."""
     params = [
         {"b_gateway": gateway_id, "b_session": session_id, "b_granted": granted, "b_now": now}
-        for gateway_id, session_id, granted in changes
+        for gateway_id, session_id, granted in sorted(changes)  # one order: no lock cycles
     ]
     if not params:
         return
