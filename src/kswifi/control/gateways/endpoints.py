@@ -136,9 +136,9 @@ async def post_usage(
 
 @router.post("/gateway/v1/heartbeat", tags=["gateway"])
 async def post_heartbeat(
-    heartbeat: protocol.GatewayHeartbeat, gateway: GatewayNode, db: DbSession
+    heartbeat: protocol.GatewayHeartbeat, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.HeartbeatAck:
-    return await service.record_heartbeat(db, gateway, heartbeat, utcnow())
+    return await service.record_heartbeat(db, gateway, heartbeat, utcnow(), ctx.events)
 
 
 @router.post("/gateway/v1/leases", tags=["gateway"])

@@ -770,7 +770,11 @@ async def apply_usage(
 
 
 async def record_heartbeat(
-    db: AsyncSession, gateway: Gateway, heartbeat: protocol.GatewayHeartbeat, now: datetime
+    db: AsyncSession,
+    gateway: Gateway,
+    heartbeat: protocol.GatewayHeartbeat,
+    now: datetime,
+    bus: EventBus | None = None,
 ) -> protocol.HeartbeatAck:
     """Store the agent's health; a device's first handshake marks its session connected."""
     gateway.agent_version = heartbeat.agent_version
@@ -798,7 +802,7 @@ async def record_heartbeat(
             continue
         device.last_handshake_at = handshake_at
         if previous is None:
-            await sessions_service.mark_connected(db, device.session_id, now)
+            await sessions_service.mark_connected(db, device.session_id, now, bus)
     await db.flush()
     return protocol.HeartbeatAck(ok=True, server_time=now)
 
