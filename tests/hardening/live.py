@@ -5,8 +5,10 @@ Used by the schema fuzzing (schemathesis sends real HTTP with `requests`) and th
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 KSWIFI = str(Path(sys.executable).with_name("kswifi"))
@@ -37,6 +40,7 @@ class LiveServer:
     """`kswifi serve` as a child process; its log (stdout and stderr) goes to `log_path`."""
 
     data_dir: Path
+    pg_dsn: str = ""  # a PostgreSQL database (postgresql://…) instead of the SQLite file
     extra_env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -55,7 +59,9 @@ class LiveServer:
         env.update(
             {
                 "KSWIFI_DATA_DIR": str(self.data_dir),
-                "KSWIFI_DATABASE_URL": "",
+                "KSWIFI_DATABASE_URL": self.pg_dsn.replace(
+                    "postgresql://", "postgresql+asyncpg://"
+                ),
                 "KSWIFI_SECRET_KEY": SECRET_KEY,
                 "KSWIFI_PUBLIC_URL": self.url,
                 "KSWIFI_DEV_PAYMENTS": "true",
@@ -69,6 +75,21 @@ class LiveServer:
         )
         env.update(self.extra_env)
         return env
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run SQL on the server's database (`$1` placeholders), for set-up and inspection."""
+        if not self.pg_dsn:
+            with sqlite3.connect(self.data_dir / "kswifi.db") as db:
+                return list(db.execute(re.sub(r"\$\d+", "?", sql), args))
+
+        async def run() -> list[tuple[Any, ...]]:
+            connection = await asyncpg.connect(self.pg_dsn)
+            try:
+                return [tuple(row) for row in await connection.fetch(sql, *args)]
+            finally:
+                await connection.close()
+
+        return asyncio.run(run())
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
@@ -134,8 +155,7 @@ def person(server: LiveServer, *, admin: bool = False, label: str = "user") -> P
     with server.client() as http:
         ok(http.post("/api/auth/register", json={"email": email, "password": PASSWORD}), 201)
         if admin:  # what `kswifi admin users create --admin` does, without a second process
-            with sqlite3.connect(server.data_dir / "kswifi.db") as db:
-                db.execute("UPDATE users SET is_admin = 1 WHERE email = ?", (email,))
+            server.query("UPDATE users SET is_admin = true WHERE email = $1", email)
         tokens = ok(http.post("/api/auth/login", json={"email": email, "password": PASSWORD}))
         me = ok(
             http.get("/api/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
