@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -80,6 +81,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
         return JSONResponse(error_body("internal_error", "Something went wrong on our side"), 500)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost database connection (server restart, failover, terminated backend) is not a
+        # bug: the transaction rolled back, so "try again" is the true answer.
+        if not exc.connection_invalidated:
+            return await _unexpected(request, exc)
+        log.warning("database_connection_lost", path=request.url.path)
+        return JSONResponse(
+            error_body("unavailable", "The service is briefly unavailable; please try again"),
+            503,
+            headers={"Retry-After": "1"},
+        )
 
 
 class BodySizeLimit:
