@@ -278,6 +278,9 @@ def test_database_connections_cut_under_load(server: LiveServer) -> None:
         f" billed {billed} == sent {sender.truth}"
     )
     assert cuts > 0
+    # A lost connection is "try again" (503 + Retry-After), never an internal error.
+    assert "500" not in sender.failures and 500 not in purchase_statuses
+    assert "unhandled_error" not in server.log_path.read_text()
     assert billed == sender.truth
     assert [row[0] for row in rows] == list(range(1, sender.next_sequence))
     assert len(purchases) == len(keys) and all(count == 1 for _, count in purchases)
