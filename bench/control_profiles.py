@@ -1,0 +1,179 @@
+"""Profile generation under load: `POST /api/connect/generate-profile` against two `kswifi serve`
+replicas (one per core) on PostgreSQL, each call a new device of a fresh session placed by the
+regions service, keys, addresses, desired-state revision, setup link and both QR codes (PNG and
+SVG) included. Measured: latency p50/p90/p99 and profiles per second at a fixed concurrency.
+
+Baselines in the same run: `GET /api/health` at the same concurrency (the HTTP and event-loop
+floor of these replicas), and the two QR encodings of a real config alone, in one process.
+
+    .venv/bin/python -m bench.control_profiles [--seconds 20] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from bench.control_common import (
+    Seeded,
+    Server,
+    bench_database,
+    load_average,
+    median,
+    percentile,
+    raise_fd_limit,
+    replicas,
+    seed,
+)
+from kswifi.control.profiles import qr
+
+SAMPLE_CONFIG = """[Interface]
+PrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=
+Address = 100.64.0.2/32, fd4b:5357:4946::2/128
+DNS = 1.1.1.1, 2606:4700:4700::1111
+MTU = 1280
+
+[Peer]
+PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=
+PresharedKey = /UwcSPg38hW/D9Y3tcS1FOV0K1wuURMbS0sesJEP5ak=
+Endpoint = gw1.eu-west.example.net:51820
+AllowedIPs = 0.0.0.0/0, ::/0
+PersistentKeepalive = 25
+"""
+
+
+@dataclass
+class ProfileResult:
+    profiles_per_second: float
+    p50_seconds: float
+    p90_seconds: float
+    p99_seconds: float
+    errors: int
+    health_per_second: float
+    qr_seconds: float
+    concurrency: int
+    load: float
+
+
+async def _generate_loop(
+    client: httpx.AsyncClient,
+    token: str,
+    sessions: list[str],
+    deadline: float,
+    latencies: list[float],
+) -> int:
+    headers = {"Authorization": f"Bearer {token}"}
+    errors = 0
+    while sessions and time.monotonic() < deadline:
+        session_id = sessions.pop()
+        started = time.monotonic()
+        response = await client.post(
+            "/api/connect/generate-profile", json={"session_id": session_id}, headers=headers
+        )
+        if response.status_code == 200 and response.json()["profile_qr"].startswith("data:"):
+            latencies.append(time.monotonic() - started)
+        else:
+            errors += 1
+    return errors
+
+
+async def _health_loop(client: httpx.AsyncClient, deadline: float) -> int:
+    count = 0
+    while time.monotonic() < deadline:
+        (await client.get("/api/health")).raise_for_status()
+        count += 1
+    return count
+
+
+def _qr_seconds(rounds: int = 30) -> float:
+    """Median time of the PNG + SVG encodings of one config (what every response carries)."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        qr.png_data_uri_and_svg(SAMPLE_CONFIG)
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+async def measure(
+    servers: list[Server], seeded: Seeded, *, seconds: float, concurrency: int
+) -> ProfileResult:
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(server.socket)),
+            base_url="http://kswifi",
+            timeout=60,
+        )
+        for server in servers
+    ]
+    try:
+        # Warm-up: the first calls of each replica pay for imports and connections.
+        warm = [seeded.free_sessions.pop() for _ in range(2 * len(clients))]
+        await asyncio.gather(
+            *(
+                _generate_loop(clients[i % len(clients)], seeded.access_token, [sid], 1e18, [])
+                for i, sid in enumerate(warm)
+            )
+        )
+        latencies: list[float] = []
+        started = time.monotonic()
+        deadline = started + seconds
+        errors = await asyncio.gather(
+            *(
+                _generate_loop(
+                    clients[i % len(clients)],
+                    seeded.access_token,
+                    seeded.free_sessions,
+                    deadline,
+                    latencies,
+                )
+                for i in range(concurrency)
+            )
+        )
+        elapsed = time.monotonic() - started
+        health_deadline = time.monotonic() + 5.0
+        health = await asyncio.gather(
+            *(_health_loop(clients[i % len(clients)], health_deadline) for i in range(concurrency))
+        )
+    finally:
+        for client in clients:
+            await client.aclose()
+    return ProfileResult(
+        profiles_per_second=len(latencies) / elapsed,
+        p50_seconds=percentile(latencies, 0.50),
+        p90_seconds=percentile(latencies, 0.90),
+        p99_seconds=percentile(latencies, 0.99),
+        errors=sum(errors),
+        health_per_second=sum(health) / 5.0,
+        qr_seconds=_qr_seconds(),
+        concurrency=concurrency,
+        load=load_average(),
+    )
+
+
+def run(*, seconds: float = 20.0, concurrency: int = 8, sessions: int = 4000) -> ProfileResult:
+    """One full run on a fresh database and two fresh replicas."""
+    raise_fd_limit()
+    with bench_database() as database:
+        seeded = asyncio.run(
+            seed(database, gateway_count=1, sessions_per_gateway=0, free_sessions=sessions)
+        )
+        with replicas(database, 2) as servers:
+            return asyncio.run(measure(servers, seeded, seconds=seconds, concurrency=concurrency))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Profile generation benchmark")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    print(json.dumps(run(seconds=args.seconds, concurrency=args.concurrency).__dict__, indent=2))
+
+
+if __name__ == "__main__":
+    main()

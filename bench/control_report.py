@@ -1,0 +1,157 @@
+"""Run the control-plane benchmarks several times and write their section of BENCHMARKS.md
+(between `<!-- control-bench:start -->` and `<!-- control-bench:end -->`; the rest of the file,
+such as the gateway section, is left alone).
+
+    .venv/bin/python -m bench.control_report [--runs 3] [--seconds 20] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import control_profiles, control_usage
+from bench.control_common import median
+
+START = "<!-- control-bench:start -->"
+END = "<!-- control-bench:end -->"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def _postgres_version() -> str:
+    try:
+        out = subprocess.run(
+            ["psql", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        return out[-1] if out else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 0) -> str:
+    return ", ".join(f"{value * scale:,.{digits}f}" for value in values)
+
+
+def section(
+    usage: list[control_usage.UsageResult],
+    profiles: list[control_profiles.ProfileResult],
+    seconds: float,
+) -> str:
+    def med(values: list[float]) -> float:
+        return median(values)
+
+    ingest = [r.deltas_per_second for r in usage]
+    ingest_base = [r.baseline_deltas_per_second for r in usage]
+    p99 = [r.p99_seconds for r in usage]
+    p50 = [r.p50_seconds for r in usage]
+    sat99 = [r.saturated_p99_seconds for r in usage]
+    paced = [r.paced_deltas_per_second for r in usage]
+    gen = [r.profiles_per_second for r in profiles]
+    gen_p50 = [r.p50_seconds for r in profiles]
+    gen_p99 = [r.p99_seconds for r in profiles]
+    health = [r.health_per_second for r in profiles]
+    qr_ms = [r.qr_seconds for r in profiles]
+    loads = [r.load for r in usage + profiles]
+    streams = usage[0].streams if usage else 0
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    rows = [
+        "| what | target | median | runs | baseline, same run (median) | ratio | |",
+        "| --- | --- | ---: | --- | --- | ---: | --- |",
+        f"| usage ingestion, session deltas/s into PostgreSQL | ≥ 20,000 | {med(ingest):,.0f} |"
+        f" {_fmt(ingest)} | plain per-session UPDATEs (asyncpg): {med(ingest_base):,.0f}/s |"
+        f" {med(ingest) / med(ingest_base):.4f} | {verdict(med(ingest) >= 20_000)} |",
+        f"| usage update on the stream, p99, {streams} streams open (each session paced,"
+        f" {med(paced):,.0f} deltas/s offered) | ≤ 1 s | {med(p99):.2f} s | {_fmt(p99, 1, 2)} |"
+        f" p50 {med(p50):.2f} s | | {verdict(med(p99) <= 1.0)} |",
+        f"| usage update on the stream, p99, ingest saturated | — | {med(sat99):.2f} s |"
+        f" {_fmt(sat99, 1, 2)} | | | |",
+        f"| profile generation p50 (QR included, concurrency {profiles[0].concurrency}) |"
+        f" ≤ 50 ms | {med(gen_p50) * 1000:.0f} ms | {_fmt(gen_p50, 1000)} ms |"
+        f" PNG+SVG QR encoding alone: {med(qr_ms) * 1000:.0f} ms |"
+        f" {med(gen_p50) / med(qr_ms):.1f}× | {verdict(med(gen_p50) <= 0.05)} |",
+        f"| profile generation p99 | — | {med(gen_p99) * 1000:.0f} ms |"
+        f" {_fmt(gen_p99, 1000)} ms | | | |",
+        f"| profiles/s on 2 cores (2 replicas) | ≥ 40 | {med(gen):.1f} | {_fmt(gen, 1, 1)} |"
+        f" `GET /api/health` at the same concurrency: {med(health):,.0f}/s |"
+        f" {med(gen) / med(health):.3f} | {verdict(med(gen) >= 40)} |",
+    ]
+    return "\n".join(
+        [
+            START,
+            "## Control plane (bench/control_usage.py, bench/control_profiles.py)",
+            "",
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs"
+            f" ({platform.machine()}, Python {platform.python_version()}, PostgreSQL"
+            f" {_postgres_version()}, Redis on loopback); two `kswifi serve` replicas on Unix"
+            f" sockets, each phase {seconds:.0f} s; medians of {len(usage)} runs, each on a fresh"
+            f" database and fresh replicas. Load average at the end of the runs:"
+            f" {_fmt(loads, 1, 1)} (the machine is shared with other test suites: absolute"
+            " numbers are pessimistic, the ratios to the same-run baselines less so).",
+            "",
+            *rows,
+            "",
+            "What bounds them (profiled in-process, `cProfile` and a statement counter):",
+            "",
+            "- **Ingestion** applies each delta on its own: per session an `UPDATE … RETURNING`"
+            " re-read of the session, a per-minute rollup upsert, a lease update and a flush, each"
+            " a round trip through the ORM (about 6 statements, ~6 ms per delta on this machine),"
+            " all under the reporting gateway's row lock, then one event publish per session."
+            " PostgreSQL itself takes the same updates two orders of magnitude faster (baseline"
+            " column). Reaching 20,000/s needs set-based batches in"
+            " `sessions.record_usage`/`gateways.apply_usage`: one `UPDATE … FROM unnest(…)`"
+            " for the sessions, one `INSERT … ON CONFLICT` each for rollups and leases, and one"
+            " pipelined publish per batch.",
+            "- **Stream latency** is the time to apply the whole batch that carried the delta"
+            " (events are published after the batch commits), so it grows with batch size × per-"
+            "delta cost; the fan-out itself (Redis → replica → 2,000 sockets) is not the bound.",
+            "- **Profile generation**: the transaction is ~15 statements (~20 ms); the QR codes"
+            " (segno, pure Python: it scores all 8 masks) cost more than all the rest. A fixed"
+            " mask (`segno.make(…, mask=…)`) halves the encoding; a C encoder (zxing-cpp's"
+            " `write_barcode`, already a test dependency) would remove most of it.",
+            END,
+        ]
+    )
+
+
+def write(text: str, path: Path = BENCHMARKS) -> None:
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        after = rest.split(END, 1)[1]
+        updated = before + text + after
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(updated)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Control-plane benchmarks → BENCHMARKS.md")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    usage = []
+    profiles = []
+    for number in range(args.runs):
+        print(f"run {number + 1}/{args.runs}: usage ingestion and fan-out", flush=True)
+        usage.append(control_usage.run(seconds=args.seconds))
+        print(f"  {usage[-1]}", flush=True)
+        print(f"run {number + 1}/{args.runs}: profile generation", flush=True)
+        profiles.append(control_profiles.run(seconds=args.seconds))
+        print(f"  {profiles[-1]}", flush=True)
+    text = section(usage, profiles, args.seconds)
+    print(text)
+    if not args.no_write:
+        write(text)
+        print(f"wrote {BENCHMARKS}")
+
+
+if __name__ == "__main__":
+    main()
