@@ -689,6 +689,14 @@ async def apply_usage(
             exhausted or delta.quota_exhausted,
         )
     carried = await repository.sessions_with_device_on(db, locked.id, totals)
+    # A device that left the gateway (revoked, rotated onto another one) may have been served
+    # bytes just before: a gateway that ever held a lease of the session may bill it. Sessions
+    # it never carried stay refused.
+    carried |= {
+        row.session_id
+        for row in await repository.leases_of(db, set(totals) - carried)
+        if row.gateway_id == locked.id
+    }
     refused = sorted(set(totals) - carried)
     if refused:
         log.warning(
