@@ -10,7 +10,7 @@ from kswifi.agent.dataplane import Observation
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.drivers.tc import DeviceReading, FilterEntry, TcReading
 from kswifi.agent.drivers.wireguard import InterfaceMode, WireguardReading
-from kswifi.agent.errors import ControlPlaneError
+from kswifi.agent.errors import ControlPlaneError, DriverError
 from kswifi.agent.model import ActualState, Direction, SessionObjects
 from kswifi.agent.reconcile import Action, CreateSession, DeleteSession, apply_actions
 from kswifi.protocol import (
@@ -35,6 +35,9 @@ class FakeDataplane:
     applied: list[list[Action]] = field(default_factory=list)
     next_handle: int = 100
     prepared: int = 0
+    observed: int = 0
+    usage_reads: int = 0
+    fail_next_apply: bool = False
 
     @property
     def mode(self) -> InterfaceMode | None:
@@ -52,6 +55,10 @@ class FakeDataplane:
         )
 
     def observe(self) -> Observation:
+        self.observed += 1
+        return self._observation()
+
+    def _observation(self) -> Observation:
         filters = {
             address: FilterEntry(4, 0, 0, self.minors[session])
             for address, session in self.state.shaped.items()
@@ -66,7 +73,10 @@ class FakeDataplane:
             {s: self.minors[s] for s in self.state.rates},
         )
 
-    def apply(self, actions: Sequence[Action], observation: Observation) -> None:
+    def apply(self, actions: Sequence[Action], observation: Observation) -> Observation:
+        if self.fail_next_apply:
+            self.fail_next_apply = False
+            raise DriverError("injected failure")
         self.applied.append(list(actions))
         self.state = apply_actions(self.state, actions)
         for session in self.state.rates:
@@ -79,8 +89,10 @@ class FakeDataplane:
             elif isinstance(action, DeleteSession):
                 self.counters.pop((action.session_id, "up"), None)
                 self.counters.pop((action.session_id, "down"), None)
+        return self._observation()
 
     def read_usage(self) -> NftReading:
+        self.usage_reads += 1
         return self._nft()
 
     def read_peers(self) -> WireguardReading:

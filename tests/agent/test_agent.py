@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from kswifi.agent.config import GatewaySettings
+from kswifi.agent.errors import AgentError
 from kswifi.agent.main import Agent
 from kswifi.agent.reconcile import AddPeer, RemovePeer, SetQuota
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
@@ -104,6 +105,56 @@ class TestReconcileLoop:
         await poll_once(agent)
         assert key(2) in kernel.state.peers
         assert (settings.state_dir / "desired-state.json").stat().st_mode & 0o777 == 0o600
+
+    async def test_reconcile_is_incremental_and_resync_reads_everything(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = setup(1)
+        agent = make_agent(settings, kernel, control, clock)
+        await agent.start()
+        await poll_once(agent)
+        assert kernel.observed == 1  # the first reconcile reads the kernel
+        control.states.append(desired(2, peer(2, "s1"), peer(3, "s2")))
+        await poll_once(agent)
+        assert kernel.observed == 1  # adding a peer diffs against the state in memory
+        assert [type(a).__name__ for a in kernel.applied[-1]].count("AddPeer") == 1
+        assert key(3) in kernel.state.peers
+        await poll_once(agent)
+        assert kernel.applied[-1] != [] and len(kernel.applied) == 2  # no-op: nothing applied
+        await agent.reconcile_once(full=True)
+        assert kernel.observed == 2
+
+    async def test_removal_reads_counters_before_deleting_the_objects(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = setup(1)
+        agent = make_agent(settings, kernel, control, clock)
+        await agent.start()
+        await poll_once(agent)
+        kernel.count("s1", up=3000)
+        control.states.append(desired(2))
+        await poll_once(agent)  # unmaps and removes the peer
+        reads = kernel.usage_reads
+        await agent.reconcile_once()  # deletes the objects after one last counter read
+        assert kernel.usage_reads == reads + 1
+        assert "s1" not in kernel.state.sessions
+        assert agent.tracker.served["s1"] == 3000
+        assert kernel.observed == 1
+
+    async def test_failed_apply_forgets_the_state_in_memory(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = setup(1)
+        agent = make_agent(settings, kernel, control, clock)
+        await agent.start()
+        await poll_once(agent)
+        kernel.fail_next_apply = True
+        control.states.append(desired(2, peer(2, "s1"), peer(3, "s2")))
+        with pytest.raises(AgentError):
+            await poll_once(agent)
+        assert agent.observation is None
+        await poll_once(agent)
+        assert kernel.observed == 2 and key(3) in kernel.state.peers
 
     async def test_restart_keeps_peers_and_applies_nothing(self, settings: GatewaySettings) -> None:
         kernel, control, clock = (

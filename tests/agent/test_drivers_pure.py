@@ -6,12 +6,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kswifi.agent.drivers import nfnetlink
+from kswifi.agent.drivers.nfnetlink import ObjectEntry
 from kswifi.agent.drivers.nftables import (
     NftConfig,
     object_name,
-    parse_listing,
     parse_object_name,
+    reading_from,
     render_batch,
+    render_skeleton,
 )
 from kswifi.agent.drivers.tc import (
     DeviceReading,
@@ -45,57 +48,88 @@ def test_object_names_round_trip(session_id: str) -> None:
         assert len(name) <= 256 and " " not in name and '"' not in name
 
 
-class TestNftScript:
-    def test_one_batch_with_skeleton_objects_and_elements(self) -> None:
-        script = render_batch(
-            CONFIG,
-            [CreateSession("s-1", 5000, 100), MapAddress("100.64.0.2", "s-1")],
-            {},
-        )
-        assert script[0] == "add table inet kswifi"
-        assert "add quota inet kswifi q-s-1 { over 5000 bytes used 100 bytes }" in script
-        assert 'add element inet kswifi up4 { 100.64.0.2 : "up-s-1" }' in script
-        assert any("masquerade" in line and '"eth0"' in line for line in script)
+def script(actions: list[object], mapped: dict[str, str]) -> list[str]:
+    return [str(message) for message in render_batch(CONFIG, actions, mapped)]  # type: ignore[arg-type]
+
+
+class TestNftBatch:
+    def test_skeleton_has_table_maps_rules_and_nat(self) -> None:
+        skeleton = render_skeleton(CONFIG)
+        assert skeleton[0] == "add table inet kswifi"
+        assert "add map inet kswifi quota6 { type ipv6_addr : quota; }" in skeleton
+        assert any("masquerade" in line and '"eth0"' in line for line in skeleton)
+
+    def test_one_batch_with_objects_then_elements(self) -> None:
+        lines = script([CreateSession("s-1", 5000, 100), MapAddress("100.64.0.2", "s-1")], {})
+        assert lines == [
+            "add quota inet kswifi q-s-1 { over 5000 bytes used 100 bytes }",
+            "add counter inet kswifi up-s-1",
+            "add counter inet kswifi dn-s-1",
+            'add element inet kswifi quota4 { 100.64.0.2 : "q-s-1" }',
+            'add element inet kswifi up4 { 100.64.0.2 : "up-s-1" }',
+            'add element inet kswifi dn4 { 100.64.0.2 : "dn-s-1" }',
+        ]
+
+    def test_elements_of_one_map_share_a_message(self) -> None:
+        actions = [CreateSession("s1", 5000, 0)] + [
+            MapAddress(f"100.64.{i // 250}.{i % 250 + 1}", "s1") for i in range(2500)
+        ]
+        batch = render_batch(CONFIG, actions, {})
+        assert len(batch) == 3 + 3 * 3  # 2500 elements per map in messages of 1000
+        assert all(len(message.body) < 65536 for message in batch)
 
     def test_quota_reset_replaces_object_and_its_elements_atomically(self) -> None:
-        script = render_batch(CONFIG, [SetQuota("s1", 9000, 4000)], {"100.64.0.2": "s1"})
-        body = script[
-            script.index(
-                'add rule inet kswifi postrouting iifname "kswifi0" oifname "eth0" masquerade'
-            )
-            + 1 :
-        ]
-        assert body == [
+        assert script([SetQuota("s1", 9000, 4000)], {"100.64.0.2": "s1"}) == [
             "delete element inet kswifi quota4 { 100.64.0.2 }",
             "delete quota inet kswifi q-s1",
             "add quota inet kswifi q-s1 { over 9000 bytes used 4000 bytes }",
             'add element inet kswifi quota4 { 100.64.0.2 : "q-s1" }',
         ]
 
+    def test_quota_never_starts_above_its_limit(self) -> None:
+        assert script([CreateSession("s1", 1000, 5000)], {})[0] == (
+            "add quota inet kswifi q-s1 { over 1000 bytes used 1000 bytes }"
+        )
+
     def test_unmap_deletes_existing_elements_only(self) -> None:
-        script = render_batch(
-            CONFIG,
+        lines = script(
             [UnmapAddress("100.64.0.2", "removed"), UnmapAddress("100.64.0.9", "removed")],
             {"100.64.0.2": "s1"},
         )
-        assert sum("delete element" in line for line in script) == 3
+        assert lines == [
+            f"delete element inet kswifi {name}4 {{ 100.64.0.2 }}" for name in ("quota", "up", "dn")
+        ]
 
-    def test_parse_listing(self) -> None:
-        reading = parse_listing(
+    def test_reading_from_dumped_objects_and_elements(self) -> None:
+        reading = reading_from(
             [
-                {
-                    "nftables": [
-                        {"quota": {"name": "q-s1", "bytes": 100, "used": 40, "inv": True}},
-                        {"counter": {"name": "up-s1", "handle": 3, "bytes": 10}},
-                        {"counter": {"name": "dn-s1", "handle": 4, "bytes": 30}},
-                        {"map": {"name": "quota6", "elem": [["fd00::2", "q-s1"]]}},
-                    ]
-                }
-            ]
+                ObjectEntry("q-s1", quota=True, handle=2, bytes=100, used=40),
+                ObjectEntry("up-s1", quota=False, handle=3, bytes=10),
+                ObjectEntry("dn-s1", quota=False, handle=4, bytes=30),
+                ObjectEntry("unrelated", quota=False, handle=5, bytes=99),
+            ],
+            [(bytes.fromhex("fd000000000000000000000000000002"), "q-s1")],
         )
         assert reading.sessions["s1"].upload_bytes == 10
+        assert reading.sessions["s1"].used_bytes == 40
         assert reading.counters[("s1", "down")] == (4, 30)
         assert reading.addresses == {"fd00::2": "s1"}
+
+    def test_netlink_object_answer_parses(self) -> None:
+        message = nfnetlink.new_quota("kswifi", "q-s1", 5000, 1234)
+        handle = nfnetlink._attr(nfnetlink.NFTA_OBJ_HANDLE, (7).to_bytes(8, "big"))
+        body = message.body + handle
+        assert nfnetlink.parse_objects(body, 0, len(body)) == ObjectEntry(
+            "q-s1", quota=True, handle=7, bytes=5000, used=1234
+        )
+
+    def test_netlink_element_answer_parses(self) -> None:
+        [message] = nfnetlink.add_elements(
+            "kswifi", "up4", [(bytes([100, 64, 0, 2]), "up-s1", "100.64.0.2")]
+        )
+        assert nfnetlink.parse_elements(message.body, 0, len(message.body)) == [
+            (bytes([100, 64, 0, 2]), "up-s1")
+        ]
 
 
 FILTERS = """filter parent 1: protocol ip pref 10 u32 chain 0 fh 10::1 order 1 key ht 10 bkt 0 *flowid 1:ff not_in_hw
@@ -142,7 +176,7 @@ class TestTc:
         scripts = render_tc(
             [("wg0", "download"), ("ifb0", "upload")],
             [SetRate("s2", 25), ShapeAddress("100.64.1.2", "s2"), DeleteRate("s1")],
-            reading,
+            reading.copy(),
             minors,
         )
         down = scripts["wg0"]

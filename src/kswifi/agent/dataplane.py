@@ -1,10 +1,14 @@
 """The kernel data plane: reads WireGuard + nftables + tc into one ActualState and applies
-reconcile actions to them (nft batch, then peers, then tc)."""
+reconcile actions to them (one nf_tables batch, then one peer batch, then one tc batch).
+
+`apply` returns the Observation the kernel holds afterwards, computed in memory: the agent
+diffs the next desired state against it instead of reading 10,000 peers back every time, and
+re-reads the kernel only at start and on the periodic resync."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kswifi.agent.drivers.command import Runner
@@ -16,13 +20,16 @@ from kswifi.agent.drivers.wireguard import (
     WireguardDriver,
     WireguardReading,
 )
-from kswifi.agent.model import ActualState
+from kswifi.agent.model import ActualState, InterfaceState, SessionObjects
 from kswifi.agent.reconcile import (
     Action,
     AddPeer,
     ConfigureInterface,
+    CreateSession,
+    DeleteSession,
     RemovePeer,
     UpdatePeer,
+    apply_actions,
 )
 
 ORPHAN_PREFIX = "#tc:"
@@ -36,6 +43,16 @@ class Observation:
     nft: NftReading
     tc: TcReading
     session_minors: dict[str, int] = field(default_factory=dict)
+
+    def with_usage(self, reading: NftReading) -> Observation:
+        """The same observation with fresher quota and counter values (a usage read)."""
+        nft = NftReading(
+            sessions=reading.sessions,
+            addresses=self.nft.addresses,
+            counters=reading.counters,
+            table_present=reading.table_present,
+        )
+        return replace(self, nft=nft)
 
     def actual(self, served: Mapping[str, int]) -> ActualState:
         minors = self.tc.minors()
@@ -65,7 +82,7 @@ class Dataplane(Protocol):
 
     def observe(self) -> Observation: ...
 
-    def apply(self, actions: Sequence[Action], observation: Observation) -> None: ...
+    def apply(self, actions: Sequence[Action], observation: Observation) -> Observation: ...
 
     def read_usage(self) -> NftReading: ...
 
@@ -116,14 +133,17 @@ class KernelDataplane:
         tc = self.tc.read()
         return Observation(wireguard, nft, tc, session_minors(nft, tc))
 
-    def apply(self, actions: Sequence[Action], observation: Observation) -> None:
+    def apply(self, actions: Sequence[Action], observation: Observation) -> Observation:
+        """Apply `actions` (computed against `observation`); returns the state after them."""
         if not actions:
-            return
+            return observation
+        interface = observation.wireguard.interface
         for action in actions:
             if isinstance(action, ConfigureInterface):
                 self.wireguard.configure_interface(
                     action.private_key, action.listen_port, action.addresses
                 )
+                interface = InterfaceState(action.private_key, action.listen_port, action.addresses)
         self.nft.apply(actions, observation.nft.addresses)
         changes: list[PeerChange] = []
         for action in actions:
@@ -135,10 +155,38 @@ class KernelDataplane:
                 case _:
                     pass
         self.wireguard.apply_peers(changes)
-        self.tc.apply(actions, observation.tc, observation.session_minors)
+        tc, minors = self.tc.apply(actions, observation.tc, observation.session_minors)
+        return predict(observation, actions, interface, tc, minors)
 
     def read_usage(self) -> NftReading:
         return self.nft.read_usage()
 
     def read_peers(self) -> WireguardReading:
         return self.wireguard.read()
+
+
+def predict(
+    observation: Observation,
+    actions: Sequence[Action],
+    interface: InterfaceState,
+    tc: TcReading,
+    minors: Mapping[str, int],
+) -> Observation:
+    """The observation after `actions` were applied (WireGuard and nftables through the same
+    model the tests check the drivers against; tc as its driver rendered it)."""
+    before = ActualState(
+        interface=observation.wireguard.interface,
+        peers=observation.wireguard.peers,
+        sessions=observation.nft.sessions,
+        addresses=observation.nft.addresses,
+    )
+    after = apply_actions(before, actions)
+    counters = dict(observation.nft.counters)
+    for action in actions:
+        if isinstance(action, DeleteSession | CreateSession):
+            counters.pop((action.session_id, "up"), None)
+            counters.pop((action.session_id, "down"), None)
+    sessions: dict[str, SessionObjects] = dict(after.sessions)
+    wireguard = WireguardReading(interface, dict(after.peers))
+    nft = NftReading(sessions=sessions, addresses=dict(after.addresses), counters=counters)
+    return Observation(wireguard, nft, tc, dict(minors))

@@ -22,7 +22,7 @@ import structlog
 
 from kswifi.agent import AGENT_VERSION
 from kswifi.agent.config import GatewaySettings
-from kswifi.agent.dataplane import Dataplane
+from kswifi.agent.dataplane import Dataplane, Observation
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
 from kswifi.agent.keys import generate_private_key
@@ -31,7 +31,9 @@ from kswifi.agent.reconcile import (
     Action,
     AddPeer,
     CreateSession,
+    DeleteSession,
     RemovePeer,
+    SetQuota,
     UnmapAddress,
     desired_from_state,
     diff,
@@ -49,6 +51,7 @@ from kswifi.protocol import (
 )
 
 log = structlog.get_logger("kswifi.agent")
+PEER_LOG_LIMIT = 50
 
 
 class ControlPlane(Protocol):
@@ -104,6 +107,10 @@ class Agent:
         )
         self.desired_state: DesiredState | None = self._load_desired_state()
         self.applied_revision = 0
+        self.observation: Observation | None = None
+        """The data plane as the last read or apply left it (None: read it in full next)."""
+        self.resync_due = False
+        self.reconcile_seconds = 0.0
         self.lease_overrides: dict[str, int] = {}
         self.lease_revision = 0
         self.lease_asked_at: dict[str, float] = {}
@@ -144,15 +151,25 @@ class Agent:
             self.report_ready.set()
         return report
 
-    async def reconcile_once(self) -> list[Action]:
-        """Read the kernel, diff against the desired state, apply; returns the actions."""
+    async def reconcile_once(self, full: bool = False) -> list[Action]:
+        """Diff the desired state against the data plane and apply; returns the actions.
+
+        The data plane is read in full only at start, on the periodic resync (`full`) and
+        after a failed apply; otherwise the diff runs against the state the last apply left
+        (kept in memory), refreshed by a usage read when quotas change or objects go.
+        """
         state = self.desired_state
         if state is None:
             return []  # never touch a data plane before knowing what it should be
         async with self.lock:
             started = time.perf_counter()
-            observation = await asyncio.to_thread(self.dataplane.observe)
-            self._harvest(observation.nft)
+            observation = None if full else self.observation
+            if observation is None:
+                observation = await asyncio.to_thread(self.dataplane.observe)
+                self._harvest(observation.nft)
+                fresh = True
+            else:
+                fresh = False
             if self.lease_revision and state.revision >= self.lease_revision:
                 self.lease_overrides.clear()
             desired = desired_from_state(
@@ -162,12 +179,22 @@ class Agent:
                 lease_overrides=self.lease_overrides,
             )
             actions = diff(desired, observation.actual(self.tracker.served))
+            if not fresh and any(isinstance(a, SetQuota | DeleteSession) for a in actions):
+                # Exhaustion decides how a quota changes, and deleted counters must have
+                # been read one last time: read quotas and counters now (one dump).
+                reading = await asyncio.to_thread(self.dataplane.read_usage)
+                self._harvest(reading)
+                observation = observation.with_usage(reading)
+                actions = diff(desired, observation.actual(self.tracker.served))
             if actions:
-                await asyncio.to_thread(self.dataplane.apply, actions, observation)
+                self.observation = None  # unknown until the apply succeeded
+                observation = await asyncio.to_thread(self.dataplane.apply, actions, observation)
                 created = [a.session_id for a in actions if isinstance(a, CreateSession)]
                 self.tracker.forget(created)
+            self.observation = observation
             self.applied_revision = state.revision
-        self._log_actions(actions, state.revision, time.perf_counter() - started)
+        self.reconcile_seconds = time.perf_counter() - started
+        self._log_actions(actions, state.revision, self.reconcile_seconds)
         if any(isinstance(a, UnmapAddress) for a in actions):
             self.reconcile_needed.set()  # next pass deletes the unmapped sessions' objects
         return actions
@@ -175,7 +202,10 @@ class Agent:
     def _log_actions(self, actions: Sequence[Action], revision: int, seconds: float) -> None:
         if not actions:
             return
-        for action in actions:
+        # One line per peer for everyday changes; a bulk change (a restart onto 10,000 peers)
+        # is summarized, or the log would cost more than the reconcile.
+        peer_changes = sum(isinstance(a, AddPeer | RemovePeer) for a in actions)
+        for action in actions if peer_changes <= PEER_LOG_LIMIT else ():
             if isinstance(action, AddPeer):
                 log.info(
                     "peer_added", public_key=action.public_key[:8], session_id=action.session_id
@@ -193,16 +223,20 @@ class Agent:
         while not self.stopping.is_set():
             await self.reconcile_needed.wait()
             self.reconcile_needed.clear()
+            full, self.resync_due = self.resync_due, False
             try:
-                await self.reconcile_once()
+                await self.reconcile_once(full=full)
             except AgentError as exc:
                 log.error("reconcile_failed", error=str(exc))
                 await asyncio.sleep(1.0)
                 self.reconcile_needed.set()
 
     async def _resync_loop(self) -> None:
+        """Every `resync_interval_s`, read the whole data plane again (someone may have
+        changed it behind the agent's back) and repair it."""
         while not self.stopping.is_set():
             await asyncio.sleep(self.settings.resync_interval_s)
+            self.resync_due = True
             self.reconcile_needed.set()
 
     async def _expiry_loop(self) -> None:
@@ -280,6 +314,10 @@ class Agent:
         async with self.lock:
             reading = await asyncio.to_thread(self.dataplane.read_usage)
             report = self._harvest(reading)
+            if self.observation is not None:
+                # Someone removed the table: only a full read tells what is left.
+                present = reading.table_present
+                self.observation = self.observation.with_usage(reading) if present else None
         interval = self.settings.usage_interval_s
         if report is not None:
             self.throughput = Throughput(
@@ -346,7 +384,8 @@ class Agent:
         for peer in state.peers:
             quota = max(peer.quota_bytes, self.lease_overrides.get(peer.session_id, 0))
             served = self.tracker.served.get(peer.session_id, 0)
-            nearly_used = quota and served >= quota * self.settings.lease_refill_fraction
+            # A lease of 0 (the session's budget is leased to other gateways) asks too.
+            nearly_used = served >= quota * self.settings.lease_refill_fraction
             if nearly_used and now - self.lease_asked_at.get(peer.session_id, 0.0) >= 10.0:
                 due.append(peer.session_id)
         due = sorted(set(due))
@@ -429,7 +468,7 @@ class Agent:
             cached_revision=self.desired_state.revision if self.desired_state else None,
         )
         if self.desired_state is not None:
-            await self.reconcile_once()
+            await self.reconcile_once(full=True)
         return mode
 
     async def run(self) -> None:

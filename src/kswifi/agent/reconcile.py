@@ -8,6 +8,7 @@ tests and by the fake data plane).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -152,9 +153,15 @@ Action = (
 )
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalize_address(value: str) -> str:
     """Canonical host address text (`100.64.0.2/32` and `100.64.0.2` both give `100.64.0.2`)."""
     return str(ipaddress.ip_interface(value).ip)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _normalized_set(allowed_ips: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(normalize_address(a) for a in allowed_ips)
 
 
 def desired_from_state(
@@ -188,7 +195,7 @@ def desired_from_state(
             continue
         if spec.public_key in peers:
             continue  # a duplicate key is a control-plane bug; the first one wins
-        allowed = frozenset(normalize_address(a) for a in spec.allowed_ips)
+        allowed = _normalized_set(tuple(spec.allowed_ips))
         free = frozenset(a for a in allowed if addresses.get(a, spec.session_id) == spec.session_id)
         peers[spec.public_key] = DesiredPeer(
             spec.public_key, spec.preshared_key, free, spec.session_id
@@ -243,40 +250,63 @@ def diff(desired: Desired, actual: ActualState) -> list[Action]:
         for address in expired_peer.allowed_ips
     }
 
+    # Each pass scans unsorted (10,000 sessions: sorting them all on every reconcile would
+    # cost more than the scan) and sorts only what it found, so the order stays stable.
     for address in sorted(actual.addresses.keys() - desired.addresses.keys()):
         reason: RemovalReason = "expired" if address in expired_addresses else "removed"
         actions.append(UnmapAddress(address, reason))
     for key in sorted(actual.peers.keys() - desired.peers.keys()):
         actions.append(RemovePeer(key, _removal_reason(desired, key)))
 
-    for session_id, session in sorted(desired.sessions.items()):
-        objects = actual.sessions.get(session_id)
-        served = actual.served.get(session_id, 0)
+    objects_of = actual.sessions.get
+    quotas: list[Action] = []
+    for session_id, session in desired.sessions.items():
+        objects = objects_of(session_id)
         if objects is None:
-            actions.append(CreateSession(session_id, session.quota_bytes, served))
+            served = actual.served.get(session_id, 0)
+            quotas.append(CreateSession(session_id, session.quota_bytes, served))
         elif objects.quota_bytes != session.quota_bytes:
+            served = actual.served.get(session_id, 0)
             raised = session.quota_bytes > objects.quota_bytes
             reset = served if objects.exhausted and raised else None
-            actions.append(SetQuota(session_id, session.quota_bytes, reset))
-    for address, session_id in sorted(desired.addresses.items()):
-        if actual.addresses.get(address) != session_id:
-            actions.append(MapAddress(address, session_id))
+            quotas.append(SetQuota(session_id, session.quota_bytes, reset))
+    actions += sorted(quotas, key=lambda a: a.session_id)  # type: ignore[union-attr]
+    mapped = actual.addresses.get
+    actions += [
+        MapAddress(address, session_id)
+        for address, session_id in sorted(
+            (a, s) for a, s in desired.addresses.items() if mapped(a) != s
+        )
+    ]
 
-    for key, peer in sorted(desired.peers.items()):
-        have = actual.peers.get(key)
+    peer_of = actual.peers.get
+    changed_peers: list[Action] = []
+    for key, peer in desired.peers.items():
+        have = peer_of(key)
         if have is None:
-            actions.append(AddPeer(key, peer.preshared_key, peer.allowed_ips, peer.session_id))
+            changed_peers.append(
+                AddPeer(key, peer.preshared_key, peer.allowed_ips, peer.session_id)
+            )
         elif have.preshared_key != peer.preshared_key or have.allowed_ips != peer.allowed_ips:
-            actions.append(UpdatePeer(key, peer.preshared_key, peer.allowed_ips))
+            changed_peers.append(UpdatePeer(key, peer.preshared_key, peer.allowed_ips))
+    actions += sorted(changed_peers, key=lambda a: a.public_key)  # type: ignore[union-attr]
 
-    for session_id, session in sorted(desired.sessions.items()):
-        if actual.rates.get(session_id) != session.speed_mbps:
-            actions.append(SetRate(session_id, session.speed_mbps))
+    rate_of = actual.rates.get
+    actions += [
+        SetRate(session_id, speed)
+        for session_id, speed in sorted(
+            (s, d.speed_mbps) for s, d in desired.sessions.items() if rate_of(s) != d.speed_mbps
+        )
+    ]
     for address in sorted(actual.shaped.keys() - desired.addresses.keys()):
         actions.append(UnshapeAddress(address))
-    for address, session_id in sorted(desired.addresses.items()):
-        if actual.shaped.get(address) != session_id:
-            actions.append(ShapeAddress(address, session_id))
+    shaped_as = actual.shaped.get
+    actions += [
+        ShapeAddress(address, session_id)
+        for address, session_id in sorted(
+            (a, s) for a, s in desired.addresses.items() if shaped_as(a) != s
+        )
+    ]
     for session_id in sorted(actual.rates.keys() - desired.sessions.keys()):
         actions.append(DeleteRate(session_id))
 
@@ -294,18 +324,23 @@ def apply_actions(actual: ActualState, actions: Iterable[Action]) -> ActualState
     addresses = dict(actual.addresses)
     rates = dict(actual.rates)
     shaped = dict(actual.shaped)
+    owners = {ip: key for key, peer in peers.items() for ip in peer.allowed_ips}
     for action in actions:
         match action:
             case ConfigureInterface(private_key, listen_port, wanted):
                 interface = InterfaceState(private_key, listen_port, wanted)
-            case AddPeer(key, psk, allowed, _):
-                _steal_allowed_ips(peers, allowed)
-                peers[key] = PeerState(key, psk, allowed)
-            case UpdatePeer(key, psk, allowed):
-                _steal_allowed_ips(peers, allowed, keep=key)
+            case AddPeer(key, psk, allowed, _) | UpdatePeer(key, psk, allowed):
+                had = peers.get(key)
+                if had is not None:
+                    for ip in had.allowed_ips - allowed:
+                        owners.pop(ip, None)
+                _steal_allowed_ips(peers, owners, key, allowed)
                 peers[key] = PeerState(key, psk, allowed)
             case RemovePeer(key, _):
-                peers.pop(key, None)
+                removed = peers.pop(key, None)
+                for ip in removed.allowed_ips if removed else ():
+                    if owners.get(ip) == key:
+                        del owners[ip]
             case CreateSession(session_id, quota, used):
                 sessions[session_id] = SessionObjects(quota, used)
             case SetQuota(session_id, quota, reset):
@@ -338,12 +373,16 @@ def apply_actions(actual: ActualState, actions: Iterable[Action]) -> ActualState
 
 
 def _steal_allowed_ips(
-    peers: dict[str, PeerState], allowed: frozenset[str], keep: str | None = None
+    peers: dict[str, PeerState], owners: dict[str, str], key: str, allowed: frozenset[str]
 ) -> None:
-    """WireGuard moves an allowed IP to the peer that last claimed it."""
-    for key, peer in list(peers.items()):
-        if key != keep and peer.allowed_ips & allowed:
-            peers[key] = replace(peer, allowed_ips=peer.allowed_ips - allowed)
+    """WireGuard moves an allowed IP to the peer that last claimed it (`owners`: ip -> key,
+    kept up to date, so a batch of 10,000 adds stays linear)."""
+    for ip in allowed:
+        previous = owners.get(ip)
+        if previous is not None and previous != key and previous in peers:
+            peer = peers[previous]
+            peers[previous] = replace(peer, allowed_ips=peer.allowed_ips - {ip})
+        owners[ip] = key
 
 
 def summarize(actions: Sequence[Action]) -> dict[str, int]:

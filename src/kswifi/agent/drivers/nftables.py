@@ -2,19 +2,25 @@
 
 One table, `inet kswifi`. Per session: quota `q-SID` and counters `up-SID` / `dn-SID`; maps
 keyed by device address (`quota4/6`, `up4/6`, `dn4/6`) name the objects, so each packet costs
-one hash lookup whatever the number of sessions. Every reconcile is ONE `nft -f -` batch (the
-kernel applies it atomically) and every usage read is ONE `nft -j -f -` call.
+one hash lookup whatever the number of sessions. Every reconcile is ONE nf_tables netlink
+batch (the kernel applies it atomically) and every usage read is ONE netlink dump of the
+table's objects (see `nfnetlink` for why not `nft`). The skeleton (table, maps, chains, rules)
+is loaded with one `nft -f -` at start and after each full resync.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
 import json
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kswifi.agent.drivers import nfnetlink
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.errors import CommandError, DriverError
 from kswifi.agent.model import Direction, SessionObjects
@@ -31,6 +37,7 @@ TABLE = "kswifi"
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIXES = {"quota": "q", "up": "up", "down": "dn"}
 _MAPS = {"quota": "quota", "up": "up", "down": "dn"}
+_KINDS = ("quota", "up", "down")
 
 
 def object_name(kind: str, session_id: str) -> str:
@@ -44,6 +51,7 @@ def object_name(kind: str, session_id: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def parse_object_name(name: str) -> tuple[str, str] | None:
     """(`quota`|`up`|`down`, session id) for a name made by `object_name`, else None."""
     for kind, prefix in _PREFIXES.items():
@@ -132,148 +140,175 @@ def render_skeleton(config: NftConfig) -> list[str]:
 
 def render_batch(
     config: NftConfig, actions: Iterable[Action], mapped: Mapping[str, str]
-) -> list[str]:
-    """The nft script for the nftables part of `actions`.
+) -> list[nfnetlink.Message]:
+    """The nf_tables messages for the nftables part of `actions` (one transaction).
 
-    `mapped` is the address -> session mapping as read from the kernel (element deletes must
-    name existing elements, or the whole batch fails).
+    `mapped` is the address -> session mapping the kernel holds (element deletes must name
+    existing elements, or the whole batch fails). The table's skeleton is not part of it.
     """
-    t = f"inet {config.table}"
+    t = config.table
     current = dict(mapped)
-    deletes: list[str] = []
-    objects: list[str] = []
-    adds: list[str] = []
-    removals: list[str] = []
+    deletes: dict[str, list[tuple[bytes, str]]] = {}
+    objects: list[nfnetlink.Message] = []
+    adds: dict[str, list[tuple[bytes, str, str]]] = {}
+    removals: list[nfnetlink.Message] = []
 
-    def delete_elements(address: str) -> None:
-        for kind in ("quota", "up", "down"):
-            deletes.append(f"delete element {t} {map_name(kind, address)} {{ {address} }}")
+    def element(kind: str, address: str, session_id: str) -> None:
+        packed, version = _packed(address)
+        entry = (packed, object_name(kind, session_id), address)
+        adds.setdefault(f"{_MAPS[kind]}{version}", []).append(entry)
 
-    def add_elements(address: str, session_id: str) -> None:
-        for kind in ("quota", "up", "down"):
-            name = json.dumps(object_name(kind, session_id))
-            adds.append(f"add element {t} {map_name(kind, address)} {{ {address} : {name} }}")
+    def unelement(kind: str, address: str) -> None:
+        packed, version = _packed(address)
+        deletes.setdefault(f"{_MAPS[kind]}{version}", []).append((packed, address))
 
     actions = list(actions)
     for action in actions:
         if isinstance(action, UnmapAddress | MapAddress) and action.address in current:
-            delete_elements(action.address)
+            for kind in _KINDS:
+                unelement(kind, action.address)
             del current[action.address]
     for action in actions:
         match action:
             case CreateSession(session_id, quota, used):
-                objects.append(_quota_line(t, session_id, quota, used))
-                objects.append(f"add counter {t} {object_name('up', session_id)}")
-                objects.append(f"add counter {t} {object_name('down', session_id)}")
+                name = object_name("quota", session_id)
+                objects.append(nfnetlink.new_quota(t, name, quota, used))
+                objects.append(nfnetlink.new_counter(t, object_name("up", session_id)))
+                objects.append(nfnetlink.new_counter(t, object_name("down", session_id)))
             case SetQuota(session_id, quota, None):
-                objects.append(_quota_line(t, session_id, quota, None))
+                name = object_name("quota", session_id)
+                objects.append(nfnetlink.new_quota(t, name, quota, None))
             case SetQuota(session_id, quota, reset):
                 # Replace the object: its `used` also counted dropped packets. The map
                 # elements that point at it go and come back in the same atomic batch.
-                still = [a for a, s in current.items() if s == session_id]
-                for address in still:
-                    name = map_name("quota", address)
-                    deletes.append(f"delete element {t} {name} {{ {address} }}")
-                    q = json.dumps(object_name("quota", session_id))
-                    adds.append(f"add element {t} {name} {{ {address} : {q} }}")
-                objects.append(f"delete quota {t} {object_name('quota', session_id)}")
-                objects.append(_quota_line(t, session_id, quota, reset))
+                for address in [a for a, s in current.items() if s == session_id]:
+                    unelement("quota", address)
+                    element("quota", address, session_id)
+                name = object_name("quota", session_id)
+                objects.append(nfnetlink.delete_object(t, name, quota=True))
+                objects.append(nfnetlink.new_quota(t, name, quota, reset))
             case MapAddress(address, session_id):
-                add_elements(address, session_id)
+                for kind in _KINDS:
+                    element(kind, address, session_id)
             case DeleteSession(session_id):
-                for kind in ("quota", "up", "down"):
-                    noun = "quota" if kind == "quota" else "counter"
-                    removals.append(f"delete {noun} {t} {object_name(kind, session_id)}")
+                for kind in _KINDS:
+                    name = object_name(kind, session_id)
+                    removals.append(nfnetlink.delete_object(t, name, quota=kind == "quota"))
             case _:
                 pass
-    return render_skeleton(config) + deletes + objects + adds + removals
+    batch = [m for name, keys in deletes.items() for m in nfnetlink.delete_elements(t, name, keys)]
+    batch += objects
+    batch += [m for name, items in adds.items() for m in nfnetlink.add_elements(t, name, items)]
+    return batch + removals
 
 
-def _quota_line(table: str, session_id: str, quota: int, used: int | None) -> str:
-    used_part = f" used {used} bytes" if used is not None else ""
-    return (
-        f"add quota {table} {object_name('quota', session_id)} {{ over {quota} bytes{used_part} }}"
-    )
+def _packed(address: str) -> tuple[bytes, int]:
+    """Network-order bytes and IP version of a canonical address text (inet_pton: fast)."""
+    if ":" in address:
+        return socket.inet_pton(socket.AF_INET6, address), 6
+    return socket.inet_pton(socket.AF_INET, address), 4
 
 
-def parse_listing(documents: Iterable[Mapping[str, object]]) -> NftReading:
-    """Build an NftReading from `nft -j` documents (a table listing or counter/quota lists)."""
+def reading_from(
+    objects: Iterable[nfnetlink.ObjectEntry], elements: Iterable[tuple[bytes, str]] = ()
+) -> NftReading:
+    """An NftReading from dumped objects and `quota4`/`quota6` map elements."""
     quotas: dict[str, tuple[int, int]] = {}
     counters: dict[tuple[str, Direction], tuple[int, int]] = {}
-    addresses: dict[str, str] = {}
-    for document in documents:
-        entries = document.get("nftables", [])
-        if not isinstance(entries, list):
+    for entry in objects:
+        parsed = parse_object_name(entry.name)
+        if parsed is None:
             continue
-        for entry in entries:
-            if "quota" in entry:
-                q = entry["quota"]
-                parsed = parse_object_name(q["name"])
-                if parsed and parsed[0] == "quota":
-                    quotas[parsed[1]] = (int(q["bytes"]), int(q.get("used", 0)))
-            elif "counter" in entry:
-                c = entry["counter"]
-                parsed = parse_object_name(c["name"])
-                if parsed and parsed[0] in ("up", "down"):
-                    direction: Direction = "up" if parsed[0] == "up" else "down"
-                    counters[(parsed[1], direction)] = (int(c["handle"]), int(c["bytes"]))
-            elif "map" in entry and str(entry["map"].get("name", "")).startswith("quota"):
-                for element in entry["map"].get("elem", []):
-                    address, target = element[0], element[1]
-                    parsed = parse_object_name(str(target))
-                    if parsed:
-                        addresses[str(ipaddress.ip_address(address))] = parsed[1]
-    sessions: dict[str, SessionObjects] = {}
-    for session_id, (quota, used) in quotas.items():
-        sessions[session_id] = SessionObjects(
+        kind, session_id = parsed
+        if entry.quota and kind == "quota":
+            quotas[session_id] = (entry.bytes, entry.used)
+        elif not entry.quota and kind in ("up", "down"):
+            direction: Direction = "up" if kind == "up" else "down"
+            counters[(session_id, direction)] = (entry.handle, entry.bytes)
+    addresses: dict[str, str] = {}
+    for key, target in elements:
+        parsed = parse_object_name(target)
+        if parsed and len(key) in (4, 16):
+            family = socket.AF_INET if len(key) == 4 else socket.AF_INET6
+            addresses[socket.inet_ntop(family, key)] = parsed[1]
+    sessions = {
+        session_id: SessionObjects(
             quota_bytes=quota,
             used_bytes=used,
             upload_bytes=counters.get((session_id, "up"), (0, 0))[1],
             download_bytes=counters.get((session_id, "down"), (0, 0))[1],
         )
+        for session_id, (quota, used) in quotas.items()
+    }
     return NftReading(sessions=sessions, addresses=addresses, counters=counters)
 
 
 @dataclass
 class NftTable:
-    """The one real nftables driver (shells out to `nft`)."""
+    """The one real nftables driver: the skeleton through `nft -f -`, sessions through one
+    nf_tables netlink batch per reconcile, reads through netlink dumps."""
 
     runner: Runner
     config: NftConfig
-    last_script: list[str] = field(default_factory=list, repr=False)
+    netlink: nfnetlink.NfTables | None = None
+    last_batch: list[str] = field(default_factory=list, repr=False)
+    skeleton_loaded: bool = False
 
-    def read(self) -> NftReading:
-        """Everything in the table, including the address maps (used before a reconcile)."""
-        try:
-            out = self.runner(["nft", "-j", "list", "table", "inet", self.config.table])
-        except CommandError as exc:
-            if "No such file or directory" in exc.stderr:
-                return NftReading(table_present=False)
-            raise
-        return parse_listing([json.loads(out)])
+    def __post_init__(self) -> None:
+        if self.netlink is None:
+            self.netlink = nfnetlink.NfTables(netns=getattr(self.runner, "netns", None))
 
-    def read_usage(self) -> NftReading:
-        """Counters and quotas only, in one nft call (the 1 s usage read)."""
-        t = {"family": "inet", "table": self.config.table}
-        request = {"nftables": [{"list": {"counters": t}}, {"list": {"quotas": t}}]}
-        try:
-            out = self.runner(["nft", "-j", "-f", "-"], input_text=json.dumps(request))
-        except CommandError as exc:
-            if "No such file or directory" in exc.stderr:
-                return NftReading(table_present=False)
-            raise
-        documents = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return parse_listing(documents)
+    @property
+    def _nl(self) -> nfnetlink.NfTables:
+        assert self.netlink is not None
+        return self.netlink
 
-    def apply(self, actions: Sequence[Action], mapped: Mapping[str, str]) -> None:
-        script = render_batch(self.config, actions, mapped)
-        self.last_script = script
+    def load_skeleton(self) -> None:
+        """Table, maps, chains and rules in one `nft -f -` (atomic; elements are kept)."""
+        script = render_skeleton(self.config)
         try:
             self.runner(["nft", "-f", "-"], input_text="\n".join(script) + "\n")
         except CommandError as exc:
-            raise DriverError(f"nft batch of {len(script)} lines failed: {exc.stderr}") from exc
+            raise DriverError(f"nft skeleton of {len(script)} lines failed: {exc.stderr}") from exc
+        self.skeleton_loaded = True
+
+    def read(self) -> NftReading:
+        """Every session object and the address maps (the full read at start and resync).
+
+        The skeleton is loaded again with the next apply (rules follow the settings)."""
+        self.skeleton_loaded = False
+        try:
+            objects = self._nl.objects(self.config.table)
+            elements = [
+                element
+                for version in (4, 6)
+                for element in self._nl.elements(self.config.table, f"quota{version}")
+            ]
+        except nfnetlink.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return NftReading(table_present=False)
+            raise
+        return reading_from(objects, elements)
+
+    def read_usage(self) -> NftReading:
+        """Quotas and counters only: one netlink dump (the 1 s usage read)."""
+        try:
+            objects = self._nl.objects(self.config.table)
+        except nfnetlink.NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return NftReading(table_present=False)
+            raise
+        return reading_from(objects)
+
+    def apply(self, actions: Sequence[Action], mapped: Mapping[str, str]) -> None:
+        if not self.skeleton_loaded:
+            self.load_skeleton()
+        batch = render_batch(self.config, actions, mapped)
+        self.last_batch = [str(message) for message in batch]
+        self._nl.batch(batch)
 
     def delete_table(self) -> None:
+        self.skeleton_loaded = False
         try:
             self.runner(["nft", "delete", "table", "inet", self.config.table])
         except CommandError as exc:

@@ -9,7 +9,8 @@ device, fed by an ingress `mirred` redirect from the WireGuard device, the sourc
       class 1:MINOR htb rate R ceil R       <- one per session, same MINOR on both devices
       filter 10:BUCKET:NODE match <address> flowid 1:MINOR   <- one per device address
 
-All changes go through one `tc -batch -` per device; a tier change is `class replace` in place.
+All changes of a reconcile go through ONE `tc -batch -` (both devices); a tier change is
+`class replace` in place.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ class TcReading:
     download: DeviceReading
     upload: DeviceReading
 
+    def copy(self) -> TcReading:
+        return TcReading(
+            *(
+                DeviceReading(dict(d.classes), dict(d.filters), d.ready)
+                for d in (self.download, self.upload)
+            )
+        )
+
     def minors(self) -> dict[int, int]:
         """Classes present on both devices with the same rate (other ones read as rate 0)."""
         result: dict[int, int] = {}
@@ -100,7 +109,7 @@ class TcDriver(Protocol):
 
     def apply(
         self, actions: Sequence[Action], reading: TcReading, session_minors: Mapping[str, int]
-    ) -> dict[str, int]: ...
+    ) -> tuple[TcReading, dict[str, int]]: ...
 
     def teardown(self) -> None: ...
 
@@ -226,15 +235,19 @@ class TcShaper:
 
     def apply(
         self, actions: Sequence[Action], reading: TcReading, session_minors: Mapping[str, int]
-    ) -> dict[str, int]:
-        """Render and run the tc part of `actions`; returns the session -> minor map after."""
+    ) -> tuple[TcReading, dict[str, int]]:
+        """Render and run the tc part of `actions` as ONE `tc -batch -` for both devices.
+
+        Returns the reading and the session -> minor map the kernel holds afterwards (the
+        reading passed in is not changed)."""
         minors = dict(session_minors)
-        scripts = render_tc(self._devices(), actions, reading, minors)
+        after = reading.copy()
+        scripts = render_tc(self._devices(), actions, after, minors)
+        lines = [line for script in scripts.values() for line in script]
         self.scripts = [script for script in scripts.values() if script]
-        for device, script in scripts.items():
-            if script:
-                self._batch(device, script)
-        return minors
+        if lines:
+            self._batch("+".join(device for device, _ in self._devices()), lines)
+        return after, minors
 
     def _batch(self, device: str, script: Sequence[str]) -> None:
         try:
@@ -274,7 +287,8 @@ def render_tc(
     reading: TcReading,
     minors: dict[str, int],
 ) -> dict[str, list[str]]:
-    """tc batch lines per device. Mutates `minors` (new sessions get the lowest free minor)."""
+    """tc batch lines per device. Mutates `minors` (new sessions get the lowest free minor)
+    and `reading` (it becomes what the kernel holds once the lines ran)."""
     used_minors = set(reading.download.classes) | set(reading.upload.classes) | set(minors.values())
     scripts: dict[str, list[str]] = {}
     sides = list(devices)
@@ -294,17 +308,19 @@ def render_tc(
                         minors[session_id] = minor
                         used_minors.add(minor)
                     burst = burst_bytes(speed)
+                    device_reading.classes[minor] = speed
                     lines.append(
                         f"class replace dev {device} parent 1: classid 1:{minor:x} htb"
                         f" rate {rate_text(speed)} ceil {rate_text(speed)}"
                         f" burst {burst} cburst {burst} quantum 1514"
                     )
                 case UnshapeAddress(address):
-                    old = device_reading.filters.get(address)
+                    old = device_reading.filters.pop(address, None)
                     if old is not None:
                         lines.append(_filter_delete(device, old))
+                        used_nodes.get((old.version, old.bucket), set()).discard(old.node)
                 case ShapeAddress(address, session_id):
-                    old = device_reading.filters.get(address)
+                    old = device_reading.filters.pop(address, None)
                     if old is not None:
                         lines.append(_filter_delete(device, old))
                         used_nodes.get((old.version, old.bucket), set()).discard(old.node)
@@ -318,6 +334,7 @@ def render_tc(
                     if node > MAX_NODE:
                         raise DriverError(f"u32 bucket {bucket:x} is full")
                     nodes.add(node)
+                    device_reading.filters[address] = FilterEntry(ip.version, bucket, node, minor)
                     ht, prio, proto = _HT[ip.version], _PRIO[ip.version], _PROTO[ip.version]
                     lines.append(
                         f"filter add dev {device} parent 1: prio {prio}"
@@ -328,6 +345,7 @@ def render_tc(
                 case DeleteRate(session_id):
                     minor = minors.get(session_id)
                     if minor is not None and minor in device_reading.classes:
+                        del device_reading.classes[minor]
                         removals[device].append(f"class del dev {device} classid 1:{minor:x}")
                 case _:
                     pass
