@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import socket
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 PROTOCOL_VERSION = 1
+MAX_PEERS = 100_000  # like a usage report's deltas: far above any gateway's capacity
 
 
 def _check_wireguard_key(value: str) -> str:
@@ -75,7 +77,37 @@ class DesiredState(_Model):
 
     revision: int = Field(ge=0)
     interface: GatewayInterface | None = None
-    peers: list[PeerSpec]
+    peers: list[PeerSpec] = Field(max_length=MAX_PEERS)
+
+    @model_validator(mode="after")
+    def _no_peer_takes_another_ones_traffic(self) -> DesiredState:
+        """Refused as a whole (the agent keeps its last good state): two peers with one key
+        or one address, or an address outside the interface's blocks, would route one
+        person's traffic to another peer."""
+        blocks: dict[int, list[tuple[int, int]]] = {}  # IP version -> (network, netmask)
+        for cidr in self.interface.addresses if self.interface is not None else []:
+            network = ipaddress.ip_interface(cidr).network
+            blocks.setdefault(network.version, []).append(
+                (int(network.network_address), int(network.netmask))
+            )
+        keys: set[str] = set()
+        addresses: set[str] = set()
+        for peer in self.peers:
+            if peer.public_key in keys:
+                raise ValueError(f"two peers share the public key {peer.public_key[:8]}…")
+            keys.add(peer.public_key)
+            for address in peer.allowed_ips:
+                if address in addresses:
+                    raise ValueError(f"two peers share the address {address}")
+                addresses.add(address)
+                host = address.partition("/")[0]
+                version = 6 if ":" in host else 4
+                family = socket.AF_INET6 if version == 6 else socket.AF_INET
+                value = int.from_bytes(socket.inet_pton(family, host))  # already validated
+                own = blocks.get(version)
+                if own and not any(value & mask == net for net, mask in own):
+                    raise ValueError(f"{address} is outside the gateway's address blocks")
+        return self
 
 
 class SessionUsageDelta(_Model):
