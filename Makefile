@@ -69,6 +69,11 @@ e2e: deps
 browser: deps
 	@$(BIN)/python -m pytest -q tests/browser $(PYTEST_ARGS)
 
+# The hardening suite at full length: 20 agent kills, a 60 s partition, 12 control-plane kills,
+# 30 s of cut database connections, 40 schemathesis examples per operation, role and mode.
+soak: deps
+	@KSWIFI_SOAK=1 KSWIFI_FUZZ_EXAMPLES=40 $(BIN)/python -m pytest -q -s tests/hardening $(PYTEST_ARGS)
+
 bench: deps
 	@$(BIN)/python -m bench.run_all
 
