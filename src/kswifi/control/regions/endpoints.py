@@ -50,19 +50,23 @@ async def list_regions(client: Client, ctx: Ctx, db: DbSession) -> RegionList:
     return await service.list_status(db, ctx.settings, client, utcnow())
 
 
-@router.api_route(
+@router.get(
     "/regions/{code}/probe",
-    methods=["GET", "HEAD"],
     status_code=204,
     response_class=Response,
     responses={204: {"description": "Nothing; time the round trip"}, 404: {}},
 )
 async def probe_region(code: RegionCode, ctx: Ctx) -> Response:
-    """A latency probe: an empty, uncacheable answer. Time a few of them (the first one pays
-    for the connection) and show the median next to the region's latency hint."""
+    """A latency probe: an empty, uncacheable answer (HEAD works too). Time a few of them (the
+    first one pays for the connection) and show the median next to the region's latency hint."""
     if not await service.is_active_code(ctx.db, code):
         raise service.RegionNotFound(f"No region {code!r}")
     return Response(status_code=204, headers={**PROBE_HEADERS, "X-KSWiFi-Region": code})
+
+
+@router.head("/regions/{code}/probe", status_code=204, include_in_schema=False)
+async def probe_region_head(code: RegionCode, ctx: Ctx) -> Response:
+    return await probe_region(code, ctx)
 
 
 @router.get("/admin/regions", response_model=AdminRegionList, tags=["admin"])
