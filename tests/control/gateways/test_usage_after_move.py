@@ -52,3 +52,21 @@ async def test_a_gateway_that_never_carried_the_session_is_still_refused(
     ack = await post_usage(client, stranger, usage_report(1, (session_id, 5000, 5000)))
     assert ack.accepted  # the batch is taken, the foreign session's bytes are not
     assert (await world.get_session(session_id)).used_bytes == 0
+
+
+async def test_a_used_up_share_does_not_end_a_session_others_still_hold_bytes_of(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    first, second = await world.gateway(), await world.gateway()
+    session_id = await world.session(limit_bytes=1_000_000)
+    await world.device(session_id, first.id)
+    assert (await fetch_state(client, first)).peers[0].quota_bytes == 1_000_000
+    await world.device(session_id, second.id)
+    share = (await fetch_state(client, second)).peers[0].quota_bytes
+    assert share == 0  # the whole budget is leased to the first gateway
+    # The second gateway's kernel says its (empty) lease is used up: not the session.
+    await post_usage(client, second, usage_report(1, (session_id, 0, 0), exhausted=True))
+    assert (await world.get_session(session_id)).status == "active"
+    # The first gateway's lease was all that remained: its exhaustion ends the session.
+    await post_usage(client, first, usage_report(1, (session_id, 999_000, 0), exhausted=True))
+    assert (await world.get_session(session_id)).status == "exhausted"

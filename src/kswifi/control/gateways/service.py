@@ -724,10 +724,10 @@ async def apply_usage(
         )
 
     await repository.ensure_leases(db, [(locked.id, session_id) for session_id in accepted], now)
-    was_live = {
-        session_id: session.status in LIVE_STATES
-        for session_id, session in (await repository.sessions_by_id(db, accepted)).items()
-    }
+    before = await repository.sessions_by_id(db, accepted)
+    was_live = {session_id: session.status in LIVE_STATES for session_id, session in before.items()}
+    flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
+    held = _leases_by_session(await repository.leases_of(db, flagged)) if flagged else {}
     ended: list[str] = []
     live: dict[str, DataSession] = {}
     for session_id, (rx, tx, exhausted) in accepted.items():
@@ -739,7 +739,8 @@ async def apply_usage(
             session_id=session_id,
             rx_bytes=rx,
             tx_bytes=tx,
-            quota_exhausted=exhausted,
+            quota_exhausted=exhausted
+            and _lease_was_the_remainder(before.get(session_id), held.get(session_id), locked.id),
             now=now,
         )
         if session is None:
@@ -775,6 +776,19 @@ async def apply_usage(
             for session_id, quota in sorted(grants.items())
         ],
     )
+
+
+def _lease_was_the_remainder(
+    session: DataSession | None, held: dict[str, leases.Lease] | None, gateway_id: str
+) -> bool:
+    """Whether a gateway's kernel saying "quota exhausted" means the SESSION is exhausted: only
+    when no other gateway holds unused bytes of the session. A gateway whose lease is a share
+    (or nothing: the rest is leased elsewhere) only used up that share; it asks for more, and
+    the session goes on on the other gateways."""
+    if session is None:
+        return False
+    others = (held or {}).items()
+    return all(lease.outstanding_bytes == 0 for other, lease in others if other != gateway_id)
 
 
 async def record_heartbeat(
