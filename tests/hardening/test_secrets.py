@@ -199,6 +199,10 @@ def test_no_secret_in_logs_or_error_bodies(server: LiveServer) -> None:
     for event in ("user_logged_in", "purchase_created", "gateway_online", "refresh_token_reused"):
         assert event in log, event
     assert len(recorder.errors) >= 10
+    print(
+        f"\n[reliability] secrets: {len(secrets)} secrets searched in {len(log.splitlines())}"
+        f" log lines and {len(recorder.errors)} error bodies"
+    )
     found = [name for name, value in secrets.items() if value and value in log]
     assert found == [], f"secrets in the server log: {found}"
     for response in recorder.errors:
