@@ -54,6 +54,7 @@ class ProfileResult:
     p90_seconds: float
     p99_seconds: float
     errors: int
+    single_client_p50_seconds: float
     health_per_second: float
     qr_seconds: float
     concurrency: int
@@ -136,6 +137,11 @@ async def measure(
             )
         )
         elapsed = time.monotonic() - started
+        # One client alone: the service time without queueing behind the others.
+        alone: list[float] = []
+        await _generate_loop(
+            clients[0], seeded.access_token, seeded.free_sessions, time.monotonic() + 5.0, alone
+        )
         health_deadline = time.monotonic() + 5.0
         health = await asyncio.gather(
             *(_health_loop(clients[i % len(clients)], health_deadline) for i in range(concurrency))
@@ -149,6 +155,7 @@ async def measure(
         p90_seconds=percentile(latencies, 0.90),
         p99_seconds=percentile(latencies, 0.99),
         errors=sum(errors),
+        single_client_p50_seconds=percentile(alone, 0.50),
         health_per_second=sum(health) / 5.0,
         qr_seconds=_qr_seconds(),
         concurrency=concurrency,

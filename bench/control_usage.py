@@ -50,6 +50,7 @@ DELTA_BYTES = DELTA_RX + DELTA_TX
 class UsageResult:
     deltas_per_second: float
     baseline_deltas_per_second: float
+    batched_baseline_deltas_per_second: float
     p50_seconds: float
     p99_seconds: float
     saturated_p50_seconds: float
@@ -212,6 +213,53 @@ async def _baseline(database: BenchDatabase, sessions: list[str], seconds: float
     return sum(counts) / (time.monotonic() - started)
 
 
+async def _batched_baseline(
+    database: BenchDatabase, sessions: list[str], batch: int, seconds: float
+) -> float:
+    """Deltas/s when each batch is applied set-based, as ingestion could be: one
+    `UPDATE … FROM unnest(…)` for the sessions and one rollup upsert per batch, 4 connections."""
+    connections = [await asyncpg.connect(database.dsn) for _ in range(4)]
+    deadline = time.monotonic() + seconds
+
+    async def worker(connection: asyncpg.Connection, part: list[str]) -> int:
+        count = 0
+        while time.monotonic() < deadline:
+            async with connection.transaction():
+                await connection.execute(
+                    "UPDATE data_sessions AS s SET used_bytes = s.used_bytes + d.rx + d.tx,"
+                    " rx_bytes = s.rx_bytes + d.rx, tx_bytes = s.tx_bytes + d.tx,"
+                    " last_seen_at = now()"
+                    " FROM unnest($1::varchar[], $2::bigint[], $3::bigint[]) AS d(id, rx, tx)"
+                    " WHERE s.id = d.id",
+                    part,
+                    [DELTA_RX] * len(part),
+                    [DELTA_TX] * len(part),
+                )
+                await connection.execute(
+                    "INSERT INTO usage_rollups (session_id, bucket_start, rx_bytes, tx_bytes)"
+                    " SELECT id, date_trunc('minute', now()), $2, $3 FROM unnest($1::varchar[])"
+                    " AS d(id) ON CONFLICT (session_id, bucket_start) DO UPDATE SET"
+                    " rx_bytes = usage_rollups.rx_bytes + excluded.rx_bytes,"
+                    " tx_bytes = usage_rollups.tx_bytes + excluded.tx_bytes",
+                    part,
+                    DELTA_RX,
+                    DELTA_TX,
+                )
+            count += len(part)
+        return count
+
+    started = time.monotonic()
+    try:
+        parts = [sessions[i * batch : (i + 1) * batch] for i in range(len(connections))]
+        counts = await asyncio.gather(
+            *(worker(c, p) for c, p in zip(connections, parts, strict=True) if p)
+        )
+    finally:
+        for connection in connections:
+            await connection.close()
+    return sum(counts) / (time.monotonic() - started)
+
+
 async def measure(
     database: BenchDatabase,
     servers: list[Server],
@@ -255,7 +303,7 @@ async def measure(
         streamed = list(zip(seeded.gateway_tokens, watched, strict=True))
         _rate, _batches, paced = await _phase(
             clients, streamed, batch=per_gateway, ledger=ledger, streams=followed,
-            seconds=max(seconds, 3 * interval), interval=interval,
+            seconds=min(60.0, max(seconds, 2 * interval)), interval=interval,
         )  # fmt: skip
     finally:
         stop.set()
@@ -264,12 +312,13 @@ async def measure(
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in clients:
             await client.aclose()
-    baseline = await _baseline(
-        database, [sid for chunk in seeded.sessions_by_gateway for sid in chunk], 5.0
-    )
+    everyone = [sid for chunk in seeded.sessions_by_gateway for sid in chunk]
+    baseline = await _baseline(database, everyone, 5.0)
+    batched = await _batched_baseline(database, everyone, batch, 5.0)
     return UsageResult(
         deltas_per_second=throughput,
         baseline_deltas_per_second=baseline,
+        batched_baseline_deltas_per_second=batched,
         p50_seconds=percentile(paced, 0.50),
         p99_seconds=percentile(paced, 0.99),
         saturated_p50_seconds=percentile(saturated, 0.50),

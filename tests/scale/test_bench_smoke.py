@@ -16,6 +16,7 @@ pytestmark = pytest.mark.postgres
 def test_usage_bench_runs() -> None:
     result = control_usage.run(seconds=1.5, gateways=2, batch=20, streams=20)
     assert result.deltas_per_second > 0 and result.baseline_deltas_per_second > 0
+    assert result.batched_baseline_deltas_per_second > 0
     assert result.streams == 20 and result.events > 0
     assert not math.isnan(result.p99_seconds)
 
@@ -27,8 +28,10 @@ def test_profile_bench_runs() -> None:
 
 
 def test_report_replaces_only_its_section(tmp_path: Path) -> None:
-    usage = control_usage.UsageResult(250.0, 50_000.0, 0.8, 1.4, 1.2, 3.0, 120.0, 2000, 10, 5, 1.0)
-    profiles = control_profiles.ProfileResult(20.0, 0.3, 0.5, 0.9, 0, 900.0, 0.04, 8, 1.0)
+    usage = control_usage.UsageResult(
+        250.0, 50_000.0, 90_000.0, 0.8, 1.4, 1.2, 3.0, 120.0, 2000, 10, 5, 1.0
+    )
+    profiles = control_profiles.ProfileResult(20.0, 0.3, 0.5, 0.9, 0, 0.1, 900.0, 0.04, 8, 1.0)
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\n## Gateway\n\nkeep me\n")
     control_report.write(control_report.section([usage], [profiles], 20.0), path)
