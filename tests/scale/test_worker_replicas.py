@@ -48,7 +48,9 @@ def database() -> Iterator[ScaleDatabase]:
 @pytest.fixture
 async def replicas(database: ScaleDatabase, tmp_path: Any) -> AsyncIterator[list[AppContext]]:
     settings = Settings(
-        data_dir=tmp_path, database_url=database.url, secret_key=SECRET  # type: ignore[arg-type]
+        data_dir=tmp_path,
+        database_url=database.url,
+        secret_key=SECRET,  # type: ignore[arg-type]
     )
     contexts = [
         AppContext(
