@@ -43,6 +43,10 @@ class Observation:
     nft: NftReading
     tc: TcReading
     session_minors: dict[str, int] = field(default_factory=dict)
+    tc_view: tuple[dict[str, int], dict[str, str]] | None = field(default=None, compare=False)
+    """(rates, shaped) by session, when an apply already knows them (else derived from tc)."""
+    peer_owners: dict[str, str] | None = field(default=None, compare=False)
+    """allowed IP -> peer key, when an apply already built it."""
 
     def with_usage(self, reading: NftReading) -> Observation:
         """The same observation with fresher quota and counter values (a usage read)."""
@@ -55,21 +59,27 @@ class Observation:
         return replace(self, nft=nft)
 
     def actual(self, served: Mapping[str, int]) -> ActualState:
-        minors = self.tc.minors()
-        by_minor = {minor: session for session, minor in self.session_minors.items()}
+        rates, shaped = self.tc_view or self._tc_view()
         return ActualState(
             interface=self.wireguard.interface,
             peers=self.wireguard.peers,
             sessions=self.nft.sessions,
             addresses=self.nft.addresses,
-            rates={session: minors[minor] for session, minor in self.session_minors.items()},
-            shaped={
-                address: by_minor[minor]
-                for address, minor in self.tc.shaped().items()
-                if minor in by_minor
-            },
-            served=dict(served),
+            rates=rates,
+            shaped=shaped,
+            served=served,
         )
+
+    def _tc_view(self) -> tuple[dict[str, int], dict[str, str]]:
+        minors = self.tc.minors()
+        by_minor = {minor: session for session, minor in self.session_minors.items()}
+        rates = {session: minors[minor] for session, minor in self.session_minors.items()}
+        shaped = {
+            address: by_minor[minor]
+            for address, minor in self.tc.shaped().items()
+            if minor in by_minor
+        }
+        return rates, shaped
 
 
 class Dataplane(Protocol):
@@ -174,13 +184,11 @@ def predict(
 ) -> Observation:
     """The observation after `actions` were applied (WireGuard and nftables through the same
     model the tests check the drivers against; tc as its driver rendered it)."""
-    before = ActualState(
-        interface=observation.wireguard.interface,
-        peers=observation.wireguard.peers,
-        sessions=observation.nft.sessions,
-        addresses=observation.nft.addresses,
-    )
-    after = apply_actions(before, actions)
+    before = observation.actual({})
+    owners = observation.peer_owners
+    if owners is None:
+        owners = {ip: key for key, peer in before.peers.items() for ip in peer.allowed_ips}
+    after = apply_actions(before, actions, owners=owners)
     counters = dict(observation.nft.counters)
     for action in actions:
         if isinstance(action, DeleteSession | CreateSession):
@@ -189,4 +197,5 @@ def predict(
     sessions: dict[str, SessionObjects] = dict(after.sessions)
     wireguard = WireguardReading(interface, dict(after.peers))
     nft = NftReading(sessions=sessions, addresses=dict(after.addresses), counters=counters)
-    return Observation(wireguard, nft, tc, dict(minors))
+    view = (dict(after.rates), dict(after.shaped))
+    return Observation(wireguard, nft, tc, dict(minors), tc_view=view, peer_owners=owners)

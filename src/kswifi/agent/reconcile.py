@@ -189,28 +189,34 @@ def desired_from_state(
     sessions: dict[str, DesiredSession] = {}
     addresses: dict[str, str] = {}
     expired: set[str] = set()
+    # A hot loop (10,000 peers on every reconcile): local names, no work for the usual case.
+    taken = addresses.get
     for spec in state.peers:
-        if spec.expires_at is not None and spec.expires_at <= now:
+        expires_at = spec.expires_at
+        if expires_at is not None and expires_at <= now:
             expired.add(spec.public_key)
             continue
-        if spec.public_key in peers:
+        key, session_id = spec.public_key, spec.session_id
+        if key in peers:
             continue  # a duplicate key is a control-plane bug; the first one wins
         allowed = _normalized_set(tuple(spec.allowed_ips))
-        free = frozenset(a for a in allowed if addresses.get(a, spec.session_id) == spec.session_id)
-        peers[spec.public_key] = DesiredPeer(
-            spec.public_key, spec.preshared_key, free, spec.session_id
-        )
+        free = allowed
+        for address in allowed:
+            if taken(address, session_id) != session_id:
+                free = frozenset(a for a in allowed if taken(a, session_id) == session_id)
+                break
+        peers[key] = DesiredPeer(key, spec.preshared_key, free, session_id)
         for address in free:
-            addresses[address] = spec.session_id
-        quota = max(spec.quota_bytes, overrides.get(spec.session_id, 0))
-        previous = sessions.get(spec.session_id)
+            addresses[address] = session_id
+        quota = spec.quota_bytes
+        if overrides:
+            quota = max(quota, overrides.get(session_id, 0))
+        previous = sessions.get(session_id)
+        speed = spec.speed_mbps
         if previous is not None:
             quota = max(quota, previous.quota_bytes)
-        sessions[spec.session_id] = DesiredSession(
-            quota_bytes=quota,
-            speed_mbps=max(spec.speed_mbps, previous.speed_mbps if previous else 0),
-            expires_at=spec.expires_at,
-        )
+            speed = max(speed, previous.speed_mbps)
+        sessions[session_id] = DesiredSession(quota, speed, expires_at)
     return Desired(
         interface=interface,
         peers=peers,
@@ -316,15 +322,21 @@ def diff(desired: Desired, actual: ActualState) -> list[Action]:
     return actions
 
 
-def apply_actions(actual: ActualState, actions: Iterable[Action]) -> ActualState:
-    """The state a faithful data plane reaches after `actions` (a model of the drivers)."""
+def apply_actions(
+    actual: ActualState, actions: Iterable[Action], *, owners: dict[str, str] | None = None
+) -> ActualState:
+    """The state a faithful data plane reaches after `actions` (a model of the drivers).
+
+    `owners` (allowed IP -> peer key of `actual`) may be passed in to save building it; it is
+    updated in place."""
     interface = actual.interface
     peers = dict(actual.peers)
     sessions = dict(actual.sessions)
     addresses = dict(actual.addresses)
     rates = dict(actual.rates)
     shaped = dict(actual.shaped)
-    owners = {ip: key for key, peer in peers.items() for ip in peer.allowed_ips}
+    if owners is None:
+        owners = {ip: key for key, peer in peers.items() for ip in peer.allowed_ips}
     for action in actions:
         match action:
             case ConfigureInterface(private_key, listen_port, wanted):

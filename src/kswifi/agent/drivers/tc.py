@@ -69,6 +69,19 @@ class DeviceReading:
     classes: dict[int, int] = field(default_factory=dict)
     filters: dict[str, FilterEntry] = field(default_factory=dict)
     ready: bool = False
+    nodes: dict[tuple[int, int], set[int]] | None = field(default=None, compare=False)
+    """(version, bucket) -> u32 node ids in use; built once, then kept up to date."""
+
+    def node_index(self) -> dict[tuple[int, int], set[int]]:
+        if self.nodes is None:
+            self.nodes = {}
+            for entry in self.filters.values():
+                self.nodes.setdefault((entry.version, entry.bucket), set()).add(entry.node)
+        return self.nodes
+
+    def copy(self) -> DeviceReading:
+        nodes = None if self.nodes is None else {k: set(v) for k, v in self.nodes.items()}
+        return DeviceReading(dict(self.classes), dict(self.filters), self.ready, nodes)
 
 
 @dataclass
@@ -77,12 +90,7 @@ class TcReading:
     upload: DeviceReading
 
     def copy(self) -> TcReading:
-        return TcReading(
-            *(
-                DeviceReading(dict(d.classes), dict(d.filters), d.ready)
-                for d in (self.download, self.upload)
-            )
-        )
+        return TcReading(self.download.copy(), self.upload.copy())
 
     def minors(self) -> dict[int, int]:
         """Classes present on both devices with the same rate (other ones read as rate 0)."""
@@ -295,9 +303,7 @@ def render_tc(
     removals: dict[str, list[str]] = {device: [] for device, _ in sides}
     for device, side in sides:
         device_reading = reading.download if side == "download" else reading.upload
-        used_nodes: dict[tuple[int, int], set[int]] = {}
-        for entry in device_reading.filters.values():
-            used_nodes.setdefault((entry.version, entry.bucket), set()).add(entry.node)
+        used_nodes = device_reading.node_index()
         lines: list[str] = []
         for action in actions:
             match action:
