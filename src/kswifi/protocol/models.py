@@ -13,6 +13,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 PROTOCOL_VERSION = 1
 MAX_PEERS = 100_000  # like a usage report's deltas: far above any gateway's capacity
+INT64_MAX = 2**63 - 1  # what the database stores: larger numbers are refused, not a 500
+MAX_DELTA_BYTES = 2**40  # 1 TiB per direction in one report (one second of counting)
 
 
 def _check_wireguard_key(value: str) -> str:
@@ -114,15 +116,15 @@ class SessionUsageDelta(_Model):
     """Bytes a gateway counted for one session since its previous report."""
 
     session_id: str = Field(min_length=1, max_length=64)
-    rx_bytes: int = Field(ge=0, description="Bytes from the device (upload)")
-    tx_bytes: int = Field(ge=0, description="Bytes to the device (download)")
+    rx_bytes: int = Field(ge=0, le=MAX_DELTA_BYTES, description="Bytes from the device (upload)")
+    tx_bytes: int = Field(ge=0, le=MAX_DELTA_BYTES, description="Bytes to the device (download)")
     quota_exhausted: bool = False
 
 
 class UsageReport(_Model):
     """A batch of usage deltas; `sequence` increases by one per batch and gateway."""
 
-    sequence: int = Field(ge=1)
+    sequence: int = Field(ge=1, le=INT64_MAX)
     sent_at: datetime
     deltas: list[SessionUsageDelta] = Field(max_length=100_000)
 
@@ -152,10 +154,10 @@ class GatewayHeartbeat(_Model):
     agent_version: str = Field(max_length=64)
     protocol_version: int = PROTOCOL_VERSION
     interface_mode: Literal["kernel", "userspace"]
-    peer_count: int = Field(ge=0)
-    rx_bps: int = Field(ge=0, default=0)
-    tx_bps: int = Field(ge=0, default=0)
-    applied_revision: int = Field(ge=0, default=0)
+    peer_count: int = Field(ge=0, le=INT64_MAX)
+    rx_bps: int = Field(ge=0, le=INT64_MAX, default=0)
+    tx_bps: int = Field(ge=0, le=INT64_MAX, default=0)
+    applied_revision: int = Field(ge=0, le=INT64_MAX, default=0)
     handshakes: dict[str, datetime] = Field(
         default_factory=dict, description="Latest handshake per peer public key"
     )
