@@ -29,7 +29,7 @@ from kswifi.control.models import utcnow
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 Limit = Annotated[int, Query(ge=1, le=service.MAX_PAGE)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=2**63 - 1)]  # what SQL OFFSET takes
 SearchText = Annotated[str | None, Query(max_length=320, description="Id, id prefix or email")]
 SessionId = Annotated[str, Path(max_length=64)]
 
