@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -21,7 +22,7 @@ def make_session(ctx: AppContext) -> MakeSession:
         async with ctx.db.transaction() as db:
             if user_id is None:
                 owner = User(
-                    email=f"{id(db)}-orm@example.com", password_hash=hash_password("x" * 12)
+                    email=f"{uuid.uuid4().hex}@example.com", password_hash=hash_password("x" * 12)
                 )
                 db.add(owner)
                 await db.flush()

@@ -394,6 +394,11 @@ async def generate(
             region=region,
             device_name=device_name,
             now=now,
+            client=regions.locate_client(
+                ctx.settings,
+                peer_address=request.client.host if request.client else None,
+                headers=request.headers,
+            ),
         )
         profile = profiles.to_response(generated, ctx.settings)
     except KSWiFiError as exc:
