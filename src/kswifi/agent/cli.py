@@ -22,6 +22,7 @@ from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
 from kswifi.agent.logs import configure_logging
 from kswifi.agent.main import Agent
+from kswifi.agent.metrics import AgentMetrics
 
 gateway_app = typer.Typer(
     help="Run a KSWiFi gateway: WireGuard + nftables quotas + tc speed tiers.",
@@ -107,7 +108,16 @@ async def _run(settings: GatewaySettings) -> int:
             typer.echo(
                 f"warning: control plane not reachable yet ({exc}); enforcing last state", err=True
             )
-        agent = Agent(settings, build_dataplane(settings), client)
+        metrics = AgentMetrics()
+        agent = Agent(settings, build_dataplane(settings), client, metrics=metrics)
+        if settings.metrics_listen:
+            metrics.watch(agent)
+            try:
+                metrics.serve(settings.metrics_listen)
+            except OSError as exc:
+                raise _fail(
+                    f"cannot serve metrics on {settings.metrics_listen}: {exc}", 1
+                ) from None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
@@ -138,6 +148,9 @@ def run(
     userspace_only: Annotated[
         bool | None, typer.Option(help="Use wireguard-go even if the kernel module exists")
     ] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="Serve Prometheus /metrics on HOST:PORT (off if unset)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     log_json: Annotated[bool, typer.Option(help="JSON log lines")] = False,
 ) -> None:
@@ -153,6 +166,7 @@ def run(
             "state_dir": state_dir,
             "ifb_interface": ifb_interface,
             "userspace_only": userspace_only,
+            "metrics_listen": metrics_listen,
         }
     )
     if log_level.lower() not in ("debug", "info", "warning", "error"):

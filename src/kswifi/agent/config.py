@@ -45,6 +45,10 @@ class GatewaySettings(BaseSettings):
         default=0.9, gt=0, le=1, description="Ask for more lease once this share is served"
     )
     command_timeout_s: float = Field(default=20.0, gt=0)
+    metrics_listen: str | None = Field(
+        default=None,
+        description="HOST:PORT for Prometheus /metrics, e.g. 127.0.0.1:9587 (off when unset)",
+    )
     userspace_only: bool = Field(
         default=False, description="Skip the kernel module probe and always use wireguard-go"
     )

@@ -26,6 +26,7 @@ from kswifi.agent.dataplane import Dataplane, Observation
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
 from kswifi.agent.keys import generate_private_key
+from kswifi.agent.metrics import AgentMetrics
 from kswifi.agent.model import InterfaceState
 from kswifi.agent.reconcile import (
     Action,
@@ -92,8 +93,10 @@ class Agent:
         control: ControlPlane,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or AgentMetrics()
         self.dataplane = dataplane
         self.control = control
         self.clock = clock
@@ -194,6 +197,8 @@ class Agent:
             self.observation = observation
             self.applied_revision = state.revision
         self.reconcile_seconds = time.perf_counter() - started
+        if actions:
+            self.metrics.reconcile_seconds.observe(self.reconcile_seconds)
         self._log_actions(actions, state.revision, self.reconcile_seconds)
         if any(isinstance(a, UnmapAddress) for a in actions):
             self.reconcile_needed.set()  # next pass deletes the unmapped sessions' objects
@@ -298,6 +303,7 @@ class Agent:
             since = state.revision
 
     def _control_plane_down(self, exc: Exception) -> None:
+        self.metrics.control_plane_errors.inc()
         if self.control_plane_up is not False:
             log.warning("control_plane_unreachable", error=str(exc), enforcing="last state")
         self.control_plane_up = False
@@ -324,8 +330,11 @@ class Agent:
                 rx_bps=int(sum(d.rx_bytes for d in report.deltas) * 8 / interval),
                 tx_bps=int(sum(d.tx_bytes for d in report.deltas) * 8 / interval),
             )
+            self.metrics.bytes_served.labels("upload").inc(sum(d.rx_bytes for d in report.deltas))
+            self.metrics.bytes_served.labels("download").inc(sum(d.tx_bytes for d in report.deltas))
             for delta in report.deltas:
                 if delta.quota_exhausted:
+                    self.metrics.quota_exhaustions.inc()
                     log.info("quota_exhausted", session_id=delta.session_id)
         else:
             self.throughput = Throughput()
