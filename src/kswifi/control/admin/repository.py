@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Date, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
 from kswifi.control.models import (
     LIVE_STATES,
     AuditEntry,
@@ -126,10 +127,6 @@ async def data_per_day(
         .order_by(day)
     )
     return [(as_date(d), int(total)) for d, total in rows.all()]
-
-
-def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
-    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
 
 
 async def list_audit(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import AuditEntry, Plan
+from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
+from kswifi.control.models import Plan
 
 
 async def get_by_code(db: AsyncSession, code: str) -> Plan | None:
@@ -26,7 +27,3 @@ async def list_plans(db: AsyncSession, *, active_only: bool) -> list[Plan]:
 
 def add(db: AsyncSession, plan: Plan) -> None:
     db.add(plan)
-
-
-def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
-    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
 from kswifi.control.models import (
     AuditEntry,
     DataSession,
@@ -152,10 +153,6 @@ async def list_vouchers(db: AsyncSession, plan_id: str | None = None) -> list[Vo
         )
         for voucher, plan_code, email in await db.execute(query)
     ]
-
-
-def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
-    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
 
 
 def _rowcount(result: Any) -> int:

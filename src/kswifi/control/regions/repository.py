@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import AuditEntry, Device, Gateway, Region
+from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
+from kswifi.control.models import Device, Gateway, Region
 
 
 async def get(db: AsyncSession, code: str) -> Region | None:
@@ -28,10 +29,6 @@ async def codes(db: AsyncSession) -> set[str]:
 
 def add(db: AsyncSession, region: Region) -> None:
     db.add(region)
-
-
-def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
-    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
 
 
 async def claim_silent_gateways(
