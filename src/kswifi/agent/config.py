@@ -29,22 +29,34 @@ class GatewaySettings(BaseSettings):
     token: SecretStr = Field(description="Gateway bearer token from `kswifi admin gateways add`")
     endpoint: str = Field(description="HOST:PORT phones dial (reported to the control plane)")
     wan_interface: str = Field(description="Interface towards the Internet (NAT masquerade)")
-    interface: str = "kswifi0"
+    interface: str = Field(default="kswifi0", description="WireGuard interface the agent owns")
     ifb_interface: str | None = Field(
         default=None, description="IFB device for upload shaping; default derived from interface"
     )
-    listen_port: int = Field(default=51820, ge=1, le=65535)
-    state_dir: Path = Path("/var/lib/kswifi/gateway")
-    address_v4: str = "100.64.0.1/10"
-    address_v6: str | None = "fd6b:7377:6966::1/48"
-    poll_timeout_s: float = Field(default=30.0, gt=0)
-    usage_interval_s: float = Field(default=1.0, gt=0)
-    heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    resync_interval_s: float = Field(default=30.0, gt=0)
+    listen_port: int = Field(default=51820, ge=1, le=65535, description="WireGuard UDP port")
+    state_dir: Path = Field(
+        default=Path("/var/lib/kswifi/gateway"),
+        description="Last desired state, counters and the usage spool (mode 0700)",
+    )
+    address_v4: str = Field(
+        default="100.64.0.1/10", description="Interface IPv4 when the control plane names none"
+    )
+    address_v6: str | None = Field(
+        default="fd6b:7377:6966::1/48",
+        description="Interface IPv6 when the control plane names none",
+    )
+    poll_timeout_s: float = Field(default=30.0, gt=0, description="Desired-state long-poll wait")
+    usage_interval_s: float = Field(default=1.0, gt=0, description="Counter read and report period")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="Health report period")
+    resync_interval_s: float = Field(
+        default=30.0, gt=0, description="Full read of the data plane against drift"
+    )
     lease_refill_fraction: float = Field(
         default=0.9, gt=0, le=1, description="Ask for more lease once this share is served"
     )
-    command_timeout_s: float = Field(default=20.0, gt=0)
+    command_timeout_s: float = Field(
+        default=20.0, gt=0, description="Longest wait for one ip/nft/tc/wg command"
+    )
     metrics_listen: str | None = Field(
         default=None,
         description="HOST:PORT for Prometheus /metrics, e.g. 127.0.0.1:9587 (off when unset)",
