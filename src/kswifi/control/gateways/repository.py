@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +35,7 @@ from kswifi.control.models import (
     Region,
     UsageBatch,
 )
+from kswifi.control.models.base import UTCDateTime
 
 # Rows per INSERT and ids per IN (...): far below the databases' bound-parameter limits.
 _INSERT_CHUNK = 1000
@@ -288,15 +300,40 @@ async def set_granted(
     )
 
 
+_PG_ADD_LEASE_USAGE = text(
+    "UPDATE gateway_leases AS l SET used_bytes = l.used_bytes + d.served,"
+    " updated_at = CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    " FROM unnest(CAST(:session_ids AS VARCHAR[]), CAST(:served AS BIGINT[]))"
+    " AS d(session_id, served)"
+    " WHERE l.gateway_id = :gateway_id AND l.session_id = d.session_id"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
 async def add_lease_usage(
-    db: AsyncSession, gateway_id: str, session_id: str, served_bytes: int, now: datetime
+    db: AsyncSession, gateway_id: str, served: Mapping[str, int], now: datetime
 ) -> None:
-    """Count bytes a gateway served against its lease (one atomic UPDATE)."""
+    """Count bytes the gateway served against its leases ({session: bytes}), set-based:
+    one `UPDATE … FROM unnest(…)` on PostgreSQL, one executemany on SQLite."""
+    session_ids = sorted(served)  # one order: no lock cycles
+    if not session_ids:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(
+            _PG_ADD_LEASE_USAGE,
+            {
+                "session_ids": session_ids,
+                "served": [served[session_id] for session_id in session_ids],
+                "gateway_id": gateway_id,
+                "now": now,
+            },
+        )
+        return
+    table = cast(Table, GatewayLease.__table__)
     await db.execute(
-        update(GatewayLease)
-        .where(GatewayLease.gateway_id == gateway_id, GatewayLease.session_id == session_id)
-        .values(used_bytes=GatewayLease.used_bytes + served_bytes, updated_at=now)
-        .execution_options(synchronize_session=False)
+        update(table)
+        .where(table.c.gateway_id == gateway_id, table.c.session_id == bindparam("b_session"))
+        .values(used_bytes=table.c.used_bytes + bindparam("b_served"), updated_at=now),
+        [{"b_session": sid, "b_served": served[sid]} for sid in session_ids],
     )
 
 

@@ -31,7 +31,6 @@ from kswifi.control.logging import get_logger
 from kswifi.control.models import (
     LIVE_STATES,
     AddressRelease,
-    DataSession,
     Gateway,
     UsageBatch,
 )
@@ -724,32 +723,36 @@ async def apply_usage(
         )
 
     await repository.ensure_leases(db, [(locked.id, session_id) for session_id in accepted], now)
-    before = await repository.sessions_by_id(db, accepted)
-    was_live = {session_id: session.status in LIVE_STATES for session_id, session in before.items()}
     flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
     held = _leases_by_session(await repository.leases_of(db, flagged)) if flagged else {}
+    outcomes = await sessions_service.record_usage_batch(
+        db,
+        bus,
+        deltas=[
+            sessions_service.UsageDelta(
+                session_id,
+                rx,
+                tx,
+                exhausted and _lease_was_the_remainder(held.get(session_id), locked.id),
+            )
+            for session_id, (rx, tx, exhausted) in accepted.items()
+            if rx or tx or exhausted
+        ],
+        now=now,
+    )
+    await repository.add_lease_usage(
+        db,
+        locked.id,
+        {o.session_id: accepted[o.session_id][0] + accepted[o.session_id][1] for o in outcomes},
+        now,
+    )
     ended: list[str] = []
-    live: dict[str, DataSession] = {}
-    for session_id, (rx, tx, exhausted) in accepted.items():
-        if not (rx or tx or exhausted):
-            continue
-        session = await sessions_service.record_usage(
-            db,
-            bus,
-            session_id=session_id,
-            rx_bytes=rx,
-            tx_bytes=tx,
-            quota_exhausted=exhausted
-            and _lease_was_the_remainder(before.get(session_id), held.get(session_id), locked.id),
-            now=now,
-        )
-        if session is None:
-            continue
-        await repository.add_lease_usage(db, locked.id, session_id, rx + tx, now)
-        if session.status in LIVE_STATES:
-            live[session_id] = session
-        elif was_live.get(session_id, False):
-            ended.append(session_id)
+    live: dict[str, sessions_service.SessionUsageOutcome] = {}
+    for outcome in outcomes:
+        if outcome.status in LIVE_STATES:
+            live[outcome.session_id] = outcome
+        elif outcome.was_live:
+            ended.append(outcome.session_id)
     locked.last_usage_sequence = report.sequence
     await db.flush()
 
@@ -778,15 +781,11 @@ async def apply_usage(
     )
 
 
-def _lease_was_the_remainder(
-    session: DataSession | None, held: dict[str, leases.Lease] | None, gateway_id: str
-) -> bool:
+def _lease_was_the_remainder(held: dict[str, leases.Lease] | None, gateway_id: str) -> bool:
     """Whether a gateway's kernel saying "quota exhausted" means the SESSION is exhausted: only
     when no other gateway holds unused bytes of the session. A gateway whose lease is a share
     (or nothing: the rest is leased elsewhere) only used up that share; it asks for more, and
     the session goes on on the other gateways."""
-    if session is None:
-        return False
     others = (held or {}).items()
     return all(lease.outstanding_bytes == 0 for other, lease in others if other != gateway_id)
 

@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.models import LIVE_STATES, DataSession, UsageRollup
+from kswifi.control.models.base import UTCDateTime
+
+# Sessions per statement of a batch: a few bound parameters each, far below both databases'
+# limits (SQLite 32,766; PostgreSQL 32,767 — the unnest form binds only arrays anyway).
+_BATCH_CHUNK = 500
 
 
-async def get(db: AsyncSession, session_id: str, *, for_update: bool = False) -> DataSession | None:
+def _chunked(values: Sequence[str]) -> list[Sequence[str]]:
+    return [values[start : start + _BATCH_CHUNK] for start in range(0, len(values), _BATCH_CHUNK)]
+
+
+def _is_postgresql(db: AsyncSession) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+async def get(
+    db: AsyncSession, session_id: str, *, for_update: bool = False, fresh: bool = False
+) -> DataSession | None:
+    """The session; `fresh` re-reads it over what this transaction's identity map holds (after
+    a set-based UPDATE that bypassed the ORM)."""
     statement = select(DataSession).where(DataSession.id == session_id)
     if for_update:
         statement = statement.with_for_update()
+    if fresh:
+        statement = statement.execution_options(populate_existing=True)
     return await db.scalar(statement)
 
 
@@ -28,24 +62,117 @@ async def list_for_user(db: AsyncSession, user_id: str) -> list[DataSession]:
     return list(rows)
 
 
-async def add_usage(
-    db: AsyncSession, session_id: str, rx_bytes: int, tx_bytes: int
-) -> DataSession | None:
-    """Add bytes in one UPDATE (no lost update between concurrent ingests), then re-read."""
-    await db.execute(
-        update(DataSession)
-        .where(DataSession.id == session_id)
-        .values(
-            used_bytes=DataSession.used_bytes + rx_bytes + tx_bytes,
-            rx_bytes=DataSession.rx_bytes + rx_bytes,
-            tx_bytes=DataSession.tx_bytes + tx_bytes,
-        )
-        .execution_options(synchronize_session=False)
+@dataclass(frozen=True)
+class UsageRow:
+    """A session as a usage batch left it (the UPDATE's RETURNING)."""
+
+    id: str
+    status: str
+    used_bytes: int
+    data_limit_bytes: int
+    warned_percent: int
+    expires_at: datetime | None
+
+
+_PG_LOCK_SESSIONS = text(
+    "SELECT id FROM data_sessions WHERE id = ANY(CAST(:ids AS VARCHAR[]))"
+    " ORDER BY id FOR NO KEY UPDATE"
+)
+_PG_ADD_USAGE = (
+    text(
+        "UPDATE data_sessions AS s SET used_bytes = s.used_bytes + d.rx + d.tx,"
+        " rx_bytes = s.rx_bytes + d.rx, tx_bytes = s.tx_bytes + d.tx,"
+        " last_seen_at = CASE WHEN d.rx + d.tx > 0"
+        " THEN CAST(:now AS TIMESTAMP WITH TIME ZONE) ELSE s.last_seen_at END"
+        " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:rx AS BIGINT[]), CAST(:tx AS BIGINT[]))"
+        " AS d(id, rx, tx)"
+        " WHERE s.id = d.id"
+        " RETURNING s.id, s.status, s.used_bytes, s.data_limit_bytes, s.warned_percent,"
+        " s.expires_at"
     )
-    session = await get(db, session_id)
-    if session is not None:
-        await db.refresh(session)
-    return session
+    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .columns(
+        id=String,
+        status=String,
+        used_bytes=BigInteger,
+        data_limit_bytes=BigInteger,
+        warned_percent=Integer,
+        expires_at=UTCDateTime(),
+    )
+)
+
+
+async def add_usage_batch(
+    db: AsyncSession, totals: Mapping[str, tuple[int, int]], now: datetime
+) -> list[UsageRow]:
+    """Add (rx, tx) bytes to many sessions set-based, no lost update between concurrent
+    ingests; the sessions as they are now, by id (missing ids are left out).
+
+    PostgreSQL: the rows are locked in id order first (the lock order of the whole domain:
+    two batches sharing sessions never deadlock), then one `UPDATE … FROM unnest(…)`.
+    SQLite (one writer at a time anyway): `UPDATE … SET … CASE id … WHERE id IN (…)` per chunk.
+    `last_seen_at` moves only for sessions that got bytes.
+    """
+    ids = sorted(totals)
+    rows: list[UsageRow] = []
+    if not ids:
+        return rows
+    if _is_postgresql(db):
+        await db.execute(_PG_LOCK_SESSIONS, {"ids": ids})
+        result = await db.execute(
+            _PG_ADD_USAGE,
+            {
+                "ids": ids,
+                "rx": [totals[i][0] for i in ids],
+                "tx": [totals[i][1] for i in ids],
+                "now": now,
+            },
+        )
+        rows.extend(UsageRow(*row) for row in result)
+    else:
+        for chunk in _chunked(ids):
+            rx = {i: totals[i][0] for i in chunk}
+            tx = {i: totals[i][1] for i in chunk}
+            both = {i: rx[i] + tx[i] for i in chunk}
+            served = [i for i in chunk if both[i]]
+            result = await db.execute(
+                update(DataSession)
+                .where(DataSession.id.in_(chunk))
+                .values(
+                    used_bytes=DataSession.used_bytes + case(both, value=DataSession.id, else_=0),
+                    rx_bytes=DataSession.rx_bytes + case(rx, value=DataSession.id, else_=0),
+                    tx_bytes=DataSession.tx_bytes + case(tx, value=DataSession.id, else_=0),
+                    last_seen_at=case(
+                        (DataSession.id.in_(served), now), else_=DataSession.last_seen_at
+                    ),
+                )
+                .returning(
+                    DataSession.id,
+                    DataSession.status,
+                    DataSession.used_bytes,
+                    DataSession.data_limit_bytes,
+                    DataSession.warned_percent,
+                    DataSession.expires_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            rows.extend(UsageRow(*row) for row in result)
+    return sorted(rows, key=lambda row: row.id)
+
+
+async def set_warned_percents(db: AsyncSession, warned: Mapping[str, int]) -> None:
+    """Store the warning thresholds reached (one UPDATE per threshold value and chunk)."""
+    by_percent: dict[int, list[str]] = {}
+    for session_id, percent in sorted(warned.items()):
+        by_percent.setdefault(percent, []).append(session_id)
+    for percent, session_ids in sorted(by_percent.items()):
+        for chunk in _chunked(session_ids):
+            await db.execute(
+                update(DataSession)
+                .where(DataSession.id.in_(chunk))
+                .values(warned_percent=percent)
+                .execution_options(synchronize_session=False)
+            )
 
 
 async def list_due_for_expiry(db: AsyncSession, now: datetime, limit: int) -> list[DataSession]:
@@ -66,26 +193,27 @@ async def list_due_for_expiry(db: AsyncSession, now: datetime, limit: int) -> li
     return list(rows)
 
 
-async def add_to_rollup(
-    db: AsyncSession, session_id: str, bucket_start: datetime, rx_bytes: int, tx_bytes: int
+async def add_to_rollups(
+    db: AsyncSession, bucket_start: datetime, amounts: Sequence[tuple[str, int, int]]
 ) -> None:
-    """Add bytes to the session's minute bucket in one upsert (safe under concurrent ingest)."""
-    values = {
-        "session_id": session_id,
-        "bucket_start": bucket_start,
-        "rx_bytes": rx_bytes,
-        "tx_bytes": tx_bytes,
-    }
-    insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
-    statement = insert(UsageRollup).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[UsageRollup.session_id, UsageRollup.bucket_start],
-        set_={
-            "rx_bytes": UsageRollup.rx_bytes + statement.excluded.rx_bytes,
-            "tx_bytes": UsageRollup.tx_bytes + statement.excluded.tx_bytes,
-        },
-    )
-    await db.execute(statement)
+    """Add (session, rx, tx) bytes to the sessions' minute bucket: one multi-row upsert per
+    chunk (safe under concurrent ingest; rows in id order, one session once)."""
+    rows = [
+        {"session_id": session_id, "bucket_start": bucket_start, "rx_bytes": rx, "tx_bytes": tx}
+        for session_id, rx, tx in sorted(amounts)
+    ]
+    insert = postgresql_insert if _is_postgresql(db) else sqlite_insert
+    table = cast(Table, UsageRollup.__table__)
+    for start in range(0, len(rows), _BATCH_CHUNK):
+        statement = insert(table).values(rows[start : start + _BATCH_CHUNK])
+        statement = statement.on_conflict_do_update(
+            index_elements=[table.c.session_id, table.c.bucket_start],
+            set_={
+                "rx_bytes": table.c.rx_bytes + statement.excluded.rx_bytes,
+                "tx_bytes": table.c.tx_bytes + statement.excluded.tx_bytes,
+            },
+        )
+        await db.execute(statement)
 
 
 async def rollups(db: AsyncSession, session_id: str, since: datetime | None) -> list[UsageRollup]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -119,6 +121,114 @@ async def mark_connected(
             publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
 
 
+@dataclass(frozen=True)
+class UsageDelta:
+    """Bytes a gateway counted for one session since its last report."""
+
+    session_id: str
+    rx_bytes: int
+    tx_bytes: int
+    quota_exhausted: bool = False
+
+
+@dataclass(frozen=True)
+class SessionUsageOutcome:
+    """One session after a usage batch: its status now (`exhausted` if the batch ended it),
+    whether it was live before, and its budget."""
+
+    session_id: str
+    status: str
+    was_live: bool
+    used_bytes: int
+    data_limit_bytes: int
+
+
+@dataclass
+class _Pending:
+    row: repository.UsageRow
+    warnings: list[int] = field(default_factory=list)
+    ends: bool = False
+
+
+async def record_usage_batch(
+    db: AsyncSession, bus: EventBus, *, deltas: Sequence[UsageDelta], now: datetime
+) -> list[SessionUsageOutcome]:
+    """Add many sessions' counted bytes set-based; end those whose data is used up.
+
+    One UPDATE for the sessions, one upsert for the minute rollups, one UPDATE per warning
+    threshold crossed; only sessions that end here are loaded (to `end` them). Per session,
+    after commit: a `usage` event, then any `warning` events, then `exhausted`. Deltas of one
+    session are summed; unknown sessions are left out of the result.
+    """
+    totals: dict[str, tuple[int, int, bool]] = {}
+    for delta in deltas:
+        if delta.rx_bytes < 0 or delta.tx_bytes < 0:
+            raise ValueError("usage deltas are never negative")
+        rx, tx, exhausted = totals.get(delta.session_id, (0, 0, False))
+        totals[delta.session_id] = (
+            rx + delta.rx_bytes,
+            tx + delta.tx_bytes,
+            exhausted or delta.quota_exhausted,
+        )
+    if not totals:
+        return []
+    rows = await repository.add_usage_batch(
+        db, {session_id: (rx, tx) for session_id, (rx, tx, _) in totals.items()}, now
+    )
+    await repository.add_to_rollups(
+        db,
+        now.replace(second=0, microsecond=0),
+        [(row.id, totals[row.id][0], totals[row.id][1]) for row in rows if any(totals[row.id][:2])],
+    )
+    pending: list[_Pending] = []
+    warned: dict[str, int] = {}
+    for row in rows:
+        item = _Pending(row)
+        live = row.status in LIVE_STATES
+        percent = usage_percent(row)
+        if live:
+            item.warnings = [t for t in WARNING_PERCENTS if percent >= t > row.warned_percent]
+            if item.warnings:
+                warned[row.id] = item.warnings[-1]
+            item.ends = totals[row.id][2] or row.used_bytes >= row.data_limit_bytes
+        pending.append(item)
+    await repository.set_warned_percents(db, warned)
+
+    outcomes: list[SessionUsageOutcome] = []
+    for item in pending:
+        row = item.row
+        channel = session_channel(row.id)
+        publish_after_commit(db, bus, channel, usage_event(row, now))
+        for threshold in item.warnings:
+            publish_after_commit(
+                db,
+                bus,
+                channel,
+                {
+                    "type": "warning",
+                    "session_id": row.id,
+                    "percent": threshold,
+                    "message": f"You have used {threshold}% of this session's data.",
+                },
+            )
+        status = row.status
+        if item.ends:
+            session = await repository.get(db, row.id, fresh=True)
+            if session is not None:
+                await end(db, bus, session, "exhausted", "data_used_up", now)
+                status = session.status
+        outcomes.append(
+            SessionUsageOutcome(
+                session_id=row.id,
+                status=status,
+                was_live=row.status in LIVE_STATES,
+                used_bytes=row.used_bytes,
+                data_limit_bytes=row.data_limit_bytes,
+            )
+        )
+    return outcomes
+
+
 async def record_usage(
     db: AsyncSession,
     bus: EventBus,
@@ -129,37 +239,17 @@ async def record_usage(
     quota_exhausted: bool,
     now: datetime,
 ) -> DataSession | None:
-    """Add a gateway's counted bytes; end the session when its data is used up."""
-    if rx_bytes < 0 or tx_bytes < 0:
-        raise ValueError("usage deltas are never negative")
-    session = await repository.add_usage(db, session_id, rx_bytes, tx_bytes)
-    if session is None:
+    """Add a gateway's counted bytes to one session (see `record_usage_batch`); the session as
+    it is now, or None when there is no such session."""
+    outcomes = await record_usage_batch(
+        db,
+        bus,
+        deltas=[UsageDelta(session_id, rx_bytes, tx_bytes, quota_exhausted)],
+        now=now,
+    )
+    if not outcomes:
         return None
-    if rx_bytes or tx_bytes:
-        session.last_seen_at = now
-        bucket = now.replace(second=0, microsecond=0)
-        await repository.add_to_rollup(db, session.id, bucket, rx_bytes, tx_bytes)
-    publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
-    percent = usage_percent(session)
-    for threshold in WARNING_PERCENTS:
-        if percent >= threshold > session.warned_percent and session.status in LIVE_STATES:
-            session.warned_percent = threshold
-            publish_after_commit(
-                db,
-                bus,
-                session_channel(session.id),
-                {
-                    "type": "warning",
-                    "session_id": session.id,
-                    "percent": threshold,
-                    "message": f"You have used {threshold}% of this session's data.",
-                },
-            )
-    if session.status in LIVE_STATES and (
-        quota_exhausted or session.used_bytes >= session.data_limit_bytes
-    ):
-        await end(db, bus, session, "exhausted", "data_used_up", now)
-    return session
+    return await repository.get(db, session_id, fresh=True)
 
 
 async def end(
@@ -212,11 +302,14 @@ async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> l
     return await repository.list_due_for_expiry(db, now, limit)
 
 
-def remaining_bytes(session: DataSession) -> int:
+_Usage = DataSession | repository.UsageRow
+
+
+def remaining_bytes(session: _Usage) -> int:
     return max(0, session.data_limit_bytes - session.used_bytes)
 
 
-def usage_percent(session: DataSession) -> float:
+def usage_percent(session: _Usage) -> float:
     if session.data_limit_bytes <= 0:
         return 100.0
     return round(min(100.0, 100.0 * session.used_bytes / session.data_limit_bytes), 2)
@@ -238,7 +331,7 @@ def usage_text(used_bytes: int, limit_bytes: int) -> str:
     return f"{format_gb(min(used_bytes, limit_bytes))} of {format_gb(limit_bytes)} used"
 
 
-def usage_fields(session: DataSession) -> dict[str, Any]:
+def usage_fields(session: _Usage) -> dict[str, Any]:
     return {
         "used_bytes": session.used_bytes,
         "remaining_bytes": remaining_bytes(session),
@@ -248,7 +341,7 @@ def usage_fields(session: DataSession) -> dict[str, Any]:
     }
 
 
-def usage_event(session: DataSession, now: datetime) -> dict[str, Any]:
+def usage_event(session: _Usage, now: datetime) -> dict[str, Any]:
     seconds_left = None
     if session.expires_at is not None:
         seconds_left = max(0, int((session.expires_at - now).total_seconds()))
