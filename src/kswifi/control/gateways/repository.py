@@ -19,7 +19,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -256,9 +255,32 @@ async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[LeaseR
     return found
 
 
+# Bound as arrays: one statement text whatever the number of rows (no compile per call).
+_PG_ENSURE_LEASES = text(
+    "INSERT INTO gateway_leases (gateway_id, session_id, granted_bytes, used_bytes, updated_at)"
+    " SELECT d.gateway_id, d.session_id, 0, 0, CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    " FROM unnest(CAST(:gateway_ids AS VARCHAR[]), CAST(:session_ids AS VARCHAR[]))"
+    " AS d(gateway_id, session_id) ORDER BY d.gateway_id, d.session_id"
+    " ON CONFLICT (gateway_id, session_id) DO NOTHING"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
 async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now: datetime) -> None:
     """Create empty (gateway, session) lease rows that do not exist yet; a row created by a
     concurrent transaction is left alone (no duplicate-key error)."""
+    ordered = sorted(set(pairs))  # one order: no lock cycles
+    if not ordered:
+        return
+    if db.get_bind().dialect.name == "postgresql":
+        await db.execute(
+            _PG_ENSURE_LEASES,
+            {
+                "gateway_ids": [gateway_id for gateway_id, _ in ordered],
+                "session_ids": [session_id for _, session_id in ordered],
+                "now": now,
+            },
+        )
+        return
     rows = [
         {
             "gateway_id": gateway_id,
@@ -267,12 +289,11 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
             "used_bytes": 0,
             "updated_at": now,
         }
-        for gateway_id, session_id in sorted(set(pairs))  # one order: no lock cycles
+        for gateway_id, session_id in ordered
     ]
-    insert = postgresql_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
     for start in range(0, len(rows), _INSERT_CHUNK):
         await db.execute(
-            insert(GatewayLease)
+            sqlite_insert(GatewayLease)
             .values(rows[start : start + _INSERT_CHUNK])
             .on_conflict_do_nothing(index_elements=["gateway_id", "session_id"])
         )

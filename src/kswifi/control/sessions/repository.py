@@ -193,11 +193,37 @@ async def list_due_for_expiry(db: AsyncSession, now: datetime, limit: int) -> li
     return list(rows)
 
 
+# Bound as three arrays: one statement text whatever the batch size (no compile per call).
+_PG_ADD_TO_ROLLUPS = text(
+    "INSERT INTO usage_rollups (session_id, bucket_start, rx_bytes, tx_bytes)"
+    " SELECT d.id, CAST(:bucket AS TIMESTAMP WITH TIME ZONE), d.rx, d.tx"
+    " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:rx AS BIGINT[]), CAST(:tx AS BIGINT[]))"
+    " AS d(id, rx, tx) ORDER BY d.id"
+    " ON CONFLICT (session_id, bucket_start) DO UPDATE SET"
+    " rx_bytes = usage_rollups.rx_bytes + excluded.rx_bytes,"
+    " tx_bytes = usage_rollups.tx_bytes + excluded.tx_bytes"
+).bindparams(bindparam("bucket", type_=UTCDateTime()))
+
+
 async def add_to_rollups(
     db: AsyncSession, bucket_start: datetime, amounts: Sequence[tuple[str, int, int]]
 ) -> None:
     """Add (session, rx, tx) bytes to the sessions' minute bucket: one multi-row upsert per
     chunk (safe under concurrent ingest; rows in id order, one session once)."""
+    if not amounts:
+        return
+    if _is_postgresql(db):
+        ordered = sorted(amounts)
+        await db.execute(
+            _PG_ADD_TO_ROLLUPS,
+            {
+                "ids": [session_id for session_id, _, _ in ordered],
+                "rx": [rx for _, rx, _ in ordered],
+                "tx": [tx for _, _, tx in ordered],
+                "bucket": bucket_start,
+            },
+        )
+        return
     rows = [
         {"session_id": session_id, "bucket_start": bucket_start, "rx_bytes": rx, "tx_bytes": tx}
         for session_id, rx, tx in sorted(amounts)
