@@ -118,6 +118,7 @@ async def add_usage_batch(
     if not ids:
         return rows
     if _is_postgresql(db):
+        await db.flush()  # a textual statement does not autoflush: pending ORM writes first
         await db.execute(_PG_LOCK_SESSIONS, {"ids": ids})
         result = await db.execute(
             _PG_ADD_USAGE,
