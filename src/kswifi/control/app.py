@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,18 +83,43 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
         return JSONResponse(error_body("internal_error", "Something went wrong on our side"), 500)
 
-    @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        # A lost database connection (server restart, failover, terminated backend) is not a
-        # bug: the transaction rolled back, so "try again" is the true answer.
-        if not exc.connection_invalidated:
-            return await _unexpected(request, exc)
-        log.warning("database_connection_lost", path=request.url.path)
+    def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database_unavailable", path=request.url.path, error_type=type(exc).__name__)
         return JSONResponse(
             error_body("unavailable", "The service is briefly unavailable; please try again"),
             503,
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A lost or refused database connection (server restart, failover, terminated backend)
+        # is not a bug: the transaction rolled back, so "try again" is the true answer.
+        if not is_connection_loss(exc):
+            return await _unexpected(request, exc)
+        return _unavailable(request, exc)
+
+    @app.exception_handler(ConnectionError)
+    async def _connection_refused(request: Request, exc: ConnectionError) -> JSONResponse:
+        return _unavailable(request, exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(request: Request, exc: PoolTimeout) -> JSONResponse:
+        return _unavailable(request, exc)
+
+
+def is_connection_loss(exc: DBAPIError) -> bool:
+    """Whether a database error means "no connection" rather than a failed statement."""
+    if exc.connection_invalidated:
+        return True
+    for cause in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        if isinstance(cause, OSError | ConnectionError | TimeoutError):
+            return True
+        # SQLSTATE class 08 (connection exception), 57P01-57P03 (shutdown, cannot connect now)
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str) and (code.startswith("08") or code.startswith("57P0")):
+            return True
+    return False
 
 
 class BodySizeLimit:
