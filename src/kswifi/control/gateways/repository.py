@@ -23,10 +23,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
 from kswifi.control.models import (
     LIVE_STATES,
     AddressRelease,
-    AuditEntry,
     DataSession,
     Device,
     Gateway,
@@ -490,7 +490,3 @@ async def mark_offline(db: AsyncSession, seen_before: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-def add_audit(db: AsyncSession, *, actor: str, action: str, target: str, detail: str) -> None:
-    db.add(AuditEntry(actor=actor, action=action, target=target, detail=detail[:2048]))
