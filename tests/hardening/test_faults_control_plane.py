@@ -200,41 +200,98 @@ def test_killed_mid_ingest_and_restarted_loses_and_doubles_nothing(server: LiveS
     assert sum(int(row[1]) for row in sequences) == sender.truth
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("server", ["postgres"], indirect=True)
-def test_database_connections_cut_under_load(server: LiveServer) -> None:
-    metered = metered_session(server)
-    sender = Sender(server, metered)
-    user = person(server, label="buyer")
-    name = server.pg_dsn.rsplit("/", 1)[1]
-    stop = threading.Event()
-    purchase_statuses: Counter[int | str] = Counter()
-    keys: list[str] = []
-    cuts = 0
+class MixedLoad:
+    """Usage batches and purchases with Idempotency-Keys streaming in, retried like careful
+    clients (same batch, same key) until answered; then the checks that nothing was lost or
+    done twice."""
 
-    def usage_load() -> None:
-        while not stop.is_set():
+    def __init__(self, server: LiveServer, key_prefix: str) -> None:
+        self.server = server
+        self.sender = Sender(server, metered_session(server))
+        self.user = person(server, label="buyer")
+        self.key_prefix = key_prefix
+        self.stop = threading.Event()
+        self.purchase_statuses: Counter[int | str] = Counter()
+        self.keys: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._usage_load),
+            threading.Thread(target=self._purchase_load),
+        ]
+
+    def _usage_load(self) -> None:
+        while not self.stop.is_set():
             for _ in range(4):
-                sender.batch()
-            sender.flush(time.monotonic() + 60, stop)
+                self.sender.batch()
+            self.sender.flush(time.monotonic() + 60, self.stop)
 
-    def purchase_load() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
-            while not stop.is_set():
-                key = f"cut-{uuid.uuid4().hex[:12]}"
-                keys.append(key)
-                headers = {**user.headers, "Idempotency-Key": key}
+    def _purchase_load(self) -> None:
+        with httpx.Client(base_url=self.server.url, timeout=10) as http:
+            while not self.stop.is_set():
+                key = f"{self.key_prefix}{uuid.uuid4().hex[:12]}"
+                self.keys.append(key)
+                headers = {**self.user.headers, "Idempotency-Key": key}
                 body = {"plan_code": "basic", "payment_method": "dev"}
                 while True:  # a client retries with the same key until it has an answer
                     try:
                         response = http.post("/api/purchases", json=body, headers=headers)
                     except httpx.HTTPError as exc:
-                        purchase_statuses[type(exc).__name__] += 1
+                        self.purchase_statuses[type(exc).__name__] += 1
+                        time.sleep(0.05)
                         continue
-                    purchase_statuses[response.status_code] += 1
+                    self.purchase_statuses[response.status_code] += 1
                     if response.status_code in (200, 201):
                         break
                     time.sleep(0.05)
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(90)
+
+    def check(self) -> int:
+        """Every batch billed once, one purchase and one session per key, no 500; the bill."""
+        self.sender.flush(time.monotonic() + 60)
+        assert self.sender.unacked == []
+        # A last request answers normally: the pool recovered.
+        with self.server.client() as http:
+            ok(http.get("/api/sessions", headers=self.user.headers))
+        billed = self.sender.billed()
+        rows = self.server.query("SELECT sequence FROM usage_batches ORDER BY sequence")
+        like = f"{self.key_prefix}%"
+        purchases = self.server.query(
+            "SELECT idempotency_key, count(*) FROM purchases"
+            f" WHERE idempotency_key LIKE '{like}' GROUP BY idempotency_key"
+        )
+        sessions = self.server.query(
+            "SELECT count(*) FROM data_sessions s JOIN purchases p ON p.id = s.purchase_id"
+            f" WHERE p.idempotency_key LIKE '{like}'"
+        )
+        # A lost connection is "try again" (503 + Retry-After), never an internal error.
+        assert "500" not in self.sender.failures and 500 not in self.purchase_statuses
+        assert "unhandled_error" not in self.server.log_path.read_text()
+        assert billed == self.sender.truth
+        assert [row[0] for row in rows] == list(range(1, self.sender.next_sequence))
+        assert len(purchases) == len(self.keys) and all(count == 1 for _, count in purchases)
+        assert sessions[0][0] == len(self.keys)
+        return billed
+
+    def summary(self, billed: int) -> str:
+        return (
+            f"{self.sender.next_sequence - 1} batches ({dict(self.sender.failures)} failed"
+            f" sends), {len(self.keys)} purchase keys (answers {dict(self.purchase_statuses)}),"
+            f" billed {billed} == sent {self.sender.truth}"
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("server", ["postgres"], indirect=True)
+def test_database_connections_cut_under_load(server: LiveServer) -> None:
+    load = MixedLoad(server, "cut-")
+    name = server.pg_dsn.rsplit("/", 1)[1]
 
     async def cutter() -> int:
         count = 0
@@ -254,41 +311,14 @@ def test_database_connections_cut_under_load(server: LiveServer) -> None:
             await connection.close()
         return count
 
-    threads = [threading.Thread(target=usage_load), threading.Thread(target=purchase_load)]
-    for thread in threads:
-        thread.start()
+    load.start()
     try:
         cuts = asyncio.run(cutter())
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-    sender.flush(time.monotonic() + 60)
-    assert sender.unacked == []
-    # A last purchase answers normally: the pool recovered.
-    with server.client() as http:
-        ok(http.get("/api/sessions", headers=user.headers))
-    billed = sender.billed()
-    rows = server.query("SELECT sequence FROM usage_batches ORDER BY sequence")
-    purchases = server.query(
-        "SELECT idempotency_key, count(*) FROM purchases WHERE idempotency_key LIKE 'cut-%'"
-        " GROUP BY idempotency_key"
-    )
-    sessions = server.query(
-        "SELECT count(*) FROM data_sessions s JOIN purchases p ON p.id = s.purchase_id"
-        " WHERE p.idempotency_key LIKE 'cut-%'"
-    )
+        load.finish()
+    billed = load.check()
     print(
         f"\n[reliability] pg cut: {cuts} backends terminated in {CUTTING_SECONDS:.0f} s,"
-        f" {sender.next_sequence - 1} batches ({dict(sender.failures)} failed sends),"
-        f" {len(keys)} purchase keys (answers {dict(purchase_statuses)}),"
-        f" billed {billed} == sent {sender.truth}"
+        f" {load.summary(billed)}"
     )
     assert cuts > 0
-    # A lost connection is "try again" (503 + Retry-After), never an internal error.
-    assert "500" not in sender.failures and 500 not in purchase_statuses
-    assert "unhandled_error" not in server.log_path.read_text()
-    assert billed == sender.truth
-    assert [row[0] for row in rows] == list(range(1, sender.next_sequence))
-    assert len(purchases) == len(keys) and all(count == 1 for _, count in purchases)
-    assert sessions[0][0] == len(keys)

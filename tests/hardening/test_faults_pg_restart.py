@@ -12,19 +12,14 @@ import asyncio
 import os
 import shutil
 import subprocess
-import threading
 import time
-import uuid
-from collections import Counter
-from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 
 from tests.conftest import PG_DSN
-from tests.hardening.live import LiveServer, ok, person
-from tests.hardening.test_faults_control_plane import Sender, metered_session, server
+from tests.hardening.live import LiveServer
+from tests.hardening.test_faults_control_plane import MixedLoad, server
 
 __all__ = ["server"]  # the fixture, shared with the other control-plane faults
 
@@ -64,45 +59,12 @@ async def _wait_until_up(deadline: float) -> None:
 @pytest.mark.postgres
 @pytest.mark.root
 @pytest.mark.parametrize("server", ["postgres"], indirect=True)
-def test_postgres_restarted_under_load(server: LiveServer, tmp_path: Path) -> None:
+def test_postgres_restarted_under_load(server: LiveServer) -> None:
     reason = _restartable()
     if reason:
         pytest.skip(reason)
-    metered = metered_session(server)
-    sender = Sender(server, metered)
-    user = person(server, label="buyer")
-    stop = threading.Event()
-    purchase_statuses: Counter[int | str] = Counter()
-    keys: list[str] = []
-
-    def usage_load() -> None:
-        while not stop.is_set():
-            for _ in range(4):
-                sender.batch()
-            sender.flush(time.monotonic() + 60, stop)
-
-    def purchase_load() -> None:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
-            while not stop.is_set():
-                key = f"restart-{uuid.uuid4().hex[:12]}"
-                keys.append(key)
-                headers = {**user.headers, "Idempotency-Key": key}
-                body = {"plan_code": "basic", "payment_method": "dev"}
-                while True:
-                    try:
-                        response = http.post("/api/purchases", json=body, headers=headers)
-                    except httpx.HTTPError as exc:
-                        purchase_statuses[type(exc).__name__] += 1
-                        time.sleep(0.05)
-                        continue
-                    purchase_statuses[response.status_code] += 1
-                    if response.status_code in (200, 201):
-                        break
-                    time.sleep(0.05)
-
-    threads = [threading.Thread(target=usage_load), threading.Thread(target=purchase_load)]
-    for thread in threads:
-        thread.start()
+    load = MixedLoad(server, "restart-")
+    load.start()
     restart_seconds = 0.0
     try:
         time.sleep(LOAD_SECONDS_AROUND)
@@ -113,33 +75,10 @@ def test_postgres_restarted_under_load(server: LiveServer, tmp_path: Path) -> No
         restart_seconds = time.monotonic() - started
         time.sleep(LOAD_SECONDS_AROUND)
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(90)
+        load.finish()
         asyncio.run(_wait_until_up(time.monotonic() + 60))
-    sender.flush(time.monotonic() + 60)
-    assert sender.unacked == []
-    with server.client() as http:
-        ok(http.get("/api/sessions", headers=user.headers))
-    billed = sender.billed()
-    rows = server.query("SELECT sequence FROM usage_batches ORDER BY sequence")
-    purchases = server.query(
-        "SELECT idempotency_key, count(*) FROM purchases WHERE idempotency_key LIKE 'restart-%'"
-        " GROUP BY idempotency_key"
-    )
-    sessions = server.query(
-        "SELECT count(*) FROM data_sessions s JOIN purchases p ON p.id = s.purchase_id"
-        " WHERE p.idempotency_key LIKE 'restart-%'"
-    )
+    billed = load.check()
     print(
         f"\n[reliability] pg restart: down and back in {restart_seconds:.1f} s,"
-        f" {sender.next_sequence - 1} batches ({dict(sender.failures)} failed sends),"
-        f" {len(keys)} purchase keys (answers {dict(purchase_statuses)}),"
-        f" billed {billed} == sent {sender.truth}"
+        f" {load.summary(billed)}"
     )
-    assert "500" not in sender.failures and 500 not in purchase_statuses
-    assert "unhandled_error" not in server.log_path.read_text()
-    assert billed == sender.truth
-    assert [row[0] for row in rows] == list(range(1, sender.next_sequence))
-    assert len(purchases) == len(keys) and all(count == 1 for _, count in purchases)
-    assert sessions[0][0] == len(keys)
