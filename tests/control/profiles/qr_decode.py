@@ -1,4 +1,4 @@
-"""Test helper: decode Connect QR Codes (PNG data URIs and segno SVGs) with a real decoder."""
+"""Test helper: decode Connect QR Codes (PNG data URIs and our SVGs) with a real decoder."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def decode_data_uri(uri: str) -> tuple[str, str]:
     return decode_image(image)
 
 
-def decode_segno_svg(svg: str) -> tuple[str, str]:
-    """Draw the path of a segno SVG (M/m moves and h runs of dark modules), then decode it."""
+def decode_svg(svg: str) -> tuple[str, str]:
+    """Draw the path of a Connect SVG (M/m moves and h runs of dark modules), then decode it."""
     root = ET.fromstring(svg)  # noqa: S314 - our own output
     ns = {"svg": "http://www.w3.org/2000/svg"}
     path = root.find("svg:path", ns)

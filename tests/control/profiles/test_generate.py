@@ -24,7 +24,7 @@ from tests.control.profiles.conftest import (
     gateway_row,
     generate,
 )
-from tests.control.profiles.qr_decode import decode_data_uri, decode_segno_svg
+from tests.control.profiles.qr_decode import decode_data_uri, decode_svg
 
 WG = shutil.which("wg")
 WG_QUICK = shutil.which("wg-quick")
@@ -171,7 +171,7 @@ class TestConfig:
         body = (await generate(client, owner, session.id)).json()
         text, level = decode_data_uri(body["profile_qr"])
         assert level == "M"
-        assert decode_segno_svg(body["profile_qr_svg"])[0] == text
+        assert decode_svg(body["profile_qr_svg"])[0] == text
         assert "#" not in text
         config = parse_config(text)
         assert str(config.peer_public_key) == gateway.public_key
