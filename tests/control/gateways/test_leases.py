@@ -9,10 +9,11 @@ from kswifi.control.gateways.leases import (
     Lease,
     fair_share,
     plan_session_leases,
+    reclaim,
     remaining_budget,
     sole_carrier_grant,
     top_up,
-    total_outstanding,
+    total_reserved,
 )
 
 MB = 1_000_000
@@ -35,8 +36,18 @@ class TestSoleCarrier:
             carriers=["a"],
             requesting=["a"],
         )
-        assert plan["b"] == Lease(3 * MB, 3 * MB)  # released: no longer carries the session
-        assert plan["a"] == Lease(17 * MB, 2 * MB)  # cumulative: 20 MB minus b's 3 MB
+        # Released (no longer carries the session); its 10 MB grant is held until it applied.
+        assert plan["b"] == Lease(3 * MB, 3 * MB, held_bytes=10 * MB)
+        # b may still serve up to 10 MB until it applied the release: a gets what is left.
+        assert plan["a"] == Lease(10 * MB, 2 * MB, held_bytes=17 * MB)
+        after = plan_session_leases(
+            limit_bytes=20 * MB,
+            used_total_bytes=5 * MB,
+            leases={**plan, "b": plan["b"].applied()},
+            carriers=["a"],
+            requesting=["a"],
+        )
+        assert after["a"] == Lease(17 * MB, 2 * MB)  # cumulative: 20 MB minus b's 3 MB
 
     def test_exhausted_session_gets_nothing_more(self) -> None:
         plan = plan_session_leases(
@@ -111,13 +122,67 @@ class TestSharedSession:
         assert plan["a"].granted_bytes == sole_carrier_grant(limit, used_total, own_used)
 
 
+class TestReclaim:
+    def test_a_second_carrier_gets_nothing_until_the_first_applied_its_lowered_lease(
+        self,
+    ) -> None:
+        # a carried the session alone and holds all 30 MB; b joins and asks.
+        plan = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=0,
+            leases={"a": Lease(30 * MB, 0)},
+            carriers=["a", "b"],
+            requesting=["b"],
+        )
+        assert plan["a"] == Lease(15 * MB, 0, held_bytes=30 * MB)  # lowered, still held
+        assert plan["b"] == Lease(0, 0)
+        assert total_reserved(plan.values()) == 30 * MB
+        # a applied its 15 MB; b asks again and gets the other half.
+        applied = {**plan, "a": plan["a"].applied()}
+        again = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=0,
+            leases=applied,
+            carriers=["a", "b"],
+            requesting=["b"],
+        )
+        assert again == {"a": Lease(15 * MB, 0), "b": Lease(15 * MB, 0)}
+
+    def test_a_carrier_near_its_share_takes_nothing_from_the_others(self) -> None:
+        # remaining 20 MB: a holds 12, b 8 (share 10): b gets nothing more, a keeps its lease.
+        leases = {"a": Lease(12 * MB, 0), "b": Lease(8 * MB, 0)}
+        plan = plan_session_leases(
+            limit_bytes=20 * MB,
+            used_total_bytes=0,
+            leases=leases,
+            carriers=["a", "b"],
+            requesting=["b"],
+        )
+        assert plan == leases
+
+    def test_reclaim_lowers_only_carriers_above_the_share(self) -> None:
+        lowered = reclaim(
+            {"a": Lease(50, 10), "b": Lease(20, 10), "c": Lease(90, 0)},
+            carriers=["a", "b"],
+            share_bytes=15,
+        )
+        assert lowered == {"a": Lease(25, 10, held_bytes=50)}
+
+    def test_raising_a_lowered_grant_back_needs_no_hold(self) -> None:
+        lease = Lease(30, 0).regrant(10)
+        assert lease == Lease(10, 0, held_bytes=30)
+        assert lease.regrant(20) == Lease(20, 0, held_bytes=30)
+        assert lease.regrant(30) == Lease(30, 0)
+        assert lease.reserved_bytes == 30 and lease.outstanding_bytes == 10
+
+
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[str, str, int]]]:
     limit = draw(st.integers(min_value=0, max_value=10_000))
     operations = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["request", "serve", "leave", "join"]),
+                st.sampled_from(["request", "serve", "apply", "leave", "join"]),
                 st.sampled_from(["a", "b", "c"]),
                 st.integers(min_value=0, max_value=5_000),
             ),
@@ -128,9 +193,9 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[str, str, int]]]:
 
 
 class TestBudgetInvariant:
-    @settings(max_examples=300)
+    @settings(max_examples=500)
     @given(scenarios())
-    def test_outstanding_never_exceeds_remaining_and_nothing_past_the_limit(
+    def test_reserved_never_exceeds_remaining_and_nothing_past_the_limit(
         self, scenario: tuple[int, list[tuple[str, str, int]]]
     ) -> None:
         limit, operations = scenario
@@ -150,11 +215,42 @@ class TestBudgetInvariant:
                     carriers=sorted(carriers),
                     requesting=[gateway],
                 )
-            else:  # the kernel lets a gateway serve at most its outstanding lease
+            elif operation == "apply":  # the gateway applied its current (maybe lower) grant
+                if gateway in leases:
+                    leases[gateway] = leases[gateway].applied()
+            else:  # the kernel lets a gateway serve at most the highest grant it enforces
                 lease = leases.get(gateway, Lease(0, 0))
-                served = min(amount, lease.outstanding_bytes)
-                leases[gateway] = Lease(lease.granted_bytes, lease.used_bytes + served)
+                served = min(amount, lease.reserved_bytes)
+                leases[gateway] = Lease(
+                    lease.granted_bytes, lease.used_bytes + served, lease.held_bytes
+                )
                 used_total += served
-            assert total_outstanding(leases.values()) <= remaining_budget(limit, used_total)
+            assert total_reserved(leases.values()) <= remaining_budget(limit, used_total)
             assert used_total <= limit
             assert all(lease.granted_bytes >= 0 for lease in leases.values())
+
+    @settings(max_examples=200)
+    @given(
+        limit=st.integers(min_value=1_000, max_value=10**9),
+        carriers=st.integers(min_value=2, max_value=3),
+    )
+    def test_every_carrier_gets_a_share_once_reclaimed_leases_are_applied(
+        self, limit: int, carriers: int
+    ) -> None:
+        # The first gateway held everything; each other carrier asks, all apply, they ask again.
+        names = ["a", "b", "c"][:carriers]
+        leases = {"a": Lease(limit, 0)}
+        for _ in range(2):
+            for name in names[1:]:
+                leases = plan_session_leases(
+                    limit_bytes=limit,
+                    used_total_bytes=0,
+                    leases=leases,
+                    carriers=names,
+                    requesting=[name],
+                )
+            leases = {name: lease.applied() for name, lease in leases.items()}
+        share = fair_share(limit, 0, carriers)
+        assert share is not None
+        assert all(leases[name].outstanding_bytes >= share // 2 for name in names)
+        assert total_reserved(leases.values()) <= limit

@@ -8,6 +8,13 @@ session's remaining budget, `limit - used_total`.
 
 With one gateway carrying the session its lease is the whole remainder (exact cut-off). With
 several, each is topped up to a fair share of what is free, and asks again as it nears the end.
+
+A lease can also be *lowered*: when a carrier asking for its share finds the bytes reserved by
+another carrier (the first gateway of a session holds all of it), that other carrier's grant is
+cut to a fair share, and a gateway that stopped carrying the session gives back what it did not
+use. A lowered grant frees nothing at once: the gateway enforces the higher grant until it has
+applied the lower one, so the old grant is kept as `held_bytes` and still counted as reserved
+until the gateway reports it applied (see `Lease.applied`).
 """
 
 from __future__ import annotations
@@ -16,17 +23,41 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
+PACKET_BYTES = 1500
+"""What one full-size packet counts (an Ethernet-MTU IP packet). A lease with less than this
+left cannot carry one: the kernel quota drops the next full packet."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """One gateway's lease of one session."""
 
     granted_bytes: int
     used_bytes: int
+    held_bytes: int = 0
+    """A higher earlier grant the gateway may still be enforcing (0: none): set when the grant
+    is lowered, dropped once the gateway applied the lower grant."""
 
     @property
     def outstanding_bytes(self) -> int:
-        """Bytes the gateway may still serve; a gateway that overran holds nothing more."""
+        """The unused part of the current grant; a gateway that overran holds nothing more."""
         return max(0, self.granted_bytes - self.used_bytes)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes the gateway may still serve: the unused part of the highest grant it may be
+        enforcing. What other gateways can never be granted."""
+        return max(0, max(self.granted_bytes, self.held_bytes) - self.used_bytes)
+
+    def regrant(self, granted_bytes: int) -> Lease:
+        """This lease with a new grant. Lowering keeps the highest grant the gateway may still
+        enforce as `held_bytes`; a grant at or above it needs no hold."""
+        enforced = max(self.granted_bytes, self.held_bytes)
+        return Lease(granted_bytes, self.used_bytes, enforced if enforced > granted_bytes else 0)
+
+    def applied(self) -> Lease:
+        """This lease once the gateway applied its current grant: nothing held any more."""
+        return Lease(self.granted_bytes, self.used_bytes)
 
 
 def remaining_budget(limit_bytes: int, used_total_bytes: int) -> int:
@@ -48,7 +79,7 @@ def top_up(
     The result may be lower than the current grant when the budget shrank under it.
     """
     free_for_own = remaining_budget(limit_bytes, used_total_bytes) - sum(
-        lease.outstanding_bytes for lease in others
+        lease.reserved_bytes for lease in others
     )
     free_for_own = max(0, free_for_own)
     wanted = free_for_own if share_bytes is None else max(own.outstanding_bytes, share_bytes)
@@ -83,14 +114,17 @@ def plan_session_leases(
 
     Gateways that no longer carry the session give their outstanding bytes back (their grant
     drops to what they used); then each requesting carrier, in order, takes its share of what
-    is free. Gateways neither requesting nor released keep their lease as it is.
+    is free. A requesting carrier that cannot get even half its share because other carriers
+    hold more than theirs has those leases lowered to a fair share (`reclaim`): the bytes are
+    free for it once those gateways applied the lower grants and it asks again. Gateways
+    neither requesting, released nor reclaimed from keep their lease as it is.
     """
     carrier_ids = list(dict.fromkeys(carriers))
     result = {
         gateway_id: (
             lease
             if gateway_id in carrier_ids
-            else Lease(min(lease.granted_bytes, lease.used_bytes), lease.used_bytes)
+            else lease.regrant(min(lease.granted_bytes, lease.used_bytes))
         )
         for gateway_id, lease in leases.items()
     }
@@ -99,17 +133,32 @@ def plan_session_leases(
         if gateway_id not in carrier_ids:
             continue
         own = result.get(gateway_id, Lease(0, 0))
-        others = [lease for other_id, lease in result.items() if other_id != gateway_id]
+        others = {other_id: lease for other_id, lease in result.items() if other_id != gateway_id}
         granted = top_up(
             limit_bytes=limit_bytes,
             used_total_bytes=used_total_bytes,
             own=own,
-            others=others,
+            others=others.values(),
             share_bytes=share,
         )
-        result[gateway_id] = Lease(granted, own.used_bytes)
+        if share is not None and granted - own.used_bytes < share // 2:
+            result.update(reclaim(others, carrier_ids, share))
+        result[gateway_id] = own.regrant(granted)
     return result
 
 
-def total_outstanding(leases: Iterable[Lease]) -> int:
-    return sum(lease.outstanding_bytes for lease in leases)
+def reclaim(
+    leases: Mapping[str, Lease], carriers: Iterable[str], share_bytes: int
+) -> dict[str, Lease]:
+    """The carriers' leases whose unused grant is above `share_bytes`, lowered to it."""
+    carrier_ids = set(carriers)
+    return {
+        gateway_id: lease.regrant(lease.used_bytes + share_bytes)
+        for gateway_id, lease in leases.items()
+        if gateway_id in carrier_ids and lease.outstanding_bytes > share_bytes
+    }
+
+
+def total_reserved(leases: Iterable[Lease]) -> int:
+    """Bytes all these gateways may still serve together (held grants included)."""
+    return sum(lease.reserved_bytes for lease in leases)
