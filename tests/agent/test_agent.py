@@ -16,7 +16,7 @@ from kswifi.agent.main import Agent
 from kswifi.agent.reconcile import AddPeer, RemovePeer, SetQuota
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
-from .fakes import FakeControlPlane, FakeDataplane
+from .fakes import FakeControlPlane, FakeDataplane, session_objects
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -265,6 +265,28 @@ class TestHeartbeatAndLogs:
         await agent.heartbeat_once()
         beat = control.heartbeats[-1]
         assert (beat.interface_mode, beat.peer_count, beat.applied_revision) == ("userspace", 1, 4)
+
+    async def test_a_state_that_lowers_a_lease_is_reported_applied_at_once(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = (
+            FakeDataplane(),
+            FakeControlPlane([desired(4, peer(2, "s1", quota=100_000))]),
+            Clock(),
+        )
+        agent = make_agent(settings, kernel, control, clock)
+        await poll_once(agent)
+        with pytest.raises(TimeoutError):  # an ordinary state: the next beat after the interval
+            await asyncio.wait_for(agent._until_next_heartbeat(30), 0.3)
+        lowered = desired(5, peer(2, "s1", quota=50_000))
+        control.states.append(lowered.model_copy(update={"report_applied": True}))
+        await poll_once(agent)
+        assert session_objects(kernel.state, "s1").quota_bytes == 50_000
+        await asyncio.wait_for(agent._until_next_heartbeat(30), 1.0)  # at once
+        await agent.heartbeat_once()
+        assert control.heartbeats[-1].applied_revision == 5
+        with pytest.raises(TimeoutError):  # reported once, then the interval again
+            await asyncio.wait_for(agent._until_next_heartbeat(30), 0.3)
 
     async def test_logs_never_contain_private_or_preshared_keys(
         self, settings: GatewaySettings

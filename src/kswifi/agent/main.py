@@ -110,6 +110,7 @@ class Agent:
         )
         self.desired_state: DesiredState | None = self._load_desired_state()
         self.applied_revision = 0
+        self.reported_revision = 0  # the last applied revision a prompt heartbeat reported
         self.observation: Observation | None = None
         """The data plane as the last read or apply left it (None: read it in full next)."""
         self.resync_due = False
@@ -460,7 +461,24 @@ class Agent:
                 self._control_plane_down(exc)
             except AgentError as exc:
                 log.error("heartbeat_failed", error=str(exc))
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            await self._until_next_heartbeat(self.settings.heartbeat_interval_s)
+
+    async def _until_next_heartbeat(self, seconds: float) -> None:
+        """Wait the heartbeat interval, or less: a desired state that lowered a lease asks to
+        hear as soon as it is applied (the bytes it gives back are free for other gateways
+        only then)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (left := deadline - loop.time()) > 0 and not self.stopping.is_set():
+            state = self.desired_state
+            if (
+                state is not None
+                and state.report_applied
+                and self.applied_revision >= state.revision > self.reported_revision
+            ):
+                self.reported_revision = state.revision
+                return
+            await asyncio.sleep(min(left, 0.1))
 
     # -- lifecycle ---------------------------------------------------------------------------
 

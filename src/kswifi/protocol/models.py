@@ -80,6 +80,11 @@ class DesiredState(_Model):
     revision: int = Field(ge=0)
     interface: GatewayInterface | None = None
     peers: list[PeerSpec] = Field(max_length=MAX_PEERS)
+    report_applied: bool = Field(
+        default=False,
+        description="This revision lowers a lease; the bytes it gives back go to other "
+        "gateways once a heartbeat reports it applied, so send one as soon as it is",
+    )
 
     @model_validator(mode="after")
     def _no_peer_takes_another_ones_traffic(self) -> DesiredState:

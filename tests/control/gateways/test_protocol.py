@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
+from kswifi.control.events import gateway_channel
 from kswifi.control.gateways import repository, service
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.protocol.models import DesiredState, UsageAck
@@ -60,6 +61,13 @@ async def fetch_state(
     response = await client.get(STATE, headers=gateway.headers, params=params)
     assert response.status_code == 200, response.text
     return DesiredState.model_validate(response.json())
+
+
+async def post_heartbeat(
+    client: httpx.AsyncClient, gateway: RegisteredGateway, **fields: Any
+) -> None:
+    response = await client.post(HEARTBEAT, headers=gateway.headers, json=heartbeat(**fields))
+    assert response.status_code == 200, response.text
 
 
 async def post_usage(
@@ -164,9 +172,18 @@ class TestDesiredState:
             await db.execute(update(Device).where(Device.id == moved.id).values(status="removed"))
         await world.device(session_id, second.id)
 
+        # The first gateway may serve its 10 MB grant until it applied the state without the
+        # device: the second gets nothing yet.
+        [peer] = (await fetch_state(client, second)).peers
+        assert peer.quota_bytes == 0
+        first_state = await fetch_state(client, first)
+        assert first_state.peers == []
+        await post_heartbeat(client, first, applied_revision=first_state.revision - 1)
+        [peer] = (await fetch_state(client, second)).peers
+        assert peer.quota_bytes == 0  # an older revision applied does not free the bytes
+        await post_heartbeat(client, first, applied_revision=first_state.revision)
         [peer] = (await fetch_state(client, second)).peers
         assert peer.quota_bytes == 7_000_000
-        assert (await fetch_state(client, first)).peers == []
         async with ctx.db.transaction() as db:
             leases = {
                 lease.gateway_id: (lease.granted_bytes, lease.used_bytes)
@@ -524,6 +541,69 @@ class TestLeases:
         assert session is not None
         outstanding = sum(max(0, lease.granted_bytes - lease.used_bytes) for lease in leases)
         assert outstanding <= session.data_limit_bytes - session.used_bytes
+
+    async def test_a_joining_gateway_gets_its_share_once_the_first_applied_the_lowered_lease(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        ctx.settings.longpoll_seconds = 10
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=30_000_000)
+        await world.device(session_id, first.id)
+        state = await fetch_state(client, first)
+        assert state.peers[0].quota_bytes == 30_000_000  # the sole carrier holds it all
+        await post_heartbeat(client, first, applied_revision=state.revision)
+
+        await world.device(session_id, second.id)  # a second phone, on another gateway
+        state = await fetch_state(client, first)
+        async with ctx.events.subscribe(gateway_channel(first.id)) as first_told:
+            [peer] = (await fetch_state(client, second)).peers
+            assert peer.quota_bytes == 0  # all 30 MB are still the first gateway's to serve
+            assert await first_told.get(2.0) == {"type": "leases"}
+        # The first gateway's long-poll answers at once: a new revision with half the budget.
+        started = time.monotonic()
+        lowered = await fetch_state(client, first, since=state.revision)
+        assert time.monotonic() - started < 5  # not the 10 s long-poll
+        assert lowered.revision > state.revision
+        assert lowered.peers[0].quota_bytes == 15_000_000
+        # Until the first gateway reports that revision applied, nothing is free.
+        assert (await fetch_state(client, second)).peers[0].quota_bytes == 0
+        async with ctx.events.subscribe(gateway_channel(second.id)) as second_told:
+            await post_heartbeat(client, first, applied_revision=lowered.revision)
+            assert await second_told.get(2.0) == {"type": "leases"}
+        joined = await fetch_state(client, second)
+        assert joined.peers[0].quota_bytes == 15_000_000
+        async with ctx.db.transaction() as db:
+            leases = {
+                lease.gateway_id: (lease.granted_bytes, lease.held_bytes)
+                for lease in await db.scalars(select(GatewayLease))
+            }
+        assert leases == {first.id: (15_000_000, 0), second.id: (15_000_000, 0)}
+
+    async def test_usage_on_both_gateways_ends_the_session_exactly_at_its_limit(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=1_000_000)
+        await world.device(session_id, first.id)
+        await post_heartbeat(
+            client, first, applied_revision=(await fetch_state(client, first)).revision
+        )
+        await world.device(session_id, second.id)
+        await fetch_state(client, second)  # lowers the first gateway's lease to 500 kB
+        lowered = await fetch_state(client, first)
+        await post_heartbeat(client, first, applied_revision=lowered.revision)
+        assert (await fetch_state(client, second)).peers[0].quota_bytes == 500_000
+        # Each serves its whole lease, flagged exhausted by its kernel quota.
+        await post_usage(
+            client, first, usage_report(1, (session_id, 400_000, 100_000), exhausted=True)
+        )
+        session = await world.get_session(session_id)
+        assert session.status == "active"  # the second gateway still holds 500 kB
+        await post_usage(
+            client, second, usage_report(1, (session_id, 450_000, 50_000), exhausted=True)
+        )
+        session = await world.get_session(session_id)
+        assert (session.used_bytes, session.status) == (1_000_000, "exhausted")
 
     async def test_concurrent_top_ups_of_a_shared_session(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World

@@ -106,10 +106,11 @@ async def get_desired_state(
         if since is not None:
             async with ctx.db.transaction() as db:
                 revision = await service.current_revision(db, gateway_id)
-            if since == revision:
+                undelivered = await service.has_undelivered_holds(db, gateway_id)
+            if since == revision and not undelivered:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
     async with ctx.db.transaction() as db:
-        state = await service.desired_state(db, ctx.secrets, gateway_id, utcnow())
+        state = await service.desired_state(db, ctx.secrets, gateway_id, utcnow(), ctx.events)
     # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
     return Response(state.model_dump_json(), media_type="application/json")
 
@@ -143,7 +144,7 @@ async def post_heartbeat(
 
 @router.post("/gateway/v1/leases", tags=["gateway"])
 async def post_leases(
-    request: protocol.LeaseRequest, gateway: GatewayNode, db: DbSession
+    request: protocol.LeaseRequest, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.LeaseResponse:
     """Top up the gateway's leases of sessions it carries; never more than remains."""
-    return await service.grant_leases(db, gateway, request.session_ids, utcnow())
+    return await service.grant_leases(db, gateway, request.session_ids, utcnow(), ctx.events)

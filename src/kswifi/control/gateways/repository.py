@@ -144,6 +144,7 @@ class PeerRow:
     expires_at: datetime | None
     lease_granted_bytes: int | None
     lease_used_bytes: int | None
+    lease_held_bytes: int | None
 
 
 async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[PeerRow]:
@@ -162,6 +163,7 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
             DataSession.expires_at,
             GatewayLease.granted_bytes,
             GatewayLease.used_bytes,
+            GatewayLease.held_bytes,
         )
         .join(DataSession, DataSession.id == Device.session_id)
         .outerjoin(
@@ -172,7 +174,7 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
         .where(Device.gateway_id == gateway_id, *_live_device_filter(now))
         .order_by(Device.host_index)
     )
-    return [PeerRow(*row) for row in rows]
+    return [PeerRow(*tuple[Any, ...](row)) for row in rows]
 
 
 def _sessions_carried_by(gateway_id: str) -> Select[Any]:
@@ -224,6 +226,7 @@ class LeaseRow:
     session_id: str
     granted_bytes: int
     used_bytes: int
+    held_bytes: int = 0
 
 
 _LEASE_COLUMNS = (
@@ -231,6 +234,7 @@ _LEASE_COLUMNS = (
     GatewayLease.session_id,
     GatewayLease.granted_bytes,
     GatewayLease.used_bytes,
+    GatewayLease.held_bytes,
 )
 
 
@@ -299,13 +303,31 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
         )
 
 
-async def set_granted(
-    db: AsyncSession, changes: Iterable[tuple[str, str, int]], now: datetime
-) -> None:
-    """New grants as (gateway, session, granted_bytes), written in one executemany."""
+@dataclass(frozen=True)
+class GrantChange:
+    """A lease's new grant; `held_bytes` > 0 keeps a higher grant reserved until the gateway
+    applied revision `held_until_revision`."""
+
+    gateway_id: str
+    session_id: str
+    granted_bytes: int
+    held_bytes: int
+    held_until_revision: int | None  # None: the hold's revision stays as it is
+
+
+async def set_granted(db: AsyncSession, changes: Iterable[GrantChange], now: datetime) -> None:
+    """New grants (and holds), written in one executemany."""
     params = [
-        {"b_gateway": gateway_id, "b_session": session_id, "b_granted": granted, "b_now": now}
-        for gateway_id, session_id, granted in sorted(changes)  # one order: no lock cycles
+        {
+            "b_gateway": change.gateway_id,
+            "b_session": change.session_id,
+            "b_granted": change.granted_bytes,
+            "b_held": change.held_bytes,
+            "b_until": change.held_until_revision,
+            "b_now": now,
+        }
+        # one order: no lock cycles
+        for change in sorted(changes, key=lambda c: (c.gateway_id, c.session_id))
     ]
     if not params:
         return
@@ -316,9 +338,59 @@ async def set_granted(
             table.c.gateway_id == bindparam("b_gateway"),
             table.c.session_id == bindparam("b_session"),
         )
-        .values(granted_bytes=bindparam("b_granted"), updated_at=bindparam("b_now")),
+        .values(
+            granted_bytes=bindparam("b_granted"),
+            held_bytes=bindparam("b_held"),
+            held_until_revision=func.coalesce(bindparam("b_until"), table.c.held_until_revision),
+            updated_at=bindparam("b_now"),
+        ),
         params,
     )
+
+
+async def has_undelivered_holds(db: AsyncSession, gateway_id: str) -> bool:
+    found = await db.scalar(
+        select(GatewayLease.session_id)
+        .where(
+            GatewayLease.gateway_id == gateway_id,
+            GatewayLease.held_bytes > 0,
+            GatewayLease.held_until_revision == 0,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def stamp_holds(db: AsyncSession, gateway_id: str, revision: int) -> int:
+    """Give the gateway's holds not delivered yet the revision that delivers them; how many."""
+    result = await db.execute(
+        update(GatewayLease)
+        .where(
+            GatewayLease.gateway_id == gateway_id,
+            GatewayLease.held_bytes > 0,
+            GatewayLease.held_until_revision == 0,
+        )
+        .values(held_until_revision=revision)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int) -> list[str]:
+    """Drop the gateway's holds it has applied (revision <= `applied_revision`); the sessions
+    whose reserved bytes that freed."""
+    rows = await db.execute(
+        update(GatewayLease)
+        .where(
+            GatewayLease.gateway_id == gateway_id,
+            GatewayLease.held_bytes > 0,
+            GatewayLease.held_until_revision <= applied_revision,
+        )
+        .values(held_bytes=0, held_until_revision=0)
+        .returning(GatewayLease.session_id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(rows.scalars())
 
 
 _PG_ADD_LEASE_USAGE = text(

@@ -461,23 +461,45 @@ async def current_revision(db: AsyncSession, gateway_id: str) -> int:
     return gateway.revision
 
 
+async def has_undelivered_holds(db: AsyncSession, gateway_id: str) -> bool:
+    """Whether a lease of the gateway was lowered and its desired state has not said so yet
+    (a long-poll answers at once: the bytes are free only once the gateway applied it)."""
+    return await repository.has_undelivered_holds(db, gateway_id)
+
+
 async def desired_state(
-    db: AsyncSession, secrets: SecretBox, gateway_id: str, now: datetime
+    db: AsyncSession,
+    secrets: SecretBox,
+    gateway_id: str,
+    now: datetime,
+    bus: EventBus | None = None,
 ) -> protocol.DesiredState:
     """What the gateway must carry now: its interface and one peer per active device of a
-    live session, each with the gateway's cumulative lease of that session."""
+    live session, each with the gateway's cumulative lease of that session.
+
+    A state that lowers one of its leases (or changes any of its grants) comes with a new
+    revision: the gateway reports that revision applied, and only then are the bytes of a
+    lowered lease free for other gateways.
+    """
     gateway = await repository.lock(db, gateway_id)  # leases change: see `repository.lock`
     if gateway is None:
         raise NotFound("No such gateway")
+    next_revision = gateway.revision + 1
+    delivered_holds = await repository.stamp_holds(db, gateway.id, next_revision)
     blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
     peer_rows = await repository.live_peers(db, gateway.id, now)
     own_leases = [
         repository.LeaseRow(
-            gateway.id, row.session_id, row.lease_granted_bytes, row.lease_used_bytes
+            gateway.id,
+            row.session_id,
+            row.lease_granted_bytes,
+            row.lease_used_bytes,
+            row.lease_held_bytes or 0,
         )
         for row in peer_rows
         if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
     ]
+    stored = {row.session_id: row.granted_bytes for row in own_leases}
     quotas = await _refresh_leases(
         db,
         gateway.id,
@@ -485,7 +507,18 @@ async def desired_state(
         carriers=await repository.other_carriers(db, gateway.id),
         rows=own_leases + await repository.other_leases_of_sessions_carried_by(db, gateway.id),
         now=now,
+        bus=bus,
+        delivered_revision=next_revision,
     )
+    lowered = any(quota < stored.get(sid, quota) for sid, quota in quotas.items())
+    if (
+        delivered_holds
+        or lowered
+        # a first lease of a new peer comes with the revision that added the peer
+        or any(stored.get(sid, quota) != quota for sid, quota in quotas.items())
+    ):
+        await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
+        gateway.revision = next_revision
     # Built without re-validation: every value comes from our own checked writes, and a
     # gateway with 10,000 peers polls this often.
     peers = [
@@ -507,7 +540,10 @@ async def desired_state(
         addresses=blocks.interface_addresses(),
     )
     return protocol.DesiredState.model_construct(
-        revision=gateway.revision, interface=interface, peers=peers
+        revision=gateway.revision,
+        interface=interface,
+        peers=peers,
+        report_applied=bool(delivered_holds or lowered),
     )
 
 
@@ -535,6 +571,8 @@ async def _refresh_leases(
     carriers: dict[str, set[str]],
     rows: list[repository.LeaseRow],
     now: datetime,
+    bus: EventBus | None,
+    delivered_revision: int | None = None,
 ) -> dict[str, int]:
     """Top up `gateway_id`'s leases of the sessions in `budgets` ((limit, used) per session)
     and release those of gateways that stopped carrying them; its cumulative grant per session.
@@ -542,6 +580,11 @@ async def _refresh_leases(
     A session only this gateway carries is its alone to lease. A shared one (or one whose
     other leases change) is recomputed under a lock of its row, so two gateways topping up at
     once never hand out the same bytes twice.
+
+    A lowered lease stays held (reserved) until its gateway applied it: the gateway that asks
+    gets it with this answer when `delivered_revision` says at which revision (a desired
+    state); any other gateway whose lease was lowered is told to fetch its desired state,
+    which delivers it (see `desired_state`).
     """
     if not budgets:
         return {}
@@ -572,13 +615,31 @@ async def _refresh_leases(
             plans[session_id] = _plan_leases(
                 budgets[session_id], held[session_id], carriers.get(session_id), gateway_id
             )
-    changes = [
-        (other_id, session_id, lease.granted_bytes)
-        for session_id, plan in plans.items()
-        for other_id, lease in plan.items()
-        if lease.granted_bytes != held[session_id][other_id].granted_bytes
-    ]
+    changes: list[repository.GrantChange] = []
+    told: set[str] = set()
+    for session_id, plan in plans.items():
+        for other_id, lease in plan.items():
+            before = held[session_id][other_id]
+            if lease == before:
+                continue
+            until: int | None = None  # a hold that stays as it was
+            if lease.held_bytes == 0:
+                until = 0
+            elif lease.granted_bytes < before.granted_bytes:
+                if other_id == gateway_id and delivered_revision is not None:
+                    until = delivered_revision
+                else:
+                    until = 0  # not delivered yet: its desired state stamps the revision
+                    told.add(other_id)
+            changes.append(
+                repository.GrantChange(
+                    other_id, session_id, lease.granted_bytes, lease.held_bytes, until
+                )
+            )
     await repository.set_granted(db, changes, now)
+    if bus is not None:
+        for other_id in sorted(told):
+            publish_after_commit(db, bus, gateway_channel(other_id), {"type": "leases"})
     return {session_id: plan[gateway_id].granted_bytes for session_id, plan in plans.items()}
 
 
@@ -586,7 +647,7 @@ def _leases_by_session(rows: Iterable[repository.LeaseRow]) -> dict[str, dict[st
     by_session: dict[str, dict[str, leases.Lease]] = {}
     for row in rows:
         by_session.setdefault(row.session_id, {})[row.gateway_id] = leases.Lease(
-            row.granted_bytes, row.used_bytes
+            row.granted_bytes, row.used_bytes, row.held_bytes
         )
     return by_session
 
@@ -602,11 +663,7 @@ def _plan_leases(
         # The common case, a session only this gateway ever carried: skip the general plan.
         own = held[gateway_id]
         granted = leases.sole_carrier_grant(limit_bytes, used_bytes, own.used_bytes)
-        return {
-            gateway_id: own
-            if own.granted_bytes == granted
-            else leases.Lease(granted, own.used_bytes)
-        }
+        return {gateway_id: own if own.granted_bytes == granted else own.regrant(granted)}
     return leases.plan_session_leases(
         limit_bytes=limit_bytes,
         used_total_bytes=used_bytes,
@@ -617,7 +674,11 @@ def _plan_leases(
 
 
 async def grant_leases(
-    db: AsyncSession, gateway: Gateway, session_ids: Iterable[str], now: datetime
+    db: AsyncSession,
+    gateway: Gateway,
+    session_ids: Iterable[str],
+    now: datetime,
+    bus: EventBus | None = None,
 ) -> protocol.LeaseResponse:
     """Top up the gateway's leases of the given sessions. Sessions it does not carry, or that
     are no longer live, get no grant (the agent drops them with the next desired state)."""
@@ -638,6 +699,7 @@ async def grant_leases(
         carriers=carried,
         rows=await repository.leases_of(db, budgets),
         now=now,
+        bus=bus,
     )
     refused = wanted - set(budgets)
     if refused:
@@ -769,6 +831,7 @@ async def apply_usage(
         carriers=await repository.carriers_of(db, live),
         rows=await repository.leases_of(db, live),
         now=now,
+        bus=bus,
     )
     return protocol.UsageAck(
         accepted=True,
@@ -783,11 +846,14 @@ async def apply_usage(
 
 def _lease_was_the_remainder(held: dict[str, leases.Lease] | None, gateway_id: str) -> bool:
     """Whether a gateway's kernel saying "quota exhausted" means the SESSION is exhausted: only
-    when no other gateway holds unused bytes of the session. A gateway whose lease is a share
-    (or nothing: the rest is leased elsewhere) only used up that share; it asks for more, and
-    the session goes on on the other gateways."""
+    when no other gateway holds enough of the session for a full packet. A gateway whose lease
+    is a share (or nothing: the rest is leased elsewhere) only used up that share; it asks for
+    more, and the session goes on on the other gateways. Each gateway's quota ends at most one
+    packet short of its lease, so a shared session ends at most that short per gateway."""
     others = (held or {}).items()
-    return all(lease.outstanding_bytes == 0 for other, lease in others if other != gateway_id)
+    return all(
+        lease.reserved_bytes < leases.PACKET_BYTES for other, lease in others if other != gateway_id
+    )
 
 
 async def record_heartbeat(
@@ -804,6 +870,12 @@ async def record_heartbeat(
     gateway.rx_bps = heartbeat.rx_bps
     gateway.tx_bps = heartbeat.tx_bps
     gateway.applied_revision = heartbeat.applied_revision
+    freed = await repository.release_holds(db, gateway.id, heartbeat.applied_revision)
+    if freed and bus is not None:
+        # Bytes this gateway gave back are free now: its co-carriers fetch their top-ups.
+        carriers = await repository.carriers_of(db, freed)
+        for other_id in sorted(set().union(*carriers.values()) - {gateway.id}):
+            publish_after_commit(db, bus, gateway_channel(other_id), {"type": "leases"})
     if not gateway.is_online:
         log.info("gateway_online", gateway_id=gateway.id, name=gateway.name)
     gateway.is_online = True

@@ -91,6 +91,10 @@ class GatewayLease(Base):
     )
     granted_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # A lowered grant frees nothing until the gateway applied it: the higher grant it may
+    # still enforce, counted as reserved until it reports `applied_revision` >= the revision.
+    held_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    held_until_revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
