@@ -9,16 +9,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import after_commit
 
+Event = tuple[str, dict[str, Any]]
+"""A payload and the channel it goes out on."""
+
 
 class EventBus(Protocol):
     async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """Publish `events` in order, as one message to the broker where it can (a usage
+        report's hundreds of events are one round trip, not hundreds)."""
+        ...
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
 
@@ -58,6 +66,10 @@ class LocalFanout:
         for subscription in list(self._subscriptions.get(channel, ())):
             subscription.deliver(payload)
 
+    def has_subscribers(self, channel: str) -> bool:
+        """Whether anyone here listens on `channel` (else a payload need not even be decoded)."""
+        return channel in self._subscriptions
+
     @contextlib.asynccontextmanager
     async def subscription(self, channel: str) -> AsyncIterator[Subscription]:
         subscription = Subscription(channel)
@@ -84,6 +96,10 @@ class InProcessEventBus:
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         self.fanout.deliver(channel, payload)
 
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        for channel, payload in events:
+            await self.publish(channel, payload)
+
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self.fanout.subscription(channel)
 
@@ -109,5 +125,16 @@ def publish_after_commit(
 
     async def _publish() -> None:
         await bus.publish(channel, payload)
+
+    after_commit(db, _publish)
+
+
+def publish_many_after_commit(db: AsyncSession, bus: EventBus, events: Sequence[Event]) -> None:
+    """Publish `events` in order with one `publish_many` once the transaction has committed."""
+    if not events:
+        return
+
+    async def _publish() -> None:
+        await bus.publish_many(events)
 
     after_commit(db, _publish)

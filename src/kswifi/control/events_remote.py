@@ -3,6 +3,11 @@
 Each replica keeps its own subscribers in a `LocalFanout`; a publish goes to the broker, and
 one listener task per replica delivers what the broker sends back to the local subscribers
 (including the replica's own publishes, so every replica sees the same ordered stream).
+
+`publish_many` sends many events as one broker message (Redis: one `PUBLISH` on
+`kswifi:!batch` per up to `BATCH_EVENTS` events, a line `channel<US>payload` each; PostgreSQL:
+as few `NOTIFY` payloads as fit, in one statement). A replica decodes only the payloads of
+channels it has subscribers for.
 """
 
 from __future__ import annotations
@@ -10,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from kswifi.control.events import EventBus, LocalFanout, Subscription
+from kswifi.control.events import Event, EventBus, LocalFanout, Subscription
 from kswifi.control.logging import get_logger
 
 log = get_logger("kswifi.events")
 REDIS_PREFIX = "kswifi:"
 PG_CHANNEL = "kswifi_events"
+REDIS_BATCH_CHANNEL = REDIS_PREFIX + "!batch"  # "!": never a channel name of ours
+BATCH_EVENTS = 1000  # events per broker message: bounded messages for huge reports
+_SEPARATOR = "\x1f"  # ASCII unit separator: in no channel name; JSON escapes it in strings
 PG_PAYLOAD_LIMIT = 7900  # NOTIFY payloads must stay under 8000 bytes
 
 
@@ -49,18 +58,43 @@ class RedisEventBus:
                         continue
                     channel = message["channel"]
                     name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    self.fanout.deliver(
-                        name.removeprefix(REDIS_PREFIX), json.loads(message["data"])
-                    )
+                    if name == REDIS_BATCH_CHANNEL:
+                        self._deliver_batch(message["data"])
+                        continue
+                    name = name.removeprefix(REDIS_PREFIX)
+                    if self.fanout.has_subscribers(name):
+                        self.fanout.deliver(name, json.loads(message["data"]))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker went away: retry, subscribers stay
                 log.warning("event_bus_reconnect", backend="redis", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
 
+    def _deliver_batch(self, data: bytes | str) -> None:
+        text = data.decode() if isinstance(data, bytes) else data
+        fanout = self.fanout
+        for line in text.split("\n"):
+            channel, _, payload = line.partition(_SEPARATOR)
+            if fanout.has_subscribers(channel):
+                fanout.deliver(channel, json.loads(payload))
+
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         assert self._client is not None, "bus not started"
         await self._client.publish(REDIS_PREFIX + channel, json.dumps(payload, default=str))
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        assert self._client is not None, "bus not started"
+        if len(events) == 1:
+            await self.publish(*events[0])
+            return
+        lines = [
+            f"{channel}{_SEPARATOR}{json.dumps(payload, default=str)}"
+            for channel, payload in events
+        ]
+        for start in range(0, len(lines), BATCH_EVENTS):
+            await self._client.publish(
+                REDIS_BATCH_CHANNEL, "\n".join(lines[start : start + BATCH_EVENTS])
+            )
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self.fanout.subscription(channel)
@@ -88,14 +122,42 @@ class PostgresEventBus:
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         message = json.loads(payload)
+        if "b" in message:
+            for channel, event in message["b"]:
+                self.fanout.deliver(channel, event)
+            return
         self.fanout.deliver(message["c"], message["p"])
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         assert self._pool is not None, "bus not started"
-        text = json.dumps({"c": channel, "p": payload}, default=str)
-        if len(text.encode()) > PG_PAYLOAD_LIMIT:
-            raise ValueError("event too large for PostgreSQL NOTIFY")
-        await self._pool.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, text)
+        await self._pool.execute(
+            "SELECT pg_notify($1, $2)", PG_CHANNEL, _notify_text(channel, payload)
+        )
+
+    async def publish_many(self, events: Sequence[Event]) -> None:
+        """As few NOTIFY payloads as fit under the limit, sent in order by one statement."""
+        assert self._pool is not None, "bus not started"
+        payloads: list[str] = []
+        items: list[str] = []
+        size = 0
+        for channel, payload in events:
+            item = json.dumps([channel, payload], default=str)
+            item_size = len(item.encode()) + 1
+            if item_size + 32 > PG_PAYLOAD_LIMIT:
+                raise ValueError("event too large for PostgreSQL NOTIFY")
+            if items and size + item_size > PG_PAYLOAD_LIMIT - 32:
+                payloads.append(_batch_text(len(payloads), items))
+                items, size = [], 0
+            items.append(item)
+            size += item_size
+        if items:
+            payloads.append(_batch_text(len(payloads), items))
+        if payloads:
+            await self._pool.execute(
+                "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+                PG_CHANNEL,
+                payloads,
+            )
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self.fanout.subscription(channel)
@@ -107,6 +169,19 @@ class PostgresEventBus:
             await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
+
+
+def _notify_text(channel: str, payload: dict[str, Any]) -> str:
+    text = json.dumps({"c": channel, "p": payload}, default=str)
+    if len(text.encode()) > PG_PAYLOAD_LIMIT:
+        raise ValueError("event too large for PostgreSQL NOTIFY")
+    return text
+
+
+def _batch_text(number: int, items: list[str]) -> str:
+    # The number keeps two equal batches of one statement apart: PostgreSQL delivers identical
+    # payloads of one transaction once.
+    return f'{{"n":{number},"b":[{",".join(items)}]}}'
 
 
 def remote_event_bus(url: str) -> EventBus:

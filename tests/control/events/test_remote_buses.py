@@ -7,8 +7,14 @@ import os
 
 import pytest
 
-from kswifi.control.events import EventBus
-from kswifi.control.events_remote import PostgresEventBus, RedisEventBus, remote_event_bus
+from kswifi.control.events import Event, EventBus, InProcessEventBus, Subscription
+from kswifi.control.events_remote import (
+    BATCH_EVENTS,
+    PG_PAYLOAD_LIMIT,
+    PostgresEventBus,
+    RedisEventBus,
+    remote_event_bus,
+)
 
 REDIS_URL = os.environ.get("KSWIFI_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_URL = os.environ.get("KSWIFI_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -42,3 +48,80 @@ def test_url_picks_the_backend() -> None:
     assert isinstance(remote_event_bus("postgresql://postgres@127.0.0.1/x"), PostgresEventBus)
     with pytest.raises(ValueError, match="unsupported"):
         remote_event_bus("amqp://guest@127.0.0.1")
+
+
+async def _drain(subscription: Subscription, count: int) -> list[dict[str, object]]:
+    received: list[dict[str, object]] = []
+    while len(received) < count:
+        message = await subscription.get(5.0)
+        assert message is not None, f"only {len(received)} of {count} events arrived"
+        received.append(message)
+    return received
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_publish_many_reaches_other_replicas_in_order(kind: str) -> None:
+    replica_a, replica_b = _make(kind), _make(kind)
+    await replica_a.start()
+    await replica_b.start()
+    try:
+        tag = f"{os.getpid()}-{kind}"
+        first, second = f"session.many-a-{tag}", f"session.many-b-{tag}"
+        # Several broker messages (NOTIFY payloads stay under 8000 bytes, Redis takes
+        # BATCH_EVENTS events per message), few enough per channel for a subscription's buffer.
+        count = 400
+        events: list[Event] = []
+        for number in range(count):
+            channel = first if number % 2 == 0 else second
+            events.append((channel, {"type": "usage", "n": number, "pad": "x" * 40}))
+            events.extend(
+                (f"session.nobody-{tag}", {"type": "usage", "n": number}) for _ in range(3)
+            )
+        assert len(events) > BATCH_EVENTS
+        async with (
+            replica_b.subscribe(first) as on_first,
+            replica_b.subscribe(second) as on_second,
+            replica_a.subscribe(first) as own,
+        ):
+            await asyncio.sleep(0.1)
+            await replica_a.publish_many(events)
+            got_first = await _drain(on_first, len(range(0, count, 2)))
+            got_second = await _drain(on_second, len(range(1, count, 2)))
+            assert [m["n"] for m in got_first] == list(range(0, count, 2))
+            assert [m["n"] for m in got_second] == list(range(1, count, 2))
+            assert got_first[0] == {"type": "usage", "n": 0, "pad": "x" * 40}
+            # The publishing replica's own subscribers get them through the broker too.
+            assert [m["n"] for m in await _drain(own, 3)] == [0, 2, 4]
+            assert await on_first.get(0.3) is None
+
+            # One event alone, and nothing at all, also work.
+            await replica_a.publish_many([(first, {"type": "usage", "n": -1})])
+            assert await on_first.get(2.0) == {"type": "usage", "n": -1}
+            await replica_a.publish_many([])
+            assert await on_first.get(0.3) is None
+    finally:
+        await replica_a.stop()
+        await replica_b.stop()
+
+
+async def test_publish_many_refuses_an_event_too_large_for_notify() -> None:
+    bus = PostgresEventBus(PG_URL)
+    await bus.start()
+    try:
+        with pytest.raises(ValueError, match="too large"):
+            await bus.publish_many(
+                [("session.small", {"n": 1}), ("session.big", {"pad": "x" * PG_PAYLOAD_LIMIT})]
+            )
+    finally:
+        await bus.stop()
+
+
+async def test_in_process_publish_many_delivers_in_order() -> None:
+    bus = InProcessEventBus()
+    async with bus.subscribe("session.a") as on_a, bus.subscribe("session.b") as on_b:
+        await bus.publish_many(
+            [("session.a", {"n": 1}), ("session.b", {"n": 2}), ("session.a", {"n": 3})]
+        )
+        assert [await on_a.get(1), await on_a.get(1)] == [{"n": 1}, {"n": 3}]
+        assert await on_b.get(1) == {"n": 2}
+        assert await on_a.get(0.05) is None

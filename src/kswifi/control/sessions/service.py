@@ -10,7 +10,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.errors import NotFound, SessionNotUsable
-from kswifi.control.events import EventBus, publish_after_commit, session_channel
+from kswifi.control.events import (
+    Event,
+    EventBus,
+    publish_after_commit,
+    publish_many_after_commit,
+    session_channel,
+)
 from kswifi.control.models import LIVE_STATES, DataSession, Plan, UsageRollup, utcnow
 from kswifi.control.sessions import repository
 from kswifi.control.sessions.schemas import SessionOut
@@ -156,8 +162,9 @@ async def record_usage_batch(
     """Add many sessions' counted bytes set-based; end those whose data is used up.
 
     One UPDATE for the sessions, one upsert for the minute rollups, one UPDATE per warning
-    threshold crossed; only sessions that end here are loaded (to `end` them). Per session,
-    after commit: a `usage` event, then any `warning` events, then `exhausted`. Deltas of one
+    threshold crossed; only sessions that end here are loaded (to `end` them). After commit,
+    in one `publish_many`: per session a `usage` event, then any `warning` events; then the
+    `exhausted` events of the sessions that ended. Deltas of one
     session are summed; unknown sessions are left out of the result.
     """
     totals: dict[str, tuple[int, int, bool]] = {}
@@ -194,15 +201,13 @@ async def record_usage_batch(
         pending.append(item)
     await repository.set_warned_percents(db, warned)
 
-    outcomes: list[SessionUsageOutcome] = []
+    events: list[Event] = []
     for item in pending:
         row = item.row
         channel = session_channel(row.id)
-        publish_after_commit(db, bus, channel, usage_event(row, now))
-        for threshold in item.warnings:
-            publish_after_commit(
-                db,
-                bus,
+        events.append((channel, usage_event(row, now)))
+        events.extend(
+            (
                 channel,
                 {
                     "type": "warning",
@@ -211,6 +216,14 @@ async def record_usage_batch(
                     "message": f"You have used {threshold}% of this session's data.",
                 },
             )
+            for threshold in item.warnings
+        )
+    # One publish for the whole batch; the `exhausted` events of `end` follow it.
+    publish_many_after_commit(db, bus, events)
+
+    outcomes: list[SessionUsageOutcome] = []
+    for item in pending:
+        row = item.row
         status = row.status
         if item.ends:
             session = await repository.get(db, row.id, fresh=True)
