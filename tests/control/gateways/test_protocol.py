@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +17,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
-from kswifi.control.events import gateway_channel
+from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
 from kswifi.control.gateways import repository, service
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
-from kswifi.protocol.models import DesiredState, UsageAck
+from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
 from tests.control.gateways.conftest import RegisteredGateway, World
 
 STATE = "/api/gateway/v1/desired-state"
@@ -409,6 +410,74 @@ class TestUsage:
             await db.execute(update(Device).where(Device.id == device.id).values(status="removed"))
         await post_usage(client, gateway, usage_report(1, (session_id, 70, 0)))
         assert (await world.get_session(session_id)).used_bytes == 70
+
+    async def test_a_batch_recorded_above_the_last_sequence_is_a_duplicate(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        session_id = await world.session()
+        await world.device(session_id, gateway.id)
+        async with ctx.db.transaction() as db:
+            db.add(UsageBatch(gateway_id=gateway.id, sequence=7, received_at=utcnow()))
+        replay = await post_usage(client, gateway, usage_report(7, (session_id, 10, 0)))
+        assert (replay.accepted, replay.duplicate, replay.last_sequence) == (False, True, 0)
+        assert (await world.get_session(session_id)).used_bytes == 0
+        assert (await world.get_gateway(gateway.id)).last_usage_sequence == 0
+        async with ctx.db.transaction() as db:
+            assert list(await db.scalars(select(GatewayLease))) == []
+        ack = await post_usage(client, gateway, usage_report(8, (session_id, 10, 0)))
+        assert (ack.accepted, ack.last_sequence) == (True, 8)
+        assert (await world.get_session(session_id)).used_bytes == 10
+        assert (await world.get_gateway(gateway.id)).last_usage_sequence == 8
+
+    async def test_every_accepted_session_gets_a_lease_that_counts_its_bytes(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        idle, busy = await world.session(), await world.session()
+        await world.device(idle, gateway.id)
+        await world.device(busy, gateway.id)
+        await post_usage(client, gateway, usage_report(1, (idle, 0, 0), (busy, 5, 6)))
+        await post_usage(client, gateway, usage_report(2, (busy, 1, 0), (busy, 0, 2)))
+        async with ctx.db.transaction() as db:
+            leases = {
+                lease.session_id: lease.used_bytes
+                for lease in await db.scalars(select(GatewayLease))
+            }
+            [batch] = await db.scalars(select(UsageBatch).where(UsageBatch.sequence == 2))
+        assert leases == {idle: 0, busy: 14}
+        assert (batch.delta_count, batch.total_bytes) == (1, 3)
+
+    async def test_one_publish_per_report_in_session_order(
+        self, ctx: AppContext, world: World
+    ) -> None:
+        published: list[list[Event]] = []
+
+        class RecordingBus(InProcessEventBus):
+            async def publish_many(self, events: Sequence[Event]) -> None:
+                published.append(list(events))
+                await super().publish_many(events)
+
+        bus = RecordingBus()
+        gateway = await world.gateway()
+        session_ids = sorted([await world.session() for _ in range(3)])
+        for session_id in session_ids:
+            await world.device(session_id, gateway.id)
+        report = UsageReport.model_validate(
+            usage_report(1, *((sid, 100, 0) for sid in reversed(session_ids)))
+        )
+        async with bus.subscribe(session_channel(session_ids[0])) as subscription:
+            async with ctx.db.transaction() as db:
+                stored = await db.get(Gateway, gateway.id)
+                assert stored is not None
+                await service.apply_usage(db, bus, stored, report, utcnow())
+                assert published == []  # nothing before commit
+            assert [[channel for channel, _ in events] for events in published] == [
+                [session_channel(sid) for sid in session_ids]
+            ]
+            event = await subscription.get(1.0)
+            assert event is not None
+            assert (event["type"], event["used_bytes"]) == ("usage", 100)
 
     async def test_large_reports_are_queried_in_chunks(
         self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch

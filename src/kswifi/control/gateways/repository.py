@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
+    String,
     Table,
     bindparam,
     delete,
@@ -19,9 +21,11 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
 from kswifi.control.models import (
@@ -46,6 +50,21 @@ def _chunks(values: Iterable[str]) -> list[list[str]]:
     """Distinct values, sorted, in slices that fit in one `IN (...)`."""
     ordered = sorted(set(values))
     return [ordered[start : start + _IN_CHUNK] for start in range(0, len(ordered), _IN_CHUNK)]
+
+
+def _is_postgresql(db: AsyncSession) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def _one_of(db: AsyncSession, column: Any, values: list[str]) -> ColumnElement[bool]:
+    """`column IN (values)`. On PostgreSQL `column IN (SELECT unnest(:array))`: one bound array,
+    so the statement is compiled and planned once, not once per list length; and a semi-join
+    that uses the column's index (`= ANY(:array)` of a generic plan compares every row of the
+    table with every value)."""
+    if _is_postgresql(db):
+        array = bindparam(None, values, type_=ARRAY(String), unique=True)
+        return cast(ColumnElement[bool], column.in_(select(func.unnest(array))))
+    return cast(ColumnElement[bool], column.in_(values))
 
 
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
@@ -212,7 +231,7 @@ async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str,
     for chunk in _chunks(carriers):
         rows = await db.execute(
             select(Device.session_id, Device.gateway_id)
-            .where(Device.status == "active", Device.session_id.in_(chunk))
+            .where(Device.status == "active", _one_of(db, Device.session_id, chunk))
             .distinct()
         )
         for session_id, carrier_id in rows:
@@ -254,7 +273,9 @@ async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[LeaseR
     """All gateways' leases of the sessions, as the database holds them now."""
     found: list[LeaseRow] = []
     for chunk in _chunks(session_ids):
-        rows = await db.execute(select(*_LEASE_COLUMNS).where(GatewayLease.session_id.in_(chunk)))
+        rows = await db.execute(
+            select(*_LEASE_COLUMNS).where(_one_of(db, GatewayLease.session_id, chunk))
+        )
         found.extend(LeaseRow(*row) for row in rows)
     return found
 
@@ -394,23 +415,26 @@ async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int
 
 
 _PG_ADD_LEASE_USAGE = text(
-    "UPDATE gateway_leases AS l SET used_bytes = l.used_bytes + d.served,"
-    " updated_at = CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    "INSERT INTO gateway_leases (gateway_id, session_id, granted_bytes, used_bytes, updated_at)"
+    " SELECT :gateway_id, d.session_id, 0, d.served, CAST(:now AS TIMESTAMP WITH TIME ZONE)"
     " FROM unnest(CAST(:session_ids AS VARCHAR[]), CAST(:served AS BIGINT[]))"
-    " AS d(session_id, served)"
-    " WHERE l.gateway_id = :gateway_id AND l.session_id = d.session_id"
+    " AS d(session_id, served) ORDER BY d.session_id"
+    " ON CONFLICT (gateway_id, session_id) DO UPDATE SET"
+    " used_bytes = gateway_leases.used_bytes + excluded.used_bytes,"
+    " updated_at = excluded.updated_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def add_lease_usage(
     db: AsyncSession, gateway_id: str, served: Mapping[str, int], now: datetime
 ) -> None:
-    """Count bytes the gateway served against its leases ({session: bytes}), set-based:
-    one `UPDATE … FROM unnest(…)` on PostgreSQL, one executemany on SQLite."""
+    """Count bytes the gateway served against its leases ({session: bytes}, 0 allowed),
+    creating the (empty) leases it does not hold yet: one upsert (an executemany per chunk on
+    SQLite), rows in session order."""
     session_ids = sorted(served)  # one order: no lock cycles
     if not session_ids:
         return
-    if db.get_bind().dialect.name == "postgresql":
+    if _is_postgresql(db):
         await db.execute(
             _PG_ADD_LEASE_USAGE,
             {
@@ -422,12 +446,28 @@ async def add_lease_usage(
         )
         return
     table = cast(Table, GatewayLease.__table__)
-    await db.execute(
-        update(table)
-        .where(table.c.gateway_id == gateway_id, table.c.session_id == bindparam("b_session"))
-        .values(used_bytes=table.c.used_bytes + bindparam("b_served"), updated_at=now),
-        [{"b_session": sid, "b_served": served[sid]} for sid in session_ids],
-    )
+    for start in range(0, len(session_ids), _INSERT_CHUNK):
+        statement = sqlite_insert(table).values(
+            [
+                {
+                    "gateway_id": gateway_id,
+                    "session_id": session_id,
+                    "granted_bytes": 0,
+                    "used_bytes": served[session_id],
+                    "updated_at": now,
+                }
+                for session_id in session_ids[start : start + _INSERT_CHUNK]
+            ]
+        )
+        await db.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.gateway_id, table.c.session_id],
+                set_={
+                    "used_bytes": table.c.used_bytes + statement.excluded.used_bytes,
+                    "updated_at": statement.excluded.updated_at,
+                },
+            )
+        )
 
 
 async def lock_session_budgets(
@@ -439,7 +479,7 @@ async def lock_session_budgets(
     for chunk in _chunks(session_ids):  # sorted: chunks lock in id order too
         rows = await db.execute(
             select(DataSession.id, DataSession.data_limit_bytes, DataSession.used_bytes)
-            .where(DataSession.id.in_(chunk))
+            .where(_one_of(db, DataSession.id, chunk))
             .order_by(DataSession.id)
             .with_for_update(key_share=True)
         )
@@ -450,8 +490,37 @@ async def lock_session_budgets(
 async def sessions_by_id(db: AsyncSession, session_ids: Iterable[str]) -> dict[str, DataSession]:
     found: dict[str, DataSession] = {}
     for chunk in _chunks(session_ids):
-        rows = await db.scalars(select(DataSession).where(DataSession.id.in_(chunk)))
+        rows = await db.scalars(select(DataSession).where(_one_of(db, DataSession.id, chunk)))
         found.update({session.id: session for session in rows})
+    return found
+
+
+_PG_CARRIED = text(
+    "SELECT d.id FROM unnest(CAST(:ids AS VARCHAR[])) AS d(id)"
+    " WHERE EXISTS (SELECT 1 FROM devices AS v"
+    " WHERE v.gateway_id = :gateway_id AND v.session_id = d.id)"
+    " OR EXISTS (SELECT 1 FROM gateway_leases AS l"
+    " WHERE l.gateway_id = :gateway_id AND l.session_id = d.id)"
+).columns(id=String)
+
+
+async def sessions_billable_by(
+    db: AsyncSession, gateway_id: str, session_ids: Iterable[str]
+) -> set[str]:
+    """Which of `session_ids` the gateway may report usage of: those with a device (active
+    or since removed) on it, or a lease it holds (one query on PostgreSQL)."""
+    ids = sorted(set(session_ids))
+    if not ids:
+        return set()
+    if _is_postgresql(db):
+        rows = await db.execute(_PG_CARRIED, {"ids": ids, "gateway_id": gateway_id})
+        return set(rows.scalars())
+    found = await sessions_with_device_on(db, gateway_id, ids)
+    found.update(
+        row.session_id
+        for row in await leases_of(db, set(ids) - found)
+        if row.gateway_id == gateway_id
+    )
     return found
 
 
@@ -463,7 +532,7 @@ async def sessions_with_device_on(
     for chunk in _chunks(session_ids):
         rows = await db.scalars(
             select(Device.session_id)
-            .where(Device.gateway_id == gateway_id, Device.session_id.in_(chunk))
+            .where(Device.gateway_id == gateway_id, _one_of(db, Device.session_id, chunk))
             .distinct()
         )
         found.update(rows)
@@ -531,8 +600,62 @@ async def get_release(db: AsyncSession, gateway_id: str, host_index: int) -> Add
     return await db.get(AddressRelease, (gateway_id, host_index))
 
 
-async def usage_batch_exists(db: AsyncSession, gateway_id: str, sequence: int) -> bool:
-    return await db.get(UsageBatch, (gateway_id, sequence)) is not None
+_PG_RECORD_BATCH = text(
+    "WITH batch AS (INSERT INTO usage_batches"
+    " (gateway_id, sequence, received_at, delta_count, total_bytes)"
+    " VALUES (:gateway_id, :sequence, CAST(:now AS TIMESTAMP WITH TIME ZONE), :delta_count,"
+    " :total_bytes) ON CONFLICT (gateway_id, sequence) DO NOTHING RETURNING sequence)"
+    " UPDATE gateways SET last_usage_sequence = batch.sequence FROM batch"
+    " WHERE gateways.id = :gateway_id RETURNING gateways.id"
+).bindparams(
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("sequence", type_=BigInteger()),
+    bindparam("total_bytes", type_=BigInteger()),
+)
+
+
+async def record_usage_batch(
+    db: AsyncSession,
+    gateway: Gateway,
+    *,
+    sequence: int,
+    received_at: datetime,
+    delta_count: int,
+    total_bytes: int,
+) -> bool:
+    """Record that the gateway's batch `sequence` is applied and make it the gateway's last
+    sequence; False (nothing written) when that batch was recorded before. One statement on
+    PostgreSQL; the caller holds the gateway's row lock."""
+    if _is_postgresql(db):
+        result = await db.execute(
+            _PG_RECORD_BATCH,
+            {
+                "gateway_id": gateway.id,
+                "sequence": sequence,
+                "now": received_at,
+                "delta_count": delta_count,
+                "total_bytes": total_bytes,
+            },
+        )
+        if result.first() is None:
+            return False
+        set_committed_value(gateway, "last_usage_sequence", sequence)
+        return True
+    inserted = await db.execute(
+        sqlite_insert(UsageBatch)
+        .values(
+            gateway_id=gateway.id,
+            sequence=sequence,
+            received_at=received_at,
+            delta_count=delta_count,
+            total_bytes=total_bytes,
+        )
+        .on_conflict_do_nothing(index_elements=["gateway_id", "sequence"])
+    )
+    if not getattr(inserted, "rowcount", 0):
+        return False
+    gateway.last_usage_sequence = sequence
+    return True
 
 
 async def devices_by_public_key(

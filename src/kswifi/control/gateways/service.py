@@ -32,7 +32,6 @@ from kswifi.control.models import (
     LIVE_STATES,
     AddressRelease,
     Gateway,
-    UsageBatch,
 )
 from kswifi.control.security import SecretBox, hash_token, new_opaque_token
 from kswifi.control.sessions import service as sessions_service
@@ -735,31 +734,28 @@ async def apply_usage(
     locked = await repository.lock(db, gateway.id)  # one batch of a gateway at a time
     if locked is None:
         raise Unauthorized("Gateway token is not valid")
-    if report.sequence <= locked.last_usage_sequence or await repository.usage_batch_exists(
-        db, locked.id, report.sequence
-    ):
+    if report.sequence <= locked.last_usage_sequence:
         return protocol.UsageAck(
             accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
         )
     totals: dict[str, tuple[int, int, bool]] = {}
     for delta in report.deltas:
-        rx, tx, exhausted = totals.get(delta.session_id, (0, 0, False))
+        known = totals.get(delta.session_id)
         totals[delta.session_id] = (
-            rx + delta.rx_bytes,
-            tx + delta.tx_bytes,
-            exhausted or delta.quota_exhausted,
+            (delta.rx_bytes, delta.tx_bytes, delta.quota_exhausted)
+            if known is None
+            else (
+                known[0] + delta.rx_bytes,
+                known[1] + delta.tx_bytes,
+                known[2] or delta.quota_exhausted,
+            )
         )
-    carried = await repository.sessions_with_device_on(db, locked.id, totals)
     # A device that left the gateway (revoked, rotated onto another one) may have been served
     # bytes just before: a gateway that ever held a lease of the session may bill it. Sessions
     # it never carried stay refused.
-    carried |= {
-        row.session_id
-        for row in await repository.leases_of(db, set(totals) - carried)
-        if row.gateway_id == locked.id
-    }
-    refused = sorted(set(totals) - carried)
-    if refused:
+    carried = await repository.sessions_billable_by(db, locked.id, totals)
+    if len(carried) < len(totals):
+        refused = sorted(set(totals) - carried)
         log.warning(
             "usage_refused_not_carried",
             gateway_id=locked.id,
@@ -768,23 +764,18 @@ async def apply_usage(
             refused_count=len(refused),
         )
     accepted = {session_id: totals[session_id] for session_id in sorted(carried)}
-    batch = UsageBatch(
-        gateway_id=locked.id,
+    if not await repository.record_usage_batch(
+        db,
+        locked,
         sequence=report.sequence,
         received_at=now,
         delta_count=len(accepted),
         total_bytes=sum(rx + tx for rx, tx, _ in accepted.values()),
-    )
-    db.add(batch)
-    try:
-        async with db.begin_nested():
-            await db.flush()
-    except IntegrityError:
+    ):
         return protocol.UsageAck(
             accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
         )
 
-    await repository.ensure_leases(db, [(locked.id, session_id) for session_id in accepted], now)
     flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
     held = _leases_by_session(await repository.leases_of(db, flagged)) if flagged else {}
     outcomes = await sessions_service.record_usage_batch(
@@ -802,10 +793,11 @@ async def apply_usage(
         ],
         now=now,
     )
+    # Every accepted session gets its lease row (empty if new), served bytes counted.
     await repository.add_lease_usage(
         db,
         locked.id,
-        {o.session_id: accepted[o.session_id][0] + accepted[o.session_id][1] for o in outcomes},
+        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
         now,
     )
     ended: list[str] = []
@@ -815,8 +807,6 @@ async def apply_usage(
             live[outcome.session_id] = outcome
         elif outcome.was_live:
             ended.append(outcome.session_id)
-    locked.last_usage_sequence = report.sequence
-    await db.flush()
 
     bumped: set[str] = set()
     for session_id in ended:

@@ -74,23 +74,35 @@ class UsageRow:
     expires_at: datetime | None
 
 
-_PG_LOCK_SESSIONS = text(
-    "SELECT id FROM data_sessions WHERE id = ANY(CAST(:ids AS VARCHAR[]))"
-    " ORDER BY id FOR NO KEY UPDATE"
-)
+# One statement per batch: lock the sessions in id order (the lock order of the whole domain:
+# two batches sharing sessions never deadlock; the UPDATE only touches rows the CTE locked),
+# add the bytes, and add them to the minute rollups of the sessions that got any.
 _PG_ADD_USAGE = (
     text(
-        "UPDATE data_sessions AS s SET used_bytes = s.used_bytes + d.rx + d.tx,"
+        "WITH locked AS MATERIALIZED ("
+        " SELECT id FROM data_sessions WHERE id = ANY(CAST(:ids AS VARCHAR[]))"
+        " ORDER BY id FOR NO KEY UPDATE),"
+        " updated AS ("
+        " UPDATE data_sessions AS s SET used_bytes = s.used_bytes + d.rx + d.tx,"
         " rx_bytes = s.rx_bytes + d.rx, tx_bytes = s.tx_bytes + d.tx,"
         " last_seen_at = CASE WHEN d.rx + d.tx > 0"
         " THEN CAST(:now AS TIMESTAMP WITH TIME ZONE) ELSE s.last_seen_at END"
         " FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:rx AS BIGINT[]), CAST(:tx AS BIGINT[]))"
         " AS d(id, rx, tx)"
-        " WHERE s.id = d.id"
+        " WHERE s.id = d.id AND s.id IN (SELECT id FROM locked)"
         " RETURNING s.id, s.status, s.used_bytes, s.data_limit_bytes, s.warned_percent,"
-        " s.expires_at"
+        " s.expires_at, d.rx, d.tx),"
+        " rolled AS ("
+        " INSERT INTO usage_rollups (session_id, bucket_start, rx_bytes, tx_bytes)"
+        " SELECT id, CAST(:bucket AS TIMESTAMP WITH TIME ZONE), rx, tx FROM updated"
+        " WHERE rx + tx > 0 ORDER BY id"
+        " ON CONFLICT (session_id, bucket_start) DO UPDATE SET"
+        " rx_bytes = usage_rollups.rx_bytes + excluded.rx_bytes,"
+        " tx_bytes = usage_rollups.tx_bytes + excluded.tx_bytes)"
+        " SELECT id, status, used_bytes, data_limit_bytes, warned_percent, expires_at"
+        " FROM updated ORDER BY id"
     )
-    .bindparams(bindparam("now", type_=UTCDateTime()))
+    .bindparams(bindparam("now", type_=UTCDateTime()), bindparam("bucket", type_=UTCDateTime()))
     .columns(
         id=String,
         status=String,
@@ -106,20 +118,21 @@ async def add_usage_batch(
     db: AsyncSession, totals: Mapping[str, tuple[int, int]], now: datetime
 ) -> list[UsageRow]:
     """Add (rx, tx) bytes to many sessions set-based, no lost update between concurrent
-    ingests; the sessions as they are now, by id (missing ids are left out).
+    ingests, and to their minute rollups (`now`'s minute); the sessions as they are now, by id
+    (missing ids are left out).
 
-    PostgreSQL: the rows are locked in id order first (the lock order of the whole domain:
-    two batches sharing sessions never deadlock), then one `UPDATE … FROM unnest(…)`.
-    SQLite (one writer at a time anyway): `UPDATE … SET … CASE id … WHERE id IN (…)` per chunk.
-    `last_seen_at` moves only for sessions that got bytes.
+    PostgreSQL: one statement: the rows locked in id order, one `UPDATE … FROM unnest(…)`,
+    one rollup upsert. SQLite (one writer at a time anyway): `UPDATE … SET … CASE id … WHERE
+    id IN (…)` per chunk, then the rollups (`add_to_rollups`). `last_seen_at` moves, and a
+    rollup grows, only for sessions that got bytes.
     """
     ids = sorted(totals)
     rows: list[UsageRow] = []
     if not ids:
         return rows
+    bucket = now.replace(second=0, microsecond=0)
     if _is_postgresql(db):
         await db.flush()  # a textual statement does not autoflush: pending ORM writes first
-        await db.execute(_PG_LOCK_SESSIONS, {"ids": ids})
         result = await db.execute(
             _PG_ADD_USAGE,
             {
@@ -127,38 +140,42 @@ async def add_usage_batch(
                 "rx": [totals[i][0] for i in ids],
                 "tx": [totals[i][1] for i in ids],
                 "now": now,
+                "bucket": bucket,
             },
         )
-        rows.extend(UsageRow(*row) for row in result)
-    else:
-        for chunk in _chunked(ids):
-            rx = {i: totals[i][0] for i in chunk}
-            tx = {i: totals[i][1] for i in chunk}
-            both = {i: rx[i] + tx[i] for i in chunk}
-            served = [i for i in chunk if both[i]]
-            result = await db.execute(
-                update(DataSession)
-                .where(DataSession.id.in_(chunk))
-                .values(
-                    used_bytes=DataSession.used_bytes + case(both, value=DataSession.id, else_=0),
-                    rx_bytes=DataSession.rx_bytes + case(rx, value=DataSession.id, else_=0),
-                    tx_bytes=DataSession.tx_bytes + case(tx, value=DataSession.id, else_=0),
-                    last_seen_at=case(
-                        (DataSession.id.in_(served), now), else_=DataSession.last_seen_at
-                    ),
-                )
-                .returning(
-                    DataSession.id,
-                    DataSession.status,
-                    DataSession.used_bytes,
-                    DataSession.data_limit_bytes,
-                    DataSession.warned_percent,
-                    DataSession.expires_at,
-                )
-                .execution_options(synchronize_session=False)
+        return [UsageRow(*row) for row in result]
+    for chunk in _chunked(ids):
+        rx = {i: totals[i][0] for i in chunk}
+        tx = {i: totals[i][1] for i in chunk}
+        both = {i: rx[i] + tx[i] for i in chunk}
+        served = [i for i in chunk if both[i]]
+        result = await db.execute(
+            update(DataSession)
+            .where(DataSession.id.in_(chunk))
+            .values(
+                used_bytes=DataSession.used_bytes + case(both, value=DataSession.id, else_=0),
+                rx_bytes=DataSession.rx_bytes + case(rx, value=DataSession.id, else_=0),
+                tx_bytes=DataSession.tx_bytes + case(tx, value=DataSession.id, else_=0),
+                last_seen_at=case(
+                    (DataSession.id.in_(served), now), else_=DataSession.last_seen_at
+                ),
             )
-            rows.extend(UsageRow(*row) for row in result)
-    return sorted(rows, key=lambda row: row.id)
+            .returning(
+                DataSession.id,
+                DataSession.status,
+                DataSession.used_bytes,
+                DataSession.data_limit_bytes,
+                DataSession.warned_percent,
+                DataSession.expires_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        rows.extend(UsageRow(*row) for row in result)
+    rows.sort(key=lambda row: row.id)
+    await add_to_rollups(
+        db, bucket, [(row.id, *totals[row.id]) for row in rows if any(totals[row.id])]
+    )
+    return rows
 
 
 async def set_warned_percents(db: AsyncSession, warned: Mapping[str, int]) -> None:

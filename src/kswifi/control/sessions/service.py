@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -149,23 +149,16 @@ class SessionUsageOutcome:
     data_limit_bytes: int
 
 
-@dataclass
-class _Pending:
-    row: repository.UsageRow
-    warnings: list[int] = field(default_factory=list)
-    ends: bool = False
-
-
 async def record_usage_batch(
     db: AsyncSession, bus: EventBus, *, deltas: Sequence[UsageDelta], now: datetime
 ) -> list[SessionUsageOutcome]:
     """Add many sessions' counted bytes set-based; end those whose data is used up.
 
-    One UPDATE for the sessions, one upsert for the minute rollups, one UPDATE per warning
-    threshold crossed; only sessions that end here are loaded (to `end` them). After commit,
-    in one `publish_many`: per session a `usage` event, then any `warning` events; then the
-    `exhausted` events of the sessions that ended. Deltas of one
-    session are summed; unknown sessions are left out of the result.
+    One statement for the sessions and their minute rollups (PostgreSQL), one UPDATE per
+    warning threshold crossed; only sessions that end here are loaded (to `end` them). After
+    commit, in one `publish_many`: per session a `usage` event, then any `warning` events;
+    then the `exhausted` events of the sessions that ended. Deltas of one session are summed;
+    unknown sessions are left out of the result.
     """
     totals: dict[str, tuple[int, int, bool]] = {}
     for delta in deltas:
@@ -182,64 +175,52 @@ async def record_usage_batch(
     rows = await repository.add_usage_batch(
         db, {session_id: (rx, tx) for session_id, (rx, tx, _) in totals.items()}, now
     )
-    await repository.add_to_rollups(
-        db,
-        now.replace(second=0, microsecond=0),
-        [(row.id, totals[row.id][0], totals[row.id][1]) for row in rows if any(totals[row.id][:2])],
-    )
-    pending: list[_Pending] = []
-    warned: dict[str, int] = {}
-    for row in rows:
-        item = _Pending(row)
-        live = row.status in LIVE_STATES
-        percent = usage_percent(row)
-        if live:
-            item.warnings = [t for t in WARNING_PERCENTS if percent >= t > row.warned_percent]
-            if item.warnings:
-                warned[row.id] = item.warnings[-1]
-            item.ends = totals[row.id][2] or row.used_bytes >= row.data_limit_bytes
-        pending.append(item)
-    await repository.set_warned_percents(db, warned)
-
     events: list[Event] = []
-    for item in pending:
-        row = item.row
+    warned: dict[str, int] = {}
+    ending: list[str] = []
+    at = now.isoformat()
+    for row in rows:
         channel = session_channel(row.id)
-        events.append((channel, usage_event(row, now)))
-        events.extend(
-            (
-                channel,
-                {
-                    "type": "warning",
-                    "session_id": row.id,
-                    "percent": threshold,
-                    "message": f"You have used {threshold}% of this session's data.",
-                },
-            )
-            for threshold in item.warnings
-        )
+        events.append((channel, usage_event(row, now, at=at)))
+        if row.status not in LIVE_STATES:
+            continue
+        percent = usage_percent(row)
+        for threshold in WARNING_PERCENTS:
+            if percent >= threshold > row.warned_percent:
+                warned[row.id] = threshold
+                events.append(
+                    (
+                        channel,
+                        {
+                            "type": "warning",
+                            "session_id": row.id,
+                            "percent": threshold,
+                            "message": f"You have used {threshold}% of this session's data.",
+                        },
+                    )
+                )
+        if totals[row.id][2] or row.used_bytes >= row.data_limit_bytes:
+            ending.append(row.id)
+    await repository.set_warned_percents(db, warned)
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
     publish_many_after_commit(db, bus, events)
 
-    outcomes: list[SessionUsageOutcome] = []
-    for item in pending:
-        row = item.row
-        status = row.status
-        if item.ends:
-            session = await repository.get(db, row.id, fresh=True)
-            if session is not None:
-                await end(db, bus, session, "exhausted", "data_used_up", now)
-                status = session.status
-        outcomes.append(
-            SessionUsageOutcome(
-                session_id=row.id,
-                status=status,
-                was_live=row.status in LIVE_STATES,
-                used_bytes=row.used_bytes,
-                data_limit_bytes=row.data_limit_bytes,
-            )
+    ended: dict[str, str] = {}
+    for session_id in ending:
+        session = await repository.get(db, session_id, fresh=True)
+        if session is not None:
+            await end(db, bus, session, "exhausted", "data_used_up", now)
+            ended[session_id] = session.status
+    return [
+        SessionUsageOutcome(
+            session_id=row.id,
+            status=ended.get(row.id, row.status),
+            was_live=row.status in LIVE_STATES,
+            used_bytes=row.used_bytes,
+            data_limit_bytes=row.data_limit_bytes,
         )
-    return outcomes
+        for row in rows
+    ]
 
 
 async def record_usage(
@@ -354,7 +335,8 @@ def usage_fields(session: _Usage) -> dict[str, Any]:
     }
 
 
-def usage_event(session: _Usage, now: datetime) -> dict[str, Any]:
+def usage_event(session: _Usage, now: datetime, *, at: str | None = None) -> dict[str, Any]:
+    """The `usage` event of a session; `at`: `now.isoformat()` when the caller has it."""
     seconds_left = None
     if session.expires_at is not None:
         seconds_left = max(0, int((session.expires_at - now).total_seconds()))
@@ -362,7 +344,7 @@ def usage_event(session: _Usage, now: datetime) -> dict[str, Any]:
         "type": "usage",
         "session_id": session.id,
         "status": session.status,
-        "at": now.isoformat(),
+        "at": now.isoformat() if at is None else at,
         "expires_at": session.expires_at.isoformat() if session.expires_at else None,
         "seconds_left": seconds_left,
         **usage_fields(session),
