@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-
 PACKET_BYTES = 1500
 """What one full-size packet counts (an Ethernet-MTU IP packet). A lease with less than this
 left cannot carry one: the kernel quota drops the next full packet."""
