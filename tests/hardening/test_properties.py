@@ -64,8 +64,8 @@ address_ops = st.lists(
 async def test_allocation_never_hands_out_an_address_twice(
     ctx: AppContext, ops: list[tuple[str, int]]
 ) -> None:
-    ctx.settings.gateway_pool_v4_prefix = 29  # the gateway and 5 devices: exhaustion is near
-    ctx.settings.gateway_capacity = 5
+    ctx.settings.address_pool_v4_prefix = 29  # the gateway and 5 devices: exhaustion is near
+    ctx.settings.default_gateway_capacity = 5
     ctx.settings.address_cooldown_seconds = COOLDOWN
     gateway = await make_gateway(ctx, "eu-west")
     async with ctx.db.transaction() as db:
@@ -128,8 +128,8 @@ usage_ops = st.lists(
 async def test_usage_is_billed_exactly_once_through_resets_crashes_and_replays(
     client: httpx.AsyncClient, ctx: AppContext, ops: list[tuple[str, str, int]]
 ) -> None:
-    ctx.settings.gateway_pool_v4_prefix = 24  # a gateway per example: many small blocks
-    ctx.settings.gateway_capacity = 100
+    ctx.settings.address_pool_v4_prefix = 24  # a gateway per example: many small blocks
+    ctx.settings.default_gateway_capacity = 100
     gateway = await make_gateway(ctx, "eu-west")
     owner = await make_actor(ctx, label="meter")
     session_id = (await buy(client, owner, "ultra"))["session_id"]

@@ -24,7 +24,8 @@ def add(
     region: Annotated[str, typer.Option(help="Region code, e.g. eu-west")],
     endpoint: Annotated[str, typer.Option(help="HOST:PORT phones dial ([addr]:port for IPv6)")],
     capacity: Annotated[
-        int | None, typer.Option(min=1, help="Devices at once (default KSWIFI_GATEWAY_CAPACITY)")
+        int | None,
+        typer.Option(min=1, help="Devices at once (default KSWIFI_DEFAULT_GATEWAY_CAPACITY)"),
     ] = None,
     listen_port: Annotated[
         int | None,

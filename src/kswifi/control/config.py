@@ -36,13 +36,15 @@ class Settings(BaseSettings):
     stripe_api_base: str = Field("", description="Override Stripe's API base (tests)")
     activation_days: int = Field(30, ge=1, description="Days to generate a first profile")
     address_cooldown_seconds: int = Field(3600, ge=0, description="Before a freed IP is reused")
-    gateway_pool_v4: str = Field("100.64.0.0/10", description="Carved into one block per gateway")
-    gateway_pool_v4_prefix: int = Field(
+    address_pool_v4: str = Field("100.64.0.0/10", description="Carved into one block per gateway")
+    address_pool_v4_prefix: int = Field(
         16, ge=8, le=30, description="Size of each gateway's IPv4 block"
     )
-    gateway_pool_v6: str = Field("fd4b:5357:4946::/48", description="ULA, one /64 per gateway")
-    gateway_capacity: int = Field(10_000, ge=1, description="Default devices per gateway")
-    gateway_offline_seconds: int = Field(30, ge=5, description="Grace before marked offline")
+    address_pool_v6: str = Field("fd4b:5357:4946::/48", description="ULA, one /64 per gateway")
+    default_gateway_capacity: int = Field(10_000, ge=1, description="Default devices per gateway")
+    offline_after_seconds: int = Field(
+        30, ge=5, description="A gateway silent this long is marked offline"
+    )
     wireguard_mtu: int = Field(1280, ge=1280, le=1500, description="MTU in generated profiles")
     longpoll_seconds: float = Field(25.0, gt=0, le=60, description="Desired-state long-poll wait")
     sse_max_seconds: float = Field(300.0, gt=0, description="Lifetime of one usage stream")

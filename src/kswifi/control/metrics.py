@@ -301,7 +301,7 @@ def _gateway_families(
         labels=[*labels, "direction"],
     )
     per_region: dict[tuple[str, str], int] = {}
-    grace = settings.gateway_offline_seconds
+    grace = settings.offline_after_seconds
     for gateway in gateways:
         label = [gateway.name, gateway.region_code]
         age = (

@@ -68,7 +68,7 @@ class TestAllocate:
                 await service.release_host(db, gateway.id, 1, utcnow())
 
     async def test_pool_exhaustion_is_a_clear_error(self, ctx: AppContext, world: World) -> None:
-        ctx.settings.gateway_pool_v4_prefix = 29  # 6 usable: the gateway and 5 devices
+        ctx.settings.address_pool_v4_prefix = 29  # 6 usable: the gateway and 5 devices
         gateway = await world.gateway(capacity=5)
         indexes = [(await _allocate(ctx, gateway.id))[0] for _ in range(5)]
         assert indexes == [2, 3, 4, 5, 6]
@@ -138,7 +138,7 @@ class TestChooseGateway:
         online = await world.gateway("b-online")
         offline = await world.gateway("c-offline")
         await self._heartbeat(ctx, online.id, 1)
-        await self._heartbeat(ctx, offline.id, ctx.settings.gateway_offline_seconds + 60)
+        await self._heartbeat(ctx, offline.id, ctx.settings.offline_after_seconds + 60)
         for _ in range(3):  # online wins even when busier
             await world.device(await world.session(), online.id)
         assert (await self._choose(ctx, "eu-west")).id == online.id

@@ -740,7 +740,7 @@ class TestRevisionsAndHealth:
     async def test_mark_offline(self, ctx: AppContext, world: World) -> None:
         fresh, stale, never = await world.gateway(), await world.gateway(), await world.gateway()
         now = utcnow()
-        grace = ctx.settings.gateway_offline_seconds
+        grace = ctx.settings.offline_after_seconds
         async with ctx.db.transaction() as db:
             for gateway_id, seen in (
                 (fresh.id, now),

@@ -51,7 +51,7 @@ class TestRegister:
         assert gateway.ipv6_pool == "fd4b:5357:4946::/64"
         assert gateway.next_host_index == 2
         assert gateway.listen_port == 51820
-        assert gateway.capacity == ctx.settings.gateway_capacity
+        assert gateway.capacity == ctx.settings.default_gateway_capacity
 
     async def test_each_gateway_gets_the_next_blocks(self, ctx: AppContext) -> None:
         await _register(ctx, name="a")
@@ -120,7 +120,7 @@ class TestRegister:
             await _register(ctx, capacity=70_000)
 
     async def test_pool_of_blocks_exhausted(self, ctx: AppContext) -> None:
-        ctx.settings.gateway_pool_v4 = "100.64.0.0/15"
+        ctx.settings.address_pool_v4 = "100.64.0.0/15"
         await _register(ctx, name="a")
         await _register(ctx, name="b")
         with pytest.raises(service.AddressPoolExhausted, match="no free /16"):

@@ -165,7 +165,7 @@ async def register(
     if await repository.get_by_name(db, name) is not None:
         raise Conflict(f"a gateway named {name!r} already exists")
 
-    capacity = settings.gateway_capacity if capacity is None else capacity
+    capacity = settings.default_gateway_capacity if capacity is None else capacity
     if capacity < 1:
         raise Unprocessable("capacity must be at least 1", field="capacity")
     private_key, public_key = _new_key_pair()
@@ -221,9 +221,9 @@ async def register(
 async def _carve_blocks(db: AsyncSession, settings: Settings) -> ipam.GatewayBlocks:
     taken = await repository.taken_blocks(db)
     try:
-        pool_v4 = ipam.parse_network(settings.gateway_pool_v4)
-        pool_v6 = ipam.parse_network(settings.gateway_pool_v6)
-        ipv4 = ipam.carve_block(pool_v4, settings.gateway_pool_v4_prefix, [v4 for v4, _ in taken])
+        pool_v4 = ipam.parse_network(settings.address_pool_v4)
+        pool_v6 = ipam.parse_network(settings.address_pool_v6)
+        ipv4 = ipam.carve_block(pool_v4, settings.address_pool_v4_prefix, [v4 for v4, _ in taken])
         ipv6 = ipam.carve_block(pool_v6, 64, [v6 for _, v6 in taken])
         return ipam.GatewayBlocks.parse(str(ipv4), str(ipv6))
     except ipam.PoolExhausted as exc:
@@ -282,7 +282,7 @@ def seen_recently(gateway: Gateway, now: datetime, settings: Settings) -> bool:
     return (
         gateway.is_online
         and gateway.last_heartbeat_at is not None
-        and gateway.last_heartbeat_at >= now - timedelta(seconds=settings.gateway_offline_seconds)
+        and gateway.last_heartbeat_at >= now - timedelta(seconds=settings.offline_after_seconds)
     )
 
 
@@ -351,7 +351,7 @@ async def choose_gateway(
 
     Online gateways come first, then gateways never seen yet (so a control plane without a
     running agent can still issue profiles); gateways known to be offline are skipped. Online
-    means a heartbeat within `settings.gateway_offline_seconds`, or, without settings, the
+    means a heartbeat within `settings.offline_after_seconds`, or, without settings, the
     stored flag the worker keeps.
     """
     if region_code is not None and await repository.get_region(db, region_code) is None:
@@ -893,7 +893,7 @@ async def record_heartbeat(
 async def mark_offline_gateways(db: AsyncSession, now: datetime, settings: Settings) -> int:
     """Gateways silent for longer than the grace period are offline; how many were marked."""
     count = await repository.mark_offline(
-        db, now - timedelta(seconds=settings.gateway_offline_seconds)
+        db, now - timedelta(seconds=settings.offline_after_seconds)
     )
     if count:
         log.info("gateways_offline", count=count)

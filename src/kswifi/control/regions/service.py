@@ -453,7 +453,7 @@ async def mark_offline_gateways(
     device on one of them gets a `gateway_offline` event once this transaction commits.
     New profiles avoid offline gateways (see `place`)."""
     claimed = await repository.claim_silent_gateways(
-        db, now - timedelta(seconds=settings.gateway_offline_seconds)
+        db, now - timedelta(seconds=settings.offline_after_seconds)
     )
     if not claimed:
         return 0
