@@ -8,7 +8,13 @@ from datetime import UTC, datetime
 
 from kswifi.agent.dataplane import Observation
 from kswifi.agent.drivers.nftables import NftReading
-from kswifi.agent.drivers.tc import DeviceReading, FilterEntry, TcReading
+from kswifi.agent.drivers.tc import (
+    DeviceReading,
+    FilterEntry,
+    TcReading,
+    bucket_class,
+    bucket_of,
+)
 from kswifi.agent.drivers.wireguard import InterfaceMode, WireguardReading
 from kswifi.agent.errors import ControlPlaneError, DriverError
 from kswifi.agent.model import ActualState, Direction, SessionObjects
@@ -65,7 +71,12 @@ class FakeDataplane:
             if session in self.minors
         }
         classes = {self.minors[s]: rate for s, rate in self.state.rates.items()}
-        device = DeviceReading(classes, filters, True)
+        routes = {
+            address: FilterEntry(4, 0, 0, bucket_class(bucket_of(entry.minor)))
+            for address, entry in filters.items()
+        }
+        buckets = {bucket_of(minor) for minor in classes}
+        device = DeviceReading(classes, filters, True, routes, buckets)
         return Observation(
             WireguardReading(self.state.interface, dict(self.state.peers)),  # type: ignore[arg-type]
             self._nft(),

@@ -247,3 +247,116 @@ class TestAgentRestart:
         control.up = True
         assert await second.deliver_usage() == 1
         assert 1_000_000 < control.totals["sess-r"] < 1_300_000
+
+
+def filler_specs(count: int, speed_mbps: int = 25) -> list[PeerSpec]:
+    """Sessions without a phone behind them (keys only), addresses 100.64.4.0 onwards."""
+    from kswifi.agent.keys import generate_private_key, public_key_of
+
+    from .conftest import random_key
+
+    return [
+        PeerSpec(
+            public_key=public_key_of(generate_private_key()),
+            preshared_key=random_key(),
+            allowed_ips=[f"100.64.{4 + i // 256}.{i % 256}/32", f"fd6b:7377:6966:1::{i:x}/128"],
+            session_id=f"a-filler-{i:04d}",
+            quota_bytes=10**9,
+            speed_mbps=speed_mbps,
+        )
+        for i in range(count)
+    ]
+
+
+def class_stats(topology: Topology, device: str, classid: str) -> int:
+    """Bytes the kernel sent through one HTB class."""
+    import re
+
+    text = topology.lab.sh(
+        topology.gw, ["tc", "-s", "class", "show", "dev", device, "classid", classid]
+    )
+    found = re.search(r"Sent (\d+) bytes", text)
+    assert found, text
+    return int(found.group(1))
+
+
+class TestBuckets:
+    def test_session_in_the_second_bucket_is_shaped_in_its_child_qdisc(
+        self, topology: Topology
+    ) -> None:
+        from kswifi.agent.drivers.tc import BUCKET_SIZE, bucket_of
+
+        dataplane = topology.dataplane()
+        dataplane.prepare()
+        phone = topology.new_phone()
+        fillers = filler_specs(BUCKET_SIZE + 40)
+        # Minors go in session order: the fillers ("a-…") fill bucket 0, the phone lands in 1.
+        wanted = state(topology, 1, [*fillers, peer_spec(phone, "z-phone", speed_mbps=10)])
+        reconcile(dataplane, wanted)
+        assert converged(dataplane, wanted) == []  # the full read parses the bucketed layout
+
+        observation = dataplane.observe()
+        minor = observation.session_minors["z-phone"]
+        assert bucket_of(minor) == 1
+        classid = f"3:{minor:x}"
+        for device in (topology.wg, topology.ifb):
+            qdiscs = topology.lab.sh(topology.gw, ["tc", "qdisc", "show", "dev", device])
+            assert "qdisc htb 2: parent 1:1" in qdiscs and "qdisc htb 3: parent 1:2" in qdiscs
+            classes = topology.lab.sh(topology.gw, ["tc", "class", "show", "dev", device])
+            assert classes.count("class htb 2:") == BUCKET_SIZE
+            assert classes.count("class htb 3:") == 41
+            assert f"class htb {classid} root " in classes
+
+        topology.connect(phone)
+        topology.lab.popen(topology.inet, ["iperf3", "-s", "-B", SERVER_V4], stdout=-3)
+        import time
+
+        time.sleep(0.3)
+        down = steady_rate(lambda: iperf(topology, phone, reverse=True), 10)
+        up = steady_rate(lambda: iperf(topology, phone, reverse=False), 10)
+        print(f"bucket 1, 10 Mbit/s: download {down:.2f}, upload {up:.2f} Mbit/s")
+        assert 9.0 <= down <= 11.0, down
+        assert 9.0 <= up <= 11.0, up
+        # The bytes went through the phone's class in the child qdisc, on both devices.
+        assert class_stats(topology, topology.wg, classid) > 3_000_000
+        assert class_stats(topology, topology.ifb, classid) > 3_000_000
+
+        # Tier change in place; then bucket 0 empties and is removed, bucket 1 stays.
+        assert (
+            reconcile(dataplane, state(topology, 2, [*fillers, peer_spec(phone, "z-phone")])) == 1
+        )
+        only_phone = state(topology, 3, [peer_spec(phone, "z-phone")])
+        reconcile(dataplane, only_phone)
+        reconcile(dataplane, only_phone)
+        assert converged(dataplane, only_phone) == []
+        for device in (topology.wg, topology.ifb):
+            classes = topology.lab.sh(topology.gw, ["tc", "class", "show", "dev", device])
+            assert "class htb 1:1 " not in classes and "class htb 2:" not in classes
+            assert f"class htb {classid} root " in classes
+
+        reconcile(dataplane, state(topology, 4, []))
+        for device in (topology.wg, topology.ifb):
+            classes = topology.lab.sh(topology.gw, ["tc", "class", "show", "dev", device])
+            assert classes.strip() == ""
+
+    def test_a_flat_layout_left_by_an_older_agent_is_rebuilt(self, topology: Topology) -> None:
+        dataplane = topology.dataplane()
+        dataplane.prepare()
+        phone = topology.new_phone()
+        dataplane.tc.teardown()
+        # The flat layout: session classes directly under the root HTB.
+        for device in (topology.wg,):
+            topology.lab.sh(
+                topology.gw,
+                ["tc", "-batch", "-"],
+                input_text=(
+                    f"qdisc add dev {device} root handle 1: htb default 0 r2q 100\n"
+                    f"class add dev {device} parent 1: classid 1:5 htb rate 10mbit\n"
+                ),
+            )
+        dataplane.prepare()
+        wanted = state(topology, 1, [peer_spec(phone, "sess-f", speed_mbps=10)])
+        reconcile(dataplane, wanted)
+        assert converged(dataplane, wanted) == []
+        classes = topology.lab.sh(topology.gw, ["tc", "class", "show", "dev", topology.wg])
+        assert "class htb 1:5 " not in classes and "class htb 2:1 " in classes

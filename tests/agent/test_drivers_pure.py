@@ -22,6 +22,7 @@ from kswifi.agent.drivers.tc import (
     TcReading,
     address_match,
     parse_classes,
+    parse_device,
     parse_filters,
     render_tc,
 )
@@ -33,6 +34,7 @@ from kswifi.agent.reconcile import (
     SetRate,
     ShapeAddress,
     UnmapAddress,
+    UnshapeAddress,
 )
 
 CONFIG = NftConfig("kswifi0", "eth0")
@@ -148,39 +150,160 @@ filter parent 1: protocol ipv6 pref 20 u32 chain 0 fh 20: ht divisor 256
 """
 
 
+def child_filters(root: str) -> str:
+    """The root's dump as bucket 0's child qdisc would print it (tables 100:, 200:)."""
+    return (
+        root.replace("flowid 1:", "flowid 2:")
+        .replace("fh 10:", "fh 100:")
+        .replace("fh 20:", "fh 200:")
+        .replace("link 10:", "link 100:")
+    )
+
+
 class TestTc:
     def test_parse_filters_including_bucket_zero_and_ipv6(self) -> None:
         filters, tables = parse_filters(FILTERS, "download")
         assert tables == {0x10, 0x20}
-        assert filters == {
+        assert filters[1] == {
             "100.64.1.0": FilterEntry(4, 0, 1, 0xFF),
             "100.64.0.2": FilterEntry(4, 2, 3, 1),
             "fd00::2": FilterEntry(6, 2, 1, 1),
         }
 
-    def test_parse_classes(self) -> None:
+    def test_parse_classes_keeps_sessions_in_their_buckets_child_qdisc(self) -> None:
         text = (
-            "class htb 1:5 root prio 0 rate 10Mbit ceil 10Mbit burst 16Kb\n"
-            "class htb 1:a root prio 0 rate 1Gbit ceil 1Gbit burst 250Kb\n"
+            "class htb 1:1 root leaf 2: prio 0 rate 100Gbit ceil 100Gbit burst 0b cburst 0b\n"
+            "class htb 1:2 root leaf 3: prio 0 rate 100Gbit ceil 100Gbit burst 0b cburst 0b\n"
+            "class htb 2:5 root prio 0 rate 10Mbit ceil 10Mbit burst 16Kb\n"
+            "class htb 3:101 root prio 0 rate 1Gbit ceil 1Gbit burst 250Kb\n"
+            "class htb 2:102 root prio 0 rate 1Gbit ceil 1Gbit burst 250Kb\n"  # wrong qdisc
         )
-        assert parse_classes(text) == {5: 10, 10: 1000}
+        assert parse_classes(text) == ({5: 10, 0x101: 1000}, {1, 2})
 
     def test_address_match_words(self) -> None:
-        assert address_match("100.64.0.2", "upload") == ["match u32 0x64400002 0xffffffff at 12"]
-        assert len(address_match("fd00::2", "download")) == 4
+        assert address_match("100.64.0.2", "upload") == "match u32 0x64400002 0xffffffff at 12"
+        assert address_match("fd00::2", "download") == (
+            "match u32 0xfd000000 0xffffffff at 24 match u32 0x00000000 0xffffffff at 28"
+            " match u32 0x00000000 0xffffffff at 32 match u32 0x00000002 0xffffffff at 36"
+        )
 
-    def test_render_allocates_minor_and_free_node(self) -> None:
-        existing = DeviceReading({1: 10}, {"100.64.0.2": FilterEntry(4, 2, 1, 1)}, True)
-        reading = TcReading(existing, existing)
+    def test_device_reading_from_the_bucketed_layout(self) -> None:
+        qdiscs = (
+            "qdisc htb 1: root refcnt 2 r2q 100 default 0 direct_packets_stat 0\n"
+            "qdisc htb 2: parent 1:1 r2q 100 default 0 direct_packets_stat 0\n"
+        )
+        classes = (
+            "class htb 1:1 root leaf 2: prio 0 rate 100Gbit ceil 100Gbit burst 0b cburst 0b\n"
+            "class htb 2:ff root prio 0 rate 10Mbit ceil 10Mbit burst 16Kb\n"
+            "class htb 2:1 root prio 0 rate 25Mbit ceil 25Mbit burst 16Kb\n"
+        )
+        root = FILTERS.replace("flowid 1:ff", "flowid 1:1")
+        text = root + child_filters(FILTERS)
+        reading = parse_device(qdiscs, classes, text, "download")
+        assert reading.ready and reading.buckets == {0}
+        assert reading.classes == {0xFF: 10, 1: 25}
+        assert reading.routes["100.64.0.2"] == FilterEntry(4, 2, 3, 1)
+        assert reading.filters["100.64.1.0"] == FilterEntry(4, 0, 1, 0xFF)
+        assert reading.shaped() == {"100.64.1.0": 0xFF, "100.64.0.2": 1, "fd00::2": 1}
+        assert TcReading(reading, reading).shaped() == reading.shaped()
+
+        # A root filter leading to another bucket does not count as shaped.
+        reading.routes["100.64.0.2"] = FilterEntry(4, 2, 3, 2)
+        assert "100.64.0.2" not in reading.shaped()
+
+    def test_flat_layout_or_half_built_bucket_reads_as_not_ready(self) -> None:
+        qdiscs = "qdisc htb 1: root refcnt 2 r2q 100 default 0\n"
+        flat = "class htb 1:5 root leaf 8005: prio 0 rate 10Mbit ceil 10Mbit burst 16Kb\n"
+        assert not parse_device(qdiscs, flat, FILTERS, "download").ready
+        bucket = "class htb 1:1 root leaf 2: prio 0 rate 100Gbit ceil 100Gbit burst 0b\n"
+        child = qdiscs + "qdisc htb 2: parent 1:1 r2q 100 default 0\n"
+        assert not parse_device(child, bucket, FILTERS, "download").ready  # no tables
+        assert parse_device(child, bucket, FILTERS + child_filters(FILTERS), "download").ready
+
+    def test_a_filter_is_read_in_the_qdisc_its_hash_table_belongs_to(self) -> None:
+        # Bucket 0's filters (tables 100:, 200:) leading out of their qdisc are not ours.
+        stray = child_filters(FILTERS).replace("flowid 2:1 ", "flowid 3:1 ")
+        filters, tables = parse_filters(stray, "download")
+        assert tables == {0x100, 0x200}
+        assert filters == {2: {"100.64.1.0": FilterEntry(4, 0, 1, 0xFF)}}
+
+    def test_render_places_sessions_in_buckets_of_256(self) -> None:
+        existing = DeviceReading(
+            {1: 10},
+            {"100.64.0.2": FilterEntry(4, 2, 1, 1)},
+            True,
+            {"100.64.0.2": FilterEntry(4, 2, 1, 1)},
+            {0},
+        )
+        reading = TcReading(existing, existing.copy())
         minors = {"s1": 1}
         scripts = render_tc(
             [("wg0", "download"), ("ifb0", "upload")],
             [SetRate("s2", 25), ShapeAddress("100.64.1.2", "s2"), DeleteRate("s1")],
-            reading.copy(),
+            reading,
             minors,
         )
         down = scripts["wg0"]
-        assert down[0].startswith("class replace dev wg0 parent 1: classid 1:2 htb rate 25mbit")
-        assert "handle 10:2:2" in down[1] and "flowid 1:2" in down[1]
-        assert down[-1] == "class del dev wg0 classid 1:1"
+        assert down[0].startswith(
+            "class replace dev wg0 parent 2: classid 2:2 htb rate 25mbit ceil 25mbit"
+        )
+        assert down[1] == (
+            "filter add dev wg0 parent 1: prio 10 handle 10:2:2 protocol ip u32 ht 10:2:"
+            " match u32 0x64400102 0xffffffff at 16 flowid 1:1"
+        )
+        assert down[2] == (
+            "filter add dev wg0 parent 2: prio 10 handle 100:2:2 protocol ip u32 ht 100:2:"
+            " match u32 0x64400102 0xffffffff at 16 flowid 2:2"
+        )
+        assert down[-1] == "class del dev wg0 classid 2:1"
+        assert "at 12 flowid 2:2" in scripts["ifb0"][2]
         assert minors == {"s2": 2}
+        assert reading.shaped() == {"100.64.0.2": 1, "100.64.1.2": 2}
+
+    def test_render_builds_a_new_bucket_and_removes_an_emptied_one(self) -> None:
+        minors = {f"s{n}": n for n in range(1, 257)}
+        classes = {n: 10 for n in range(1, 257)}
+        device = DeviceReading(classes, {}, True, {}, {0})
+        reading = TcReading(device, device.copy())
+        scripts = render_tc(
+            [("wg0", "download"), ("ifb0", "upload")],
+            [SetRate("new", 50), ShapeAddress("fd00::1:2", "new")],
+            reading,
+            minors,
+        )
+        assert minors["new"] == 257
+        up = scripts["ifb0"]
+        assert up[:2] == [
+            "class replace dev ifb0 parent 1: classid 1:2 htb rate 100gbit ceil 100gbit"
+            " quantum 60000",
+            "qdisc replace dev ifb0 parent 1:2 handle 3: htb default 0 r2q 100",
+        ]
+        assert (
+            "filter add dev ifb0 parent 3: prio 20 handle 201: protocol ipv6 u32 divisor 256" in up
+        )
+        assert up[-3].startswith("class replace dev ifb0 parent 3: classid 3:101 htb rate 50mbit")
+        assert up[-2].endswith("at 20 flowid 1:2")
+        assert up[-1].endswith("at 20 flowid 3:101") and " ht 201:2: " in up[-1]
+        assert reading.download.buckets == {0, 1}
+
+        scripts = render_tc(
+            [("wg0", "download"), ("ifb0", "upload")],
+            [UnshapeAddress("fd00::1:2"), DeleteRate("new")],
+            reading,
+            minors,
+        )
+        assert scripts["wg0"][-2:] == [
+            "class del dev wg0 classid 3:101",
+            "class del dev wg0 classid 1:2",
+        ]
+        assert scripts["wg0"][0].startswith("filter del dev wg0 parent 3: prio 20 handle 201:2:1")
+        assert scripts["wg0"][1].startswith("filter del dev wg0 parent 1: prio 20 handle 20:2:1")
+        assert reading.upload.buckets == {0} and "new" not in minors
+
+    def test_render_hands_out_the_lowest_free_minors(self) -> None:
+        device = DeviceReading({1: 10, 3: 10}, {}, True, {}, {0})
+        reading = TcReading(device, device.copy())
+        minors = {"a": 1, "c": 3}
+        actions = [SetRate(f"n{i}", 10) for i in range(3)]
+        render_tc([("wg0", "download"), ("ifb0", "upload")], actions, reading, minors)
+        assert [minors[f"n{i}"] for i in range(3)] == [2, 4, 5]

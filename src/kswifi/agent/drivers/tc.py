@@ -3,11 +3,20 @@
 Layout on each shaped device (the WireGuard device matches the destination address, the IFB
 device, fed by an ingress `mirred` redirect from the WireGuard device, the source address):
 
-    qdisc htb 1: (unclassified traffic goes to HTB's direct queue, unshaped)
-      u32 prio 10 (IPv4): root filter hashes the address' last byte into table 10: (256 buckets)
-      u32 prio 20 (IPv6): same into table 20:
-      class 1:MINOR htb rate R ceil R       <- one per session, same MINOR on both devices
-      filter 10:BUCKET:NODE match <address> flowid 1:MINOR   <- one per device address
+    qdisc htb 1: root (unclassified traffic goes to HTB's direct queue, unshaped)
+      u32 prio 10 (IPv4) / prio 20 (IPv6): hash the address' last byte into table 10: / 20:
+      filter 10:BUCKET:NODE match <address> flowid 1:B+1     <- the session's bucket
+      class 1:B+1 htb (never the bottleneck)                  <- one per bucket B
+        qdisc htb B+2: (child)
+          u32 tables 1BB: / 2BB: (BB = B in hex), hashed the same way
+          filter 1BB:BUCKET:NODE match <address> flowid B+2:MINOR
+          class B+2:MINOR htb rate R ceil R                   <- one per session
+
+A session's MINOR (1..65534, the lowest free one when it is first shaped, the same on both
+devices) fixes its bucket, B = (MINOR - 1) // 256, so a restarted agent reads the same
+placement back from the kernel. Creating an HTB class walks every class and filter of its
+qdisc; 256 sessions per child qdisc keep that walk short (linear total cost instead of
+quadratic in the sessions of one gateway). A bucket whose last session goes is deleted.
 
 All changes of a reconcile go through ONE `tc -batch -` (both devices); a tier change is
 `class replace` in place.
@@ -16,8 +25,10 @@ All changes of a reconcile go through ONE `tc -batch -` (both devices); a tier c
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -35,6 +46,9 @@ from kswifi.agent.reconcile import (
 Side = Literal["download", "upload"]
 MAX_MINOR = 0xFFFE
 MAX_NODE = 0xFFF
+BUCKET_SIZE = 256
+"""Sessions per child HTB qdisc."""
+ROOT = 1
 _HT = {4: 0x10, 6: 0x20}
 _PRIO = {4: 10, 6: 20}
 _PROTO = {4: "ip", 6: "ipv6"}
@@ -46,15 +60,57 @@ _OFFSETS: dict[tuple[int, Side], int] = {
     (6, "upload"): 8,
 }
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000, "T": 1_000_000_000_000}
-_CLASS = re.compile(r"^class htb 1:([0-9a-f]+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?)bit", re.M)
-# tc prints bucket 0 as nothing: `fh 10::1`.
-_FILTER = re.compile(r"\bfh ([0-9a-f]+):([0-9a-f]*):([0-9a-f]+) .*?\bflowid 1:([0-9a-f]+)")
-_MATCH = re.compile(r"^\s+match ([0-9a-f]{8})/ffffffff at (\d+)")
+BUCKET_RATE = "100gbit"
+"""A bucket class never limits: its sessions' own classes do."""
+_CLASS = re.compile(
+    r"^class htb ([0-9a-f]+):([0-9a-f]+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?)bit", re.M
+)
+_CHILD_QDISC = re.compile(r"^qdisc htb ([0-9a-f]+): parent 1:([0-9a-f]+)", re.M)
+# One per-address filter and its match words (tc prints hash bucket 0 as nothing: `fh 10::1`).
+_WORD = r"  match ([0-9a-f]{8})/ffffffff at (\d+)\n"
+_ENTRY = re.compile(
+    r"fh ([0-9a-f]+):([0-9a-f]*):([0-9a-f]+) [^\n]*?flowid ([0-9a-f]+):([0-9a-f]+)[^\n]*\n"
+    + _WORD
+    + f"(?:{_WORD}{_WORD}{_WORD})?"
+)
+_TABLE = re.compile(r"fh ([0-9a-f]+): ht divisor 256")
+
+
+def table_id(major: int, version: int) -> int:
+    """u32 hash table id: 10: / 20: in the root, 1BB: / 2BB: in bucket BB's child qdisc (ids
+    distinct across qdiscs, so one dump of all filters tells each filter's qdisc)."""
+    if major == ROOT:
+        return _HT[version]
+    return (0x100 if version == 4 else 0x200) + major - 2
+
+
+def table_owner(ht: int) -> tuple[int, int] | None:
+    """(qdisc major, IP version) of a hash table id, None if not one of ours."""
+    if ht in (_HT[4], _HT[6]):
+        return ROOT, 4 if ht == _HT[4] else 6
+    if 0x100 <= ht < 0x300:
+        return (ht & 0xFF) + 2, 4 if ht < 0x200 else 6
+    return None
+
+
+def bucket_of(minor: int) -> int:
+    return (minor - 1) // BUCKET_SIZE
+
+
+def bucket_class(bucket: int) -> int:
+    """Minor of the bucket's class in the root qdisc."""
+    return bucket + 1
+
+
+def bucket_major(bucket: int) -> int:
+    """Handle (major) of the bucket's child qdisc."""
+    return bucket + 2
 
 
 @dataclass(frozen=True)
 class FilterEntry:
-    """One per-address u32 filter as read back from the kernel."""
+    """One per-address u32 filter as read back from the kernel (`minor`: the class it points
+    at within its qdisc: a session's minor in a child qdisc, a bucket class in the root)."""
 
     version: int
     bucket: int
@@ -64,24 +120,52 @@ class FilterEntry:
 
 @dataclass
 class DeviceReading:
-    """Classes (minor -> rate Mbit/s) and filters (address -> entry) of one device."""
+    """Session classes (minor -> rate Mbit/s) and per-address filters of one device.
+
+    `filters` are the child qdiscs' filters (address -> session minor), `routes` the root's
+    (address -> bucket class), `buckets` the buckets whose class, child qdisc and hash tables
+    exist."""
 
     classes: dict[int, int] = field(default_factory=dict)
     filters: dict[str, FilterEntry] = field(default_factory=dict)
     ready: bool = False
-    nodes: dict[tuple[int, int], set[int]] | None = field(default=None, compare=False)
-    """(version, bucket) -> u32 node ids in use; built once, then kept up to date."""
+    routes: dict[str, FilterEntry] = field(default_factory=dict)
+    buckets: set[int] = field(default_factory=set)
+    nodes: dict[tuple[int, int, int], frozenset[int]] | None = field(default=None, compare=False)
+    """(qdisc major, version, hash bucket) -> u32 node ids in use; built once, then kept
+    (immutable sets: a copy of the reading shares them)."""
 
-    def node_index(self) -> dict[tuple[int, int], set[int]]:
+    def node_index(self) -> dict[tuple[int, int, int], frozenset[int]]:
         if self.nodes is None:
-            self.nodes = {}
+            index: dict[tuple[int, int, int], set[int]] = {}
             for entry in self.filters.values():
-                self.nodes.setdefault((entry.version, entry.bucket), set()).add(entry.node)
+                major = bucket_major(bucket_of(entry.minor))
+                index.setdefault((major, entry.version, entry.bucket), set()).add(entry.node)
+            for entry in self.routes.values():
+                index.setdefault((ROOT, entry.version, entry.bucket), set()).add(entry.node)
+            self.nodes = {key: frozenset(nodes) for key, nodes in index.items()}
         return self.nodes
 
+    def shaped(self) -> dict[str, int]:
+        """Addresses whose root filter leads to the bucket holding their session's class."""
+        routes = self.routes
+        return {
+            address: entry.minor
+            for address, entry in self.filters.items()
+            if (route := routes.get(address)) is not None
+            and route.minor == bucket_class(bucket_of(entry.minor))
+        }
+
     def copy(self) -> DeviceReading:
-        nodes = None if self.nodes is None else {k: set(v) for k, v in self.nodes.items()}
-        return DeviceReading(dict(self.classes), dict(self.filters), self.ready, nodes)
+        nodes = None if self.nodes is None else dict(self.nodes)
+        return DeviceReading(
+            dict(self.classes),
+            dict(self.filters),
+            self.ready,
+            dict(self.routes),
+            set(self.buckets),
+            nodes,
+        )
 
 
 @dataclass
@@ -103,10 +187,11 @@ class TcReading:
 
     def shaped(self) -> dict[str, int]:
         """Addresses filtered to the same class on both devices: address -> minor."""
+        up = self.upload.shaped()
         return {
-            address: entry.minor
-            for address, entry in self.download.filters.items()
-            if (up := self.upload.filters.get(address)) is not None and up.minor == entry.minor
+            address: minor
+            for address, minor in self.download.shaped().items()
+            if up.get(address) == minor
         }
 
 
@@ -132,57 +217,102 @@ def burst_bytes(speed_mbps: int) -> int:
     return max(16_000, speed_mbps * 1_000_000 // 8 // 500)
 
 
-def address_match(address: str, side: Side) -> list[str]:
+def packed_address(address: str) -> tuple[int, bytes]:
+    """(IP version, packed bytes) of a host address (inet_pton: 10,000s per reconcile)."""
+    try:
+        if ":" in address:
+            return 6, socket.inet_pton(socket.AF_INET6, address)
+        return 4, socket.inet_pton(socket.AF_INET, address)
+    except OSError as exc:
+        raise ValueError(f"not an IP address: {address!r}") from exc
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def address_match(address: str, side: Side) -> str:
     """`match u32 WORD 0xffffffff at OFF` words for the address on this side."""
-    ip = ipaddress.ip_address(address)
-    base = _OFFSETS[(ip.version, side)]
-    raw = ip.packed
-    return [
+    version, raw = packed_address(address)
+    base = _OFFSETS[(version, side)]
+    return " ".join(
         f"match u32 0x{raw[i : i + 4].hex()} 0xffffffff at {base + i}"
         for i in range(0, len(raw), 4)
-    ]
+    )
 
 
-def parse_classes(text: str) -> dict[int, int]:
+def parse_classes(text: str) -> tuple[dict[int, int], set[int]]:
+    """Session classes (minor -> rate Mbit/s) that sit in their bucket's child qdisc, and the
+    root's class minors."""
     classes: dict[int, int] = {}
-    for minor, value, unit in _CLASS.findall(text):
-        bits = float(value) * _UNITS[unit]
-        classes[int(minor, 16)] = round(bits / 1_000_000)
-    return classes
+    root: set[int] = set()
+    for major_text, minor_text, value, unit in _CLASS.findall(text):
+        major, minor = int(major_text, 16), int(minor_text, 16)
+        if major == ROOT:
+            root.add(minor)
+        elif 0 < minor <= MAX_MINOR and major == bucket_major(bucket_of(minor)):
+            classes[minor] = round(float(value) * _UNITS[unit] / 1_000_000)
+    return classes, root
 
 
-def parse_filters(text: str, side: Side) -> tuple[dict[str, FilterEntry], set[int]]:
-    """Per-address filters and the hash tables (10:, 20:) that exist."""
-    filters: dict[str, FilterEntry] = {}
-    tables: set[int] = set()
-    lines = text.splitlines()
-    for index, line in enumerate(lines):
-        table = re.search(r"\bfh ([0-9a-f]+): ht divisor 256", line)
-        if table:
-            tables.add(int(table.group(1), 16))
+def parse_filters(text: str, side: Side) -> tuple[dict[int, dict[str, FilterEntry]], set[int]]:
+    """Per-address filters by qdisc major (from the hash table each sits in; a filter whose
+    flowid leaves its qdisc is skipped) and the hash table ids that exist."""
+    filters: dict[int, dict[str, FilterEntry]] = {}
+    tables = {int(t, 16) for t in _TABLE.findall(text)}
+    offsets = {4: _OFFSETS[(4, side)], 6: _OFFSETS[(6, side)]}
+    ntop = socket.inet_ntop
+    for found in _ENTRY.finditer(text):
+        ht_text, bucket_text, node_text, flow_major, minor_text, *words = found.groups()
+        owner = table_owner(int(ht_text, 16))
+        if owner is None or owner[0] != int(flow_major, 16):
             continue
-        found = _FILTER.search(line)
-        if not found:
+        major, version = owner
+        # The words as rendered: the whole address from its offset on, in order.
+        offsets_seen = [int(off) for off in words[1::2] if off is not None]
+        if offsets_seen != [offsets[version] + 4 * i for i in range(1 if version == 4 else 4)]:
             continue
-        ht, bucket, node, minor = (int(g or "0", 16) for g in found.groups())
-        version = 4 if ht == _HT[4] else 6 if ht == _HT[6] else 0
-        if not version or not node:
-            continue
-        words: dict[int, str] = {}
-        for follow in lines[index + 1 : index + 5]:
-            matched = _MATCH.match(follow)
-            if not matched:
-                break
-            words[int(matched.group(2))] = matched.group(1)
-        base = _OFFSETS[(version, side)]
-        size = 4 if version == 4 else 16
-        try:
-            raw = b"".join(bytes.fromhex(words[base + i]) for i in range(0, size, 4))
-        except KeyError:
-            continue
-        address = str(ipaddress.ip_address(raw))
-        filters[address] = FilterEntry(version, bucket, node, minor)
+        raw = bytes.fromhex("".join(word for word in words[::2] if word is not None))
+        if version == 4:
+            address = ntop(socket.AF_INET, raw)
+        else:
+            address = ntop(socket.AF_INET6, raw)
+            if "." in address:  # inet_ntop writes some addresses with an embedded IPv4 part
+                address = str(ipaddress.IPv6Address(raw))
+        filters.setdefault(major, {})[address] = FilterEntry(
+            version, int(bucket_text or "0", 16), int(node_text, 16), int(minor_text, 16)
+        )
     return filters, tables
+
+
+def parse_device(qdiscs: str, classes_text: str, filters_text: str, side: Side) -> DeviceReading:
+    """A device's reading from `tc qdisc show`, `tc class show` and the filter dumps of the
+    root and every child qdisc. The root's tables missing, or root classes that are not
+    complete buckets (a flat layout from an older agent, or a bucket left half-built by an
+    agent killed mid-batch), read as not ready."""
+    classes, root_classes = parse_classes(classes_text)
+    children = {int(minor, 16): int(major, 16) for major, minor in _CHILD_QDISC.findall(qdiscs)}
+    by_qdisc, tables = parse_filters(filters_text, side)
+    ready = {_HT[4], _HT[6]} <= tables
+    buckets: set[int] = set()
+    filters: dict[str, FilterEntry] = {}
+    for minor in root_classes:
+        bucket = minor - 1
+        major = bucket_major(bucket)
+        if (
+            not 0 <= bucket <= bucket_of(MAX_MINOR)
+            or children.get(minor) != major
+            or not {table_id(major, 4), table_id(major, 6)} <= tables
+        ):
+            ready = False
+            continue
+        buckets.add(bucket)
+        filters.update(
+            (address, entry)
+            for address, entry in by_qdisc.get(major, {}).items()
+            if bucket_of(entry.minor) == bucket
+        )
+    routes = by_qdisc.get(ROOT, {})
+    classes = {minor: rate for minor, rate in classes.items() if bucket_of(minor) in buckets}
+    routes = {a: e for a, e in routes.items() if e.minor - 1 in buckets}
+    return DeviceReading(classes, filters, ready, routes, buckets)
 
 
 @dataclass
@@ -207,14 +337,20 @@ class TcShaper:
     def ensure_structure(self) -> None:
         """Create the IFB device, root HTB, hash tables and the ingress redirect if missing.
 
-        Existing structure is kept (agent restart: classes and filters survive)."""
+        Existing structure is kept (agent restart: classes and filters survive). A root that is
+        not this layout (an older flat one, or a bucket left half-built by an agent killed
+        mid-batch) is rebuilt empty: shaping only, peers and quotas are untouched, and the next
+        reconcile shapes every session again."""
         if not self._link_exists(self.ifb_interface):
             self.runner(["ip", "link", "add", "dev", self.ifb_interface, "type", "ifb"])
         # The IFB default queue (32 packets) would drop bursts; HTB leaves inherit this length.
         self.runner(["ip", "link", "set", "dev", self.ifb_interface, "txqueuelen", "1000", "up"])
         for device, side in self._devices():
-            reading = self._read_device(device, side)
+            reading, root_present = self._read_device(device, side)
             if not reading.ready:
+                if root_present:
+                    with contextlib.suppress(CommandError):
+                        self.runner(["tc", "qdisc", "del", "dev", device, "root"])
                 self._batch(device, _skeleton(device, side))
         qdiscs = self.runner(["tc", "qdisc", "show", "dev", self.interface])
         if "qdisc ingress ffff:" not in qdiscs:
@@ -227,19 +363,25 @@ class TcShaper:
                 ],
             )
 
-    def _read_device(self, device: str, side: Side) -> DeviceReading:
-        qdiscs = self.runner(["tc", "qdisc", "show", "dev", device])
+    def _read_device(self, device: str, side: Side) -> tuple[DeviceReading, bool]:
+        """The device's reading and whether a root HTB exists (two `tc -batch` runs: qdiscs and
+        classes, then the filters of the root and of every bucket's child qdisc)."""
+        listing = self.runner(
+            ["tc", "-batch", "-"], input_text=f"qdisc show dev {device}\nclass show dev {device}\n"
+        )
+        qdiscs = "".join(line for line in listing.splitlines(True) if line.startswith("qdisc "))
+        classes = "".join(line for line in listing.splitlines(True) if line.startswith("class "))
         if not re.search(r"^qdisc htb 1: root", qdiscs, re.M):
-            return DeviceReading()
-        classes = parse_classes(self.runner(["tc", "class", "show", "dev", device]))
-        text = self.runner(["tc", "filter", "show", "dev", device, "parent", "1:"])
-        filters, tables = parse_filters(text, side)
-        ready = {_HT[4], _HT[6]} <= tables
-        return DeviceReading(classes, filters, ready)
+            return DeviceReading(), False
+        _, root_classes = parse_classes(classes)
+        script = [f"filter show dev {device} parent 1:"]
+        script += [f"filter show dev {device} parent {minor + 1:x}:" for minor in root_classes]
+        text = self.runner(["tc", "-batch", "-"], input_text="\n".join(script) + "\n")
+        return parse_device(qdiscs, classes, text, side), True
 
     def read(self) -> TcReading:
         down, up = self._devices()
-        return TcReading(self._read_device(*down), self._read_device(*up))
+        return TcReading(self._read_device(*down)[0], self._read_device(*up)[0])
 
     def apply(
         self, actions: Sequence[Action], reading: TcReading, session_minors: Mapping[str, int]
@@ -274,19 +416,37 @@ class TcShaper:
                 self.runner(args)
 
 
-def _skeleton(device: str, side: Side) -> list[str]:
-    lines = [f"qdisc replace dev {device} root handle 1: htb default 0 r2q 100"]
+def _tables(device: str, parent: int, side: Side) -> list[str]:
+    """The IPv4 and IPv6 hash tables of one qdisc and the filters that hash into them."""
+    lines = []
     for version in (4, 6):
-        ht, prio, proto = _HT[version], _PRIO[version], _PROTO[version]
+        ht, prio, proto = table_id(parent, version), _PRIO[version], _PROTO[version]
         base = _OFFSETS[(version, side)]
         last_word = base + (0 if version == 4 else 12)
         lines += [
-            f"filter add dev {device} parent 1: prio {prio} handle {ht:x}: protocol {proto}"
-            " u32 divisor 256",
-            f"filter add dev {device} parent 1: prio {prio} protocol {proto} u32"
+            f"filter add dev {device} parent {parent:x}: prio {prio} handle {ht:x}:"
+            f" protocol {proto} u32 divisor 256",
+            f"filter add dev {device} parent {parent:x}: prio {prio} protocol {proto} u32"
             f" match u32 0 0 at {base} hashkey mask 0x000000ff at {last_word} link {ht:x}:",
         ]
     return lines
+
+
+def _skeleton(device: str, side: Side) -> list[str]:
+    return [
+        f"qdisc replace dev {device} root handle 1: htb default 0 r2q 100",
+        *_tables(device, ROOT, side),
+    ]
+
+
+def _bucket_skeleton(device: str, side: Side, bucket: int) -> list[str]:
+    minor, major = bucket_class(bucket), bucket_major(bucket)
+    return [
+        f"class replace dev {device} parent 1: classid 1:{minor:x} htb"
+        f" rate {BUCKET_RATE} ceil {BUCKET_RATE} quantum 60000",
+        f"qdisc replace dev {device} parent 1:{minor:x} handle {major:x}: htb default 0 r2q 100",
+        *_tables(device, major, side),
+    ]
 
 
 def render_tc(
@@ -297,81 +457,144 @@ def render_tc(
 ) -> dict[str, list[str]]:
     """tc batch lines per device. Mutates `minors` (new sessions get the lowest free minor)
     and `reading` (it becomes what the kernel holds once the lines ran)."""
-    used_minors = set(reading.download.classes) | set(reading.upload.classes) | set(minors.values())
+    used_minors: set[int] = set()  # filled on the first new session
     scripts: dict[str, list[str]] = {}
-    sides = list(devices)
-    removals: dict[str, list[str]] = {device: [] for device, _ in sides}
-    for device, side in sides:
+    cursor = [1]  # nothing below the last minor handed out is free (the set only grows here)
+    for device, side in devices:
         device_reading = reading.download if side == "download" else reading.upload
         used_nodes = device_reading.node_index()
         lines: list[str] = []
+        removals: list[str] = []
+        emptied: set[int] = set()  # buckets that lost a class in this batch
+
         for action in actions:
             match action:
                 case SetRate(session_id, speed):
                     minor = minors.get(session_id)
                     if minor is None:
-                        minor = _free_minor(used_minors)
+                        if not used_minors:
+                            used_minors = set(reading.download.classes)
+                            used_minors |= reading.upload.classes.keys() | minors.values()
+                        minor = _free_minor(used_minors, cursor[0])
+                        cursor[0] = minor + 1
                         minors[session_id] = minor
                         used_minors.add(minor)
+                    bucket = bucket_of(minor)
+                    if bucket not in device_reading.buckets:
+                        lines += _bucket_skeleton(device, side, bucket)
+                        device_reading.buckets.add(bucket)
                     burst = burst_bytes(speed)
                     device_reading.classes[minor] = speed
                     lines.append(
-                        f"class replace dev {device} parent 1: classid 1:{minor:x} htb"
+                        f"class replace dev {device} parent {bucket_major(bucket):x}:"
+                        f" classid {bucket_major(bucket):x}:{minor:x} htb"
                         f" rate {rate_text(speed)} ceil {rate_text(speed)}"
                         f" burst {burst} cburst {burst} quantum 1514"
                     )
                 case UnshapeAddress(address):
-                    old = device_reading.filters.pop(address, None)
-                    if old is not None:
-                        lines.append(_filter_delete(device, old))
-                        used_nodes.get((old.version, old.bucket), set()).discard(old.node)
+                    lines += _unshape(device, device_reading, used_nodes, address)
                 case ShapeAddress(address, session_id):
-                    old = device_reading.filters.pop(address, None)
-                    if old is not None:
-                        lines.append(_filter_delete(device, old))
-                        used_nodes.get((old.version, old.bucket), set()).discard(old.node)
+                    lines += _unshape(device, device_reading, used_nodes, address)
                     minor = minors.get(session_id)
                     if minor is None:
                         raise DriverError(f"no tc class for session {session_id}")
-                    ip = ipaddress.ip_address(address)
-                    bucket = ip.packed[-1]
-                    nodes = used_nodes.setdefault((ip.version, bucket), set())
-                    node = next(n for n in range(1, MAX_NODE + 2) if n not in nodes)
-                    if node > MAX_NODE:
-                        raise DriverError(f"u32 bucket {bucket:x} is full")
-                    nodes.add(node)
-                    device_reading.filters[address] = FilterEntry(ip.version, bucket, node, minor)
-                    ht, prio, proto = _HT[ip.version], _PRIO[ip.version], _PROTO[ip.version]
-                    lines.append(
-                        f"filter add dev {device} parent 1: prio {prio}"
-                        f" handle {ht:x}:{bucket:x}:{node:x} protocol {proto} u32"
-                        f" ht {ht:x}:{bucket:x}: {' '.join(address_match(address, side))}"
-                        f" flowid 1:{minors[session_id]:x}"
-                    )
+                    bucket = bucket_of(minor)
+                    version, raw = packed_address(address)
+                    hashed = raw[-1]
+                    for major, target in (
+                        (ROOT, bucket_class(bucket)),
+                        (bucket_major(bucket), minor),
+                    ):
+                        node = _free_node(used_nodes, (major, version, hashed))
+                        entry = FilterEntry(version, hashed, node, target)
+                        if major == ROOT:
+                            device_reading.routes[address] = entry
+                        else:
+                            device_reading.filters[address] = entry
+                        lines.append(_filter_add(device, side, major, address, entry))
                 case DeleteRate(session_id):
                     minor = minors.get(session_id)
                     if minor is not None and minor in device_reading.classes:
                         del device_reading.classes[minor]
-                        removals[device].append(f"class del dev {device} classid 1:{minor:x}")
+                        major = bucket_major(bucket_of(minor))
+                        removals.append(f"class del dev {device} classid {major:x}:{minor:x}")
+                        emptied.add(bucket_of(minor))
                 case _:
                     pass
-        scripts[device] = lines + removals[device]
+        classes = device_reading.classes
+        for bucket in sorted(emptied & device_reading.buckets):
+            first = bucket * BUCKET_SIZE + 1
+            if any(m in classes for m in range(first, first + BUCKET_SIZE)):
+                continue
+            # Root filters still leading here (none, unless left over) would keep the class.
+            for address, route in list(device_reading.routes.items()):
+                if route.minor == bucket_class(bucket):
+                    del device_reading.routes[address]
+                    removals.append(_filter_delete(device, ROOT, route))
+            device_reading.buckets.discard(bucket)
+            removals.append(f"class del dev {device} classid 1:{bucket_class(bucket):x}")
+            for key in [k for k in used_nodes if k[0] == bucket_major(bucket)]:
+                del used_nodes[key]
+        scripts[device] = lines + removals
     for action in actions:
         if isinstance(action, DeleteRate):
             minors.pop(action.session_id, None)
     return scripts
 
 
-def _filter_delete(device: str, entry: FilterEntry) -> str:
-    ht, prio, proto = _HT[entry.version], _PRIO[entry.version], _PROTO[entry.version]
+NodeIndex = dict[tuple[int, int, int], frozenset[int]]
+
+
+def _unshape(device: str, reading: DeviceReading, used_nodes: NodeIndex, address: str) -> list[str]:
+    """Delete the address' filters (child qdisc and root) from `reading`; the tc lines."""
+    lines = []
+    old = reading.filters.pop(address, None)
+    if old is not None:
+        major = bucket_major(bucket_of(old.minor))
+        lines.append(_filter_delete(device, major, old))
+        _release_node(used_nodes, (major, old.version, old.bucket), old.node)
+    route = reading.routes.pop(address, None)
+    if route is not None:
+        lines.append(_filter_delete(device, ROOT, route))
+        _release_node(used_nodes, (ROOT, route.version, route.bucket), route.node)
+    return lines
+
+
+def _free_node(used_nodes: NodeIndex, key: tuple[int, int, int]) -> int:
+    nodes = used_nodes.get(key, frozenset())
+    node = next(n for n in range(1, MAX_NODE + 2) if n not in nodes)
+    if node > MAX_NODE:
+        raise DriverError(f"u32 bucket {key[2]:x} of qdisc {key[0]:x}: is full")
+    used_nodes[key] = nodes | {node}
+    return node
+
+
+def _release_node(used_nodes: NodeIndex, key: tuple[int, int, int], node: int) -> None:
+    nodes = used_nodes.get(key)
+    if nodes is not None:
+        used_nodes[key] = nodes - {node}
+
+
+def _filter_add(device: str, side: Side, parent: int, address: str, entry: FilterEntry) -> str:
+    ht, prio, proto = table_id(parent, entry.version), _PRIO[entry.version], _PROTO[entry.version]
     return (
-        f"filter del dev {device} parent 1: prio {prio}"
+        f"filter add dev {device} parent {parent:x}: prio {prio}"
+        f" handle {ht:x}:{entry.bucket:x}:{entry.node:x} protocol {proto} u32"
+        f" ht {ht:x}:{entry.bucket:x}: {address_match(address, side)}"
+        f" flowid {parent:x}:{entry.minor:x}"
+    )
+
+
+def _filter_delete(device: str, parent: int, entry: FilterEntry) -> str:
+    ht, prio, proto = table_id(parent, entry.version), _PRIO[entry.version], _PROTO[entry.version]
+    return (
+        f"filter del dev {device} parent {parent:x}: prio {prio}"
         f" handle {ht:x}:{entry.bucket:x}:{entry.node:x} protocol {proto} u32"
     )
 
 
-def _free_minor(used: set[int]) -> int:
-    for minor in range(1, MAX_MINOR + 1):
+def _free_minor(used: set[int], start: int = 1) -> int:
+    for minor in range(start, MAX_MINOR + 1):
         if minor not in used:
             return minor
     raise DriverError("no free HTB class id (65534 sessions on one gateway)")
