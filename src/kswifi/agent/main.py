@@ -33,11 +33,12 @@ from kswifi.agent.reconcile import (
     AddPeer,
     CreateSession,
     DeleteSession,
+    DesiredTracker,
     RemovePeer,
+    Scope,
     SetQuota,
-    UnmapAddress,
-    desired_from_state,
     diff,
+    followup_scope,
     summarize,
 )
 from kswifi.agent.usage import UsageTracker, write_atomic
@@ -113,6 +114,10 @@ class Agent:
         self.reported_revision = 0  # the last applied revision a prompt heartbeat reported
         self.observation: Observation | None = None
         """The data plane as the last read or apply left it (None: read it in full next)."""
+        self.desired = DesiredTracker(self.default_interface)
+        """The desired view, followed change by change between full resyncs."""
+        self.followup = Scope()
+        """What the last apply left for the next pass (objects of sessions it unmapped)."""
         self.resync_due = False
         self.reconcile_seconds = 0.0
         self.lease_overrides: dict[str, int] = {}
@@ -160,7 +165,10 @@ class Agent:
 
         The data plane is read in full only at start, on the periodic resync (`full`) and
         after a failed apply; otherwise the diff runs against the state the last apply left
-        (kept in memory), refreshed by a usage read when quotas change or objects go.
+        (kept in memory), refreshed by a usage read when quotas change or objects go. Between
+        full reads the desired view is updated peer by peer and only what changed is diffed,
+        so one new peer costs the same whatever the gateway holds; a full read (start,
+        resync, after a failure) converts and diffs everything.
         """
         state = self.desired_state
         if state is None:
@@ -176,32 +184,40 @@ class Agent:
                 fresh = False
             if self.lease_revision and state.revision >= self.lease_revision:
                 self.lease_overrides.clear()
-            desired = desired_from_state(
-                state,
-                self.clock(),
-                default_interface=self.default_interface,
-                lease_overrides=self.lease_overrides,
-            )
-            actions = diff(desired, observation.actual(self.tracker.served))
+            now = self.clock()
+            scope: Scope | None = None
+            if full:
+                self.desired.rebuild(state, now, self.lease_overrides)
+            else:
+                scope = self.desired.update(state, now, self.lease_overrides)
+            if fresh:
+                scope = None  # a read of the whole data plane is diffed whole
+            elif scope is not None:
+                scope |= self.followup
+            desired = self.desired.desired
+            actual = observation.actual(self.tracker.served)
+            actions = diff(desired, actual, scope)
             if not fresh and any(isinstance(a, SetQuota | DeleteSession) for a in actions):
                 # Exhaustion decides how a quota changes, and deleted counters must have
                 # been read one last time: read quotas and counters now (one dump).
                 reading = await asyncio.to_thread(self.dataplane.read_usage)
                 self._harvest(reading)
                 observation = observation.with_usage(reading)
-                actions = diff(desired, observation.actual(self.tracker.served))
+                actual = observation.actual(self.tracker.served)
+                actions = diff(desired, actual, scope)
             if actions:
                 self.observation = None  # unknown until the apply succeeded
                 observation = await asyncio.to_thread(self.dataplane.apply, actions, observation)
                 created = [a.session_id for a in actions if isinstance(a, CreateSession)]
                 self.tracker.forget(created)
+            self.followup = followup_scope(actions, actual)
             self.observation = observation
             self.applied_revision = state.revision
         self.reconcile_seconds = time.perf_counter() - started
         if actions:
             self.metrics.reconcile_seconds.observe(self.reconcile_seconds)
         self._log_actions(actions, state.revision, self.reconcile_seconds)
-        if any(isinstance(a, UnmapAddress) for a in actions):
+        if self.followup:
             self.reconcile_needed.set()  # next pass deletes the unmapped sessions' objects
         return actions
 
