@@ -124,6 +124,28 @@ class TestReconcileLoop:
         await agent.reconcile_once(full=True)
         assert kernel.observed == 2
 
+    async def test_a_change_is_diffed_in_its_scope_and_resync_diffs_everything(
+        self, settings: GatewaySettings
+    ) -> None:
+        kernel, control, clock = setup(1)
+        agent = make_agent(settings, kernel, control, clock)
+        await agent.start()
+        control.states.append(desired(2, peer(2, "s1"), peer(3, "s2")))
+        await poll_once(agent)
+        # Something the last change did not touch is wrong in the agent's picture: a change
+        # elsewhere does not look at it (one new peer costs the same whatever the gateway
+        # holds) ...
+        assert agent.observation is not None
+        del agent.observation.wireguard.peers[key(2)]
+        del kernel.state.peers[key(2)]  # type: ignore[attr-defined]
+        control.states.append(desired(3, peer(2, "s1"), peer(3, "s2"), peer(4, "s3")))
+        await poll_once(agent)
+        assert {getattr(a, "public_key", None) for a in kernel.applied[-1]} == {None, key(4)}
+        assert key(2) not in kernel.state.peers
+        # ... and the periodic resync reads and diffs everything.
+        await agent.reconcile_once(full=True)
+        assert key(2) in kernel.state.peers and key(4) in kernel.state.peers
+
     async def test_removal_reads_counters_before_deleting_the_objects(
         self, settings: GatewaySettings
     ) -> None:

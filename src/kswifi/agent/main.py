@@ -205,12 +205,13 @@ class Agent:
                 observation = observation.with_usage(reading)
                 actual = observation.actual(self.tracker.served)
                 actions = diff(desired, actual, scope)
+            followup = followup_scope(actions, actual)  # before the apply uses `actual` up
             if actions:
                 self.observation = None  # unknown until the apply succeeded
                 observation = await asyncio.to_thread(self.dataplane.apply, actions, observation)
                 created = [a.session_id for a in actions if isinstance(a, CreateSession)]
                 self.tracker.forget(created)
-            self.followup = followup_scope(actions, actual)
+            self.followup = followup
             self.observation = observation
             self.applied_revision = state.revision
         self.reconcile_seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from kswifi.agent.model import (
     ActualState,
@@ -33,6 +33,7 @@ from kswifi.agent.model import (
 from kswifi.protocol import DesiredState, PeerSpec
 
 RemovalReason = Literal["removed", "expired", "unknown", "moved"]
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -611,19 +612,31 @@ def diff(desired: Desired, actual: ActualState, scope: Scope | None = None) -> l
     return actions
 
 
+def _owned(mapping: Mapping[str, _V], in_place: bool) -> dict[str, _V]:
+    if in_place and isinstance(mapping, dict):
+        return mapping
+    return dict(mapping)
+
+
 def apply_actions(
-    actual: ActualState, actions: Iterable[Action], *, owners: dict[str, str] | None = None
+    actual: ActualState,
+    actions: Iterable[Action],
+    *,
+    owners: dict[str, str] | None = None,
+    in_place: bool = False,
 ) -> ActualState:
     """The state a faithful data plane reaches after `actions` (a model of the drivers).
 
     `owners` (allowed IP -> peer key of `actual`) may be passed in to save building it; it is
-    updated in place."""
+    updated in place. With `in_place`, the dictionaries of `actual` are updated instead of
+    copied (`actual` is then the state after too): a change costs what it touches, not a copy
+    of 10,000 peers."""
     interface = actual.interface
-    peers = dict(actual.peers)
-    sessions = dict(actual.sessions)
-    addresses = dict(actual.addresses)
-    rates = dict(actual.rates)
-    shaped = dict(actual.shaped)
+    peers = _owned(actual.peers, in_place)
+    sessions = _owned(actual.sessions, in_place)
+    addresses = _owned(actual.addresses, in_place)
+    rates = _owned(actual.rates, in_place)
+    shaped = _owned(actual.shaped, in_place)
     if owners is None:
         owners = {ip: key for key, peer in peers.items() for ip in peer.allowed_ips}
     for action in actions:

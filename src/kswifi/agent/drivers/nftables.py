@@ -147,7 +147,7 @@ def render_batch(
     existing elements, or the whole batch fails). The table's skeleton is not part of it.
     """
     t = config.table
-    current = dict(mapped)
+    unmapped: set[str] = set()  # not a copy of `mapped`: a change costs what it touches
     deletes: dict[str, list[tuple[bytes, str]]] = {}
     objects: list[nfnetlink.Message] = []
     adds: dict[str, list[tuple[bytes, str, str]]] = {}
@@ -164,10 +164,14 @@ def render_batch(
 
     actions = list(actions)
     for action in actions:
-        if isinstance(action, UnmapAddress | MapAddress) and action.address in current:
+        if (
+            isinstance(action, UnmapAddress | MapAddress)
+            and action.address in mapped
+            and action.address not in unmapped
+        ):
             for kind in _KINDS:
                 unelement(kind, action.address)
-            del current[action.address]
+            unmapped.add(action.address)
     for action in actions:
         match action:
             case CreateSession(session_id, quota, used):
@@ -181,7 +185,8 @@ def render_batch(
             case SetQuota(session_id, quota, reset):
                 # Replace the object: its `used` also counted dropped packets. The map
                 # elements that point at it go and come back in the same atomic batch.
-                for address in [a for a, s in current.items() if s == session_id]:
+                still = [a for a, s in mapped.items() if s == session_id and a not in unmapped]
+                for address in still:
                     unelement("quota", address)
                     element("quota", address, session_id)
                 name = object_name("quota", session_id)
