@@ -309,7 +309,8 @@ class Agent:
             backoff = 1.0
             self._control_plane_back()
             current = self.desired_state
-            if current is None or state != current:
+            # A new revision differs: no need to compare 10,000 peers to know it.
+            if current is None or state.revision != current.revision or state != current:
                 log.info("desired_state", revision=state.revision, peers=len(state.peers))
                 self.desired_state = state
                 await asyncio.to_thread(self._store_desired_state, state)
