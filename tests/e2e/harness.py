@@ -298,6 +298,15 @@ class E2ESystem:
 
     def reset_crossed(self) -> None:
         self.lab.sh(self.inet, ["nft", "reset", "counter", "inet", "e2e", "crossed"])
+        self.lab.sh(self.gw, ["nft", "reset", "counter", "inet", "e2e", "served"])
+
+    def served_bytes(self) -> int:
+        """IP bytes the gateway forwarded between tunnel and Internet (after its quotas)."""
+        out = self.lab.sh(self.gw, ["nft", "-j", "list", "counter", "inet", "e2e", "served"])
+        for entry in json.loads(out)["nftables"]:
+            if "counter" in entry:
+                return int(entry["counter"]["bytes"])
+        raise AssertionError("no counter")
 
     def settle_usage(self, phone: Phone, timeout: float = 10) -> int:
         """used_bytes once it has stopped changing for 2.5 s (reports come every second)."""
@@ -358,6 +367,20 @@ def build_system(lab: Lab, data_dir: Path) -> E2ESystem:
 }}
 """
     lab.sh(system.inet, ["nft", "-f", "-"], input_text=accounting)
+    # What the gateway really forwarded between its tunnel and the Internet: a chain after the
+    # agent's own forward chain (a higher priority number), so packets its quotas dropped
+    # never reach it. `crossed` also counts those (they crossed the Internet link first).
+    wg, wan = json.dumps(system.wg), json.dumps(system.wan)
+    served = f"""table inet e2e {{
+  counter served {{ }}
+  chain forward {{
+    type filter hook forward priority filter + 10;
+    iifname {wg} oifname {wan} counter name "served"
+    iifname {wan} oifname {wg} counter name "served"
+  }}
+}}
+"""
+    lab.sh(system.gw, ["nft", "-f", "-"], input_text=served)
     web = lab.popen(system.inet, [sys.executable, str(WEB), "server", SERVER, "80"], stdout=-1)
     assert web.stdout is not None and web.stdout.readline().strip() == b"ready"
     lab.popen(system.inet, ["iperf3", "-s", "-B", SERVER], stdout=subprocess.DEVNULL)

@@ -8,7 +8,8 @@
 - The gateway is cut off from the control plane (the control plane frozen with SIGSTOP, so
   requests hang like a partition rather than being refused) while two phones download: the
   one with a small session stops exactly at its quota (the lease it holds), the other keeps
-  going, and once the link is back every byte is billed: the bills equal the bytes crossed.
+  going, and once the link is back every byte is billed: the bills equal the bytes the gateway
+  forwarded (counted by a chain of the test's own after the agent's), byte for byte.
 
 `KSWIFI_SOAK=1`: 20 kills and a 60 s partition (the defaults keep `make test` short).
 """
@@ -229,17 +230,21 @@ def test_gateway_cut_off_stays_within_leases_and_bills_every_byte(system: E2ESys
         phone.session_id: system.settle_usage(phone, timeout=60) - before[phone.session_id]
         for phone in (small, big)
     }
-    crossed = system.crossed_bytes()
+    crossed, served = system.crossed_bytes(), system.served_bytes()
     total = sum(used.values())
     final_small = system.session(small.session_id, small.owner)
     print(
         f"\n[reliability] partition {PARTITION_SECONDS:.0f} s: small session stopped at"
         f" {final_small['used_bytes']} of {limit} bytes ({small_received} payload bytes"
-        f" received), big phone {big_received} bytes, billed {total} vs crossed {crossed}"
+        f" received), big phone {big_received} bytes, billed {total} vs served {served}"
+        f" (crossed {crossed}: the rest are packets its quota dropped at the cut-off)"
     )
     assert int(final_small["used_bytes"]) <= limit
     assert final_small["status"] == "exhausted"
-    assert abs(total - crossed) <= max(0.005 * crossed, 3000), (used, crossed)
+    # The bill is what the gateway forwarded; what the quota dropped at the cut-off (the
+    # sender's window in flight, more of it the busier the machine) crossed but is not billed.
+    assert total == served, (used, served)
+    assert served <= crossed
     with contextlib.suppress(httpx.HTTPError):
         remember_secrets(system)
 
