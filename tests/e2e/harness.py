@@ -290,11 +290,14 @@ class E2ESystem:
 
     def crossed_bytes(self) -> int:
         """IP bytes exchanged between the Internet host and the gateway (counted in `inet`)."""
-        out = self.lab.sh(self.inet, ["nft", "-j", "list", "counter", "inet", "e2e", "crossed"])
+        return self._counter_bytes(self.inet, "crossed")
+
+    def _counter_bytes(self, namespace: str, name: str) -> int:
+        out = self.lab.sh(namespace, ["nft", "-j", "list", "counter", "inet", "e2e", name])
         for entry in json.loads(out)["nftables"]:
             if "counter" in entry:
                 return int(entry["counter"]["bytes"])
-        raise AssertionError("no counter")
+        raise AssertionError(f"no counter {name}")
 
     def reset_crossed(self) -> None:
         self.lab.sh(self.inet, ["nft", "reset", "counter", "inet", "e2e", "crossed"])
@@ -302,11 +305,7 @@ class E2ESystem:
 
     def served_bytes(self) -> int:
         """IP bytes the gateway forwarded between tunnel and Internet (after its quotas)."""
-        out = self.lab.sh(self.gw, ["nft", "-j", "list", "counter", "inet", "e2e", "served"])
-        for entry in json.loads(out)["nftables"]:
-            if "counter" in entry:
-                return int(entry["counter"]["bytes"])
-        raise AssertionError("no counter")
+        return self._counter_bytes(self.gw, "served")
 
     def settle_usage(self, phone: Phone, timeout: float = 10) -> int:
         """used_bytes once it has stopped changing for 2.5 s (reports come every second)."""
