@@ -274,8 +274,8 @@ class TestTc:
         assert minors["new"] == 257
         up = scripts["ifb0"]
         assert up[:2] == [
-            "class replace dev ifb0 parent 1: classid 1:2 htb rate 100gbit ceil 100gbit"
-            " quantum 60000",
+            "class replace dev ifb0 parent 1: classid 1:2 htb rate 100000mbit ceil 100000mbit"
+            " burst 25000000 cburst 25000000 quantum 60000",
             "qdisc replace dev ifb0 parent 1:2 handle 3: htb default 0 r2q 100",
         ]
         assert (

@@ -1,5 +1,6 @@
 """The kernel data plane: reads WireGuard + nftables + tc into one ActualState and applies
-reconcile actions to them (one nf_tables batch, then one peer batch, then one tc batch).
+reconcile actions to them (one nf_tables batch, then one peer batch and one tc batch side by
+side).
 
 `apply` returns the Observation the kernel holds afterwards, computed in memory: the agent
 diffs the next desired state against it instead of reading 10,000 peers back every time, and
@@ -8,6 +9,7 @@ re-reads the kernel only at start and on the periodic resync."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -168,8 +170,14 @@ class KernelDataplane:
                     changes.append(PeerChange(key, psk, allowed))
                 case _:
                     pass
-        self.wireguard.apply_peers(changes)
-        tc, minors = self.tc.apply(actions, observation.tc, observation.session_minors)
+        # tc (one `tc -batch`, mostly kernel time) runs beside the peer write (wireguard-go's
+        # time): neither depends on the other, and accounting is already in place.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tc-apply") as pool:
+            shaping = pool.submit(
+                self.tc.apply, actions, observation.tc, observation.session_minors
+            )
+            self.wireguard.apply_peers(changes)
+            tc, minors = shaping.result()
         return predict(observation, actions, interface, tc, minors)
 
     def read_usage(self) -> NftReading:

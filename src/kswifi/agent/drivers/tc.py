@@ -60,8 +60,10 @@ _OFFSETS: dict[tuple[int, Side], int] = {
     (6, "upload"): 8,
 }
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000, "T": 1_000_000_000_000}
-BUCKET_RATE = "100gbit"
-"""A bucket class never limits: its sessions' own classes do."""
+BUCKET_MBPS = 100_000
+"""A bucket class never limits: its sessions' own classes do. Its burst is set explicitly
+(2 ms at its rate): tc's default for 100 Gbit/s is about one packet, which throttles every
+burst of packets for a few hundred nanoseconds each and costs a timer per packet."""
 _CLASS = re.compile(
     r"^class htb ([0-9a-f]+):([0-9a-f]+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?)bit", re.M
 )
@@ -443,7 +445,8 @@ def _bucket_skeleton(device: str, side: Side, bucket: int) -> list[str]:
     minor, major = bucket_class(bucket), bucket_major(bucket)
     return [
         f"class replace dev {device} parent 1: classid 1:{minor:x} htb"
-        f" rate {BUCKET_RATE} ceil {BUCKET_RATE} quantum 60000",
+        f" rate {rate_text(BUCKET_MBPS)} ceil {rate_text(BUCKET_MBPS)}"
+        f" burst {burst_bytes(BUCKET_MBPS)} cburst {burst_bytes(BUCKET_MBPS)} quantum 60000",
         f"qdisc replace dev {device} parent 1:{minor:x} handle {major:x}: htb default 0 r2q 100",
         *_tables(device, major, side),
     ]
