@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 from pathlib import Path
 from typing import Annotated
@@ -93,6 +94,15 @@ def db_upgrade(revision: str = "head") -> None:
     typer.echo(f"database at {revision}")
 
 
+def _settle_garbage_collector() -> None:
+    """Leave what the process loaded to start (modules, models, routes: most of its heap) out
+    of garbage collection, and collect the young generation less often. A replica serving
+    thousands of streams otherwise spends a large share of its time re-scanning that heap."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 10)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
@@ -114,6 +124,7 @@ def serve(
         except Exception as exc:
             fail(f"migration failed: {type(exc).__name__}: {exc}".splitlines()[0])
     application = create_app(settings, with_worker=settings.run_worker)
+    _settle_garbage_collector()
     if uds is not None:
         uds.parent.mkdir(parents=True, exist_ok=True)
         uds.unlink(missing_ok=True)

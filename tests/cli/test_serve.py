@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from kswifi.cli import _settle_garbage_collector
 
 
 def test_serve_over_a_unix_socket_migrates_and_answers(tmp_path: Path) -> None:
@@ -57,3 +60,14 @@ def test_serve_over_a_unix_socket_migrates_and_answers(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_the_startup_heap_is_left_out_of_garbage_collection() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        _settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] >= 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
