@@ -48,10 +48,23 @@ class Subscription:
                 self._queue.get_nowait()
         self._queue.put_nowait(payload)
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Every message already waiting, oldest first (none: an empty list)."""
+        messages: list[dict[str, Any]] = []
+        while not self._queue.empty():
+            messages.append(self._queue.get_nowait())
+        return messages
+
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
         """The next message, or None when `wait_seconds` pass without one."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        if wait_seconds is not None and wait_seconds <= 0:
+            return None
         try:
-            return await asyncio.wait_for(self._queue.get(), wait_seconds)
+            # A timer, not `wait_for`'s task per call: thousands of streams wait here.
+            async with asyncio.timeout(wait_seconds):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

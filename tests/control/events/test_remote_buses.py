@@ -125,3 +125,22 @@ async def test_in_process_publish_many_delivers_in_order() -> None:
         assert [await on_a.get(1), await on_a.get(1)] == [{"n": 1}, {"n": 3}]
         assert await on_b.get(1) == {"n": 2}
         assert await on_a.get(0.05) is None
+
+
+async def test_subscription_get_and_drain() -> None:
+    bus = InProcessEventBus()
+    async with bus.subscribe("session.c") as subscription:
+        assert await subscription.get(0) is None
+        started = asyncio.get_running_loop().time()
+        assert await subscription.get(0.05) is None
+        assert asyncio.get_running_loop().time() - started >= 0.04
+        await bus.publish_many([("session.c", {"n": 1}), ("session.c", {"n": 2})])
+        assert await subscription.get(0) == {"n": 1}
+        await bus.publish("session.c", {"n": 3})
+        assert subscription.drain() == [{"n": 2}, {"n": 3}]
+        assert subscription.drain() == []
+        later = asyncio.get_running_loop().call_later(
+            0.05, bus.fanout.deliver, "session.c", {"n": 4}
+        )
+        assert await subscription.get(2.0) == {"n": 4}
+        later.cancel()

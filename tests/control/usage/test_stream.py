@@ -6,11 +6,13 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
 from kswifi.control.deps import AppContext
+from kswifi.control.events import session_channel
 from kswifi.control.models import utcnow
 from kswifi.control.sessions import service as sessions
-from kswifi.control.usage.service import format_event, parse_last_event_id
+from kswifi.control.usage.service import format_event, parse_last_event_id, stream
 from tests.conftest import ApiUser, register_and_login
 from tests.control.conftest import MakeSession
 
@@ -126,6 +128,35 @@ class TestStream:
         points = response.json()["points"]
         assert sum(point["total_bytes"] for point in points) == 1500
         assert points[-1]["cumulative_bytes"] == 1500
+
+    async def test_events_already_waiting_go_out_in_one_write_until_the_end(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        session = await make_session(plan_code="basic")
+        channel = session_channel(session.id)
+        events = stream(ctx.db, ctx.events, session.id, last_event_id=0, max_seconds=30)
+        try:
+            first = await anext(events)
+            assert [kind for _, kind, _ in parse_events(first)] == ["usage"]
+            # The stream is suspended before waiting: all of these are queued by then.
+            await ctx.events.publish_many(
+                [
+                    (channel, {"type": "usage", "used_bytes": 1}),
+                    (channel, {"type": "warning", "percent": 80}),
+                    (channel, {"type": "exhausted", "session_id": session.id}),
+                    (channel, {"type": "usage", "used_bytes": 2}),
+                ]
+            )
+            together = await asyncio.wait_for(anext(events), 2)
+            assert [(i, kind) for i, kind, _ in parse_events(together)] == [
+                (2, "usage"),
+                (3, "warning"),
+                (4, "exhausted"),
+            ]
+            with pytest.raises(StopAsyncIteration):
+                await anext(events)
+        finally:
+            await events.aclose()
 
 
 def test_event_format_and_last_event_id() -> None:

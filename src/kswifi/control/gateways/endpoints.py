@@ -127,12 +127,14 @@ async def _wait_for_new_revision(subscription: Subscription, since: int, seconds
             return
 
 
-@router.post("/gateway/v1/usage", tags=["gateway"])
+@router.post("/gateway/v1/usage", tags=["gateway"], response_model=protocol.UsageAck)
 async def post_usage(
     report: protocol.UsageReport, gateway: GatewayNode, ctx: Ctx, db: DbSession
-) -> protocol.UsageAck:
+) -> Response:
     """Apply a usage batch once; a replayed sequence answers `duplicate: true`."""
-    return await service.apply_usage(db, ctx.events, gateway, report, utcnow())
+    ack = await service.apply_usage(db, ctx.events, gateway, report, utcnow())
+    # Serialized once by pydantic-core: a grant per session of the report, not re-validated.
+    return Response(ack.model_dump_json(), media_type="application/json")
 
 
 @router.post("/gateway/v1/heartbeat", tags=["gateway"])

@@ -94,12 +94,17 @@ async def stream(
                     yield ": keepalive\n\n"
                     last_sent = time.monotonic()
                 continue
-            kind = str(message.get("type", "usage"))
-            event_id += 1
-            yield format_event(event_id, kind, message)
+            # Whatever else is already waiting goes out in the same write.
+            chunks: list[str] = []
+            for waiting in [message, *subscription.drain()]:
+                kind = str(waiting.get("type", "usage"))
+                event_id += 1
+                chunks.append(format_event(event_id, kind, waiting))
+                if kind in FINAL_EVENTS:
+                    yield "".join(chunks)
+                    return
+            yield "".join(chunks)
             last_sent = time.monotonic()
-            if kind in FINAL_EVENTS:
-                return
 
 
 async def history(database: Database, session: DataSession) -> UsageHistory:
