@@ -31,6 +31,8 @@ REDIS_BATCH_CHANNEL = REDIS_PREFIX + "!batch"  # "!": never a channel name of ou
 BATCH_EVENTS = 1000  # events per broker message: bounded messages for huge reports
 _SEPARATOR = "\x1f"  # ASCII unit separator: in no channel name; JSON escapes it in strings
 PG_PAYLOAD_LIMIT = 7900  # NOTIFY payloads must stay under 8000 bytes
+# One encoder for every payload (`json.dumps(..., default=str)` builds one per call).
+_to_json = json.JSONEncoder(default=str).encode
 
 
 class RedisEventBus:
@@ -80,17 +82,14 @@ class RedisEventBus:
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
         assert self._client is not None, "bus not started"
-        await self._client.publish(REDIS_PREFIX + channel, json.dumps(payload, default=str))
+        await self._client.publish(REDIS_PREFIX + channel, _to_json(payload))
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         assert self._client is not None, "bus not started"
         if len(events) == 1:
             await self.publish(*events[0])
             return
-        lines = [
-            f"{channel}{_SEPARATOR}{json.dumps(payload, default=str)}"
-            for channel, payload in events
-        ]
+        lines = [f"{channel}{_SEPARATOR}{_to_json(payload)}" for channel, payload in events]
         for start in range(0, len(lines), BATCH_EVENTS):
             await self._client.publish(
                 REDIS_BATCH_CHANNEL, "\n".join(lines[start : start + BATCH_EVENTS])
@@ -141,7 +140,7 @@ class PostgresEventBus:
         items: list[str] = []
         size = 0
         for channel, payload in events:
-            item = json.dumps([channel, payload], default=str)
+            item = _to_json([channel, payload])
             item_size = len(item.encode()) + 1
             if item_size + 32 > PG_PAYLOAD_LIMIT:
                 raise ValueError("event too large for PostgreSQL NOTIFY")
@@ -172,7 +171,7 @@ class PostgresEventBus:
 
 
 def _notify_text(channel: str, payload: dict[str, Any]) -> str:
-    text = json.dumps({"c": channel, "p": payload}, default=str)
+    text = _to_json({"c": channel, "p": payload})
     if len(text.encode()) > PG_PAYLOAD_LIMIT:
         raise ValueError("event too large for PostgreSQL NOTIFY")
     return text

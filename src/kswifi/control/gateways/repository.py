@@ -239,6 +239,27 @@ async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str,
     return carriers
 
 
+async def other_carriers_of(
+    db: AsyncSession, gateway_id: str, session_ids: Iterable[str]
+) -> dict[str, set[str]]:
+    """For each of the sessions that has one: the OTHER gateways with an active device of it
+    (usually none, so this returns few rows whatever the number of sessions)."""
+    carriers: dict[str, set[str]] = {}
+    for chunk in _chunks(session_ids):
+        rows = await db.execute(
+            select(Device.session_id, Device.gateway_id)
+            .where(
+                Device.status == "active",
+                Device.gateway_id != gateway_id,
+                _one_of(db, Device.session_id, chunk),
+            )
+            .distinct()
+        )
+        for session_id, carrier_id in rows:
+            carriers.setdefault(session_id, set()).add(carrier_id)
+    return carriers
+
+
 @dataclass(frozen=True)
 class LeaseRow:
     gateway_id: str
@@ -275,6 +296,22 @@ async def leases_of(db: AsyncSession, session_ids: Iterable[str]) -> list[LeaseR
     for chunk in _chunks(session_ids):
         rows = await db.execute(
             select(*_LEASE_COLUMNS).where(_one_of(db, GatewayLease.session_id, chunk))
+        )
+        found.extend(LeaseRow(*row) for row in rows)
+    return found
+
+
+async def other_leases_of(
+    db: AsyncSession, gateway_id: str, session_ids: Iterable[str]
+) -> list[LeaseRow]:
+    """The OTHER gateways' leases of the sessions (sessions that moved or are shared)."""
+    found: list[LeaseRow] = []
+    for chunk in _chunks(session_ids):
+        rows = await db.execute(
+            select(*_LEASE_COLUMNS).where(
+                GatewayLease.gateway_id != gateway_id,
+                _one_of(db, GatewayLease.session_id, chunk),
+            )
         )
         found.extend(LeaseRow(*row) for row in rows)
     return found
@@ -422,20 +459,21 @@ _PG_ADD_LEASE_USAGE = text(
     " ON CONFLICT (gateway_id, session_id) DO UPDATE SET"
     " used_bytes = gateway_leases.used_bytes + excluded.used_bytes,"
     " updated_at = excluded.updated_at"
+    " RETURNING gateway_id, session_id, granted_bytes, used_bytes, held_bytes"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
 async def add_lease_usage(
     db: AsyncSession, gateway_id: str, served: Mapping[str, int], now: datetime
-) -> None:
+) -> list[LeaseRow]:
     """Count bytes the gateway served against its leases ({session: bytes}, 0 allowed),
-    creating the (empty) leases it does not hold yet: one upsert (an executemany per chunk on
-    SQLite), rows in session order."""
+    creating the (empty) leases it does not hold yet; those leases as they are now. One upsert
+    on PostgreSQL (an upsert per chunk on SQLite), rows in session order."""
     session_ids = sorted(served)  # one order: no lock cycles
     if not session_ids:
-        return
+        return []
     if _is_postgresql(db):
-        await db.execute(
+        rows = await db.execute(
             _PG_ADD_LEASE_USAGE,
             {
                 "session_ids": session_ids,
@@ -444,8 +482,9 @@ async def add_lease_usage(
                 "now": now,
             },
         )
-        return
+        return [LeaseRow(*row) for row in rows]
     table = cast(Table, GatewayLease.__table__)
+    found: list[LeaseRow] = []
     for start in range(0, len(session_ids), _INSERT_CHUNK):
         statement = sqlite_insert(table).values(
             [
@@ -459,15 +498,17 @@ async def add_lease_usage(
                 for session_id in session_ids[start : start + _INSERT_CHUNK]
             ]
         )
-        await db.execute(
+        rows = await db.execute(
             statement.on_conflict_do_update(
                 index_elements=[table.c.gateway_id, table.c.session_id],
                 set_={
                     "used_bytes": table.c.used_bytes + statement.excluded.used_bytes,
                     "updated_at": statement.excluded.updated_at,
                 },
-            )
+            ).returning(*(table.c[column.key] for column in _LEASE_COLUMNS))
         )
+        found.extend(LeaseRow(*row) for row in rows)
+    return found
 
 
 async def lock_session_budgets(

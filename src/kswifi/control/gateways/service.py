@@ -794,7 +794,7 @@ async def apply_usage(
         now=now,
     )
     # Every accepted session gets its lease row (empty if new), served bytes counted.
-    await repository.add_lease_usage(
+    own_leases = await repository.add_lease_usage(
         db,
         locked.id,
         {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
@@ -818,8 +818,10 @@ async def apply_usage(
         db,
         locked.id,
         {session_id: (s.data_limit_bytes, s.used_bytes) for session_id, s in live.items()},
-        carriers=await repository.carriers_of(db, live),
-        rows=await repository.leases_of(db, live),
+        # As for a desired state: the other carriers and leases (usually none) and its own.
+        carriers=await repository.other_carriers_of(db, locked.id, live),
+        rows=[row for row in own_leases if row.session_id in live]
+        + await repository.other_leases_of(db, locked.id, live),
         now=now,
         bus=bus,
     )

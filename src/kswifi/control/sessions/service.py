@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -322,31 +323,36 @@ def format_gb(num_bytes: int) -> str:
 
 def usage_text(used_bytes: int, limit_bytes: int) -> str:
     """ "2.1 GB of 5 GB used" — never more used than bought."""
-    return f"{format_gb(min(used_bytes, limit_bytes))} of {format_gb(limit_bytes)} used"
+    return f"{format_gb(min(used_bytes, limit_bytes))} of {_format_limit(limit_bytes)} used"
+
+
+# A session's limit is one of a few plan sizes, shown in every usage event: formatted once.
+_format_limit = functools.lru_cache(maxsize=256)(format_gb)
 
 
 def usage_fields(session: _Usage) -> dict[str, Any]:
+    used, limit = session.used_bytes, session.data_limit_bytes
     return {
-        "used_bytes": session.used_bytes,
-        "remaining_bytes": remaining_bytes(session),
-        "data_limit_bytes": session.data_limit_bytes,
+        "used_bytes": used,
+        "remaining_bytes": max(0, limit - used),
+        "data_limit_bytes": limit,
         "usage_percent": usage_percent(session),
-        "usage_text": usage_text(session.used_bytes, session.data_limit_bytes),
+        "usage_text": usage_text(used, limit),
     }
 
 
 def usage_event(session: _Usage, now: datetime, *, at: str | None = None) -> dict[str, Any]:
     """The `usage` event of a session; `at`: `now.isoformat()` when the caller has it."""
-    seconds_left = None
-    if session.expires_at is not None:
-        seconds_left = max(0, int((session.expires_at - now).total_seconds()))
+    expires_at = session.expires_at
     return {
         "type": "usage",
         "session_id": session.id,
         "status": session.status,
         "at": now.isoformat() if at is None else at,
-        "expires_at": session.expires_at.isoformat() if session.expires_at else None,
-        "seconds_left": seconds_left,
+        "expires_at": None if expires_at is None else expires_at.isoformat(),
+        "seconds_left": (
+            None if expires_at is None else max(0, int((expires_at - now).total_seconds()))
+        ),
         **usage_fields(session),
     }
 

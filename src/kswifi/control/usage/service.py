@@ -25,9 +25,12 @@ KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 1000
 
 
+# One encoder for every event (`json.dumps(..., default=str)` builds one per call).
+_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
 def format_event(event_id: int, kind: str, data: dict[str, Any]) -> str:
-    payload = json.dumps(data, separators=(",", ":"), default=str)
-    return f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n"
+    return f"id: {event_id}\nevent: {kind}\ndata: {_to_json(data)}\n\n"
 
 
 def parse_last_event_id(value: str | None) -> int:
