@@ -168,6 +168,50 @@ class TestReclaim:
         )
         assert lowered == {"a": Lease(25, 10, held_bytes=50)}
 
+    def test_an_idle_carrier_gives_back_all_it_did_not_use(self) -> None:
+        # b's phone went quiet with 15 MB unused; a's phone used its 15 MB and asks for more.
+        leases = {"a": Lease(15 * MB, 15 * MB), "b": Lease(15 * MB, 2 * MB)}
+        plan = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=17 * MB,
+            leases=leases,
+            carriers=["a", "b"],
+            requesting=["a"],
+            idle=["b"],
+        )
+        assert plan["b"] == Lease(2 * MB, 2 * MB, held_bytes=15 * MB)  # all of it, once applied
+        again = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=17 * MB,
+            leases={**plan, "b": plan["b"].applied()},
+            carriers=["a", "b"],
+            requesting=["a"],
+            idle=["b"],
+        )
+        assert again["a"] == Lease(28 * MB, 15 * MB)  # the whole remainder: a is the only active
+
+    def test_an_idle_carrier_that_wakes_up_asks_as_an_active_one(self) -> None:
+        leases = {"a": Lease(28 * MB, 15 * MB), "b": Lease(2 * MB, 2 * MB)}
+        still_idle = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=17 * MB,
+            leases=leases,
+            carriers=["a", "b"],
+            requesting=["b"],
+            idle=["b"],
+        )
+        assert still_idle == leases  # an idle gateway polling gets nothing more
+        plan = plan_session_leases(
+            limit_bytes=30 * MB,
+            used_total_bytes=17 * MB,
+            leases=leases,
+            carriers=["a", "b"],
+            requesting=["b"],
+        )
+        # The remaining 13 MB are a's; b's share is half: a is lowered to 6.5 MB (held).
+        assert plan["a"] == Lease(15 * MB + 6_500_000, 15 * MB, held_bytes=28 * MB)
+        assert plan["b"] == Lease(2 * MB, 2 * MB)
+
     def test_raising_a_lowered_grant_back_needs_no_hold(self) -> None:
         lease = Lease(30, 0).regrant(10)
         assert lease == Lease(10, 0, held_bytes=30)
@@ -182,7 +226,7 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[str, str, int]]]:
     operations = draw(
         st.lists(
             st.tuples(
-                st.sampled_from(["request", "serve", "apply", "leave", "join"]),
+                st.sampled_from(["request", "serve", "apply", "leave", "join", "rest"]),
                 st.sampled_from(["a", "b", "c"]),
                 st.integers(min_value=0, max_value=5_000),
             ),
@@ -201,9 +245,12 @@ class TestBudgetInvariant:
         limit, operations = scenario
         leases: dict[str, Lease] = {}
         carriers = {"a"}
+        resting: set[str] = set()
         used_total = 0
         for operation, gateway, amount in operations:
-            if operation == "join":
+            if operation == "rest":  # its phone went quiet (or woke up again)
+                resting ^= {gateway}
+            elif operation == "join":
                 carriers.add(gateway)
             elif operation == "leave":
                 carriers.discard(gateway)
@@ -214,6 +261,7 @@ class TestBudgetInvariant:
                     leases=leases,
                     carriers=sorted(carriers),
                     requesting=[gateway],
+                    idle=resting,
                 )
             elif operation == "apply":  # the gateway applied its current (maybe lower) grant
                 if gateway in leases:

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
-from kswifi.control.gateways import repository, service
+from kswifi.control.gateways import leases, repository, service
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
 from tests.control.gateways.conftest import RegisteredGateway, World
@@ -647,6 +647,41 @@ class TestLeases:
                 for lease in await db.scalars(select(GatewayLease))
             }
         assert leases == {first.id: (15_000_000, 0), second.id: (15_000_000, 0)}
+
+    async def test_an_idle_gateway_gives_its_whole_unused_lease_to_the_one_in_use(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=10_000_000)
+        await world.device(session_id, first.id)
+        await world.device(session_id, second.id)
+        for gateway in (first, second):
+            state = await fetch_state(client, gateway)
+            await post_heartbeat(client, gateway, applied_revision=state.revision)
+        await post_usage(client, first, usage_report(1, (session_id, 1_000_000, 0)))
+        # The first phone went quiet: nothing served through its gateway for a while.
+        quiet_since = utcnow() - timedelta(seconds=leases.IDLE_SECONDS + 5)
+        async with ctx.db.transaction() as db:
+            await db.execute(
+                update(GatewayLease)
+                .where(GatewayLease.gateway_id == first.id)
+                .values(served_at=quiet_since)
+            )
+        # The second phone used its half and asks for more.
+        await post_usage(client, second, usage_report(1, (session_id, 5_000_000, 0)))
+        lowered = await fetch_state(client, first)
+        assert lowered.peers[0].quota_bytes == 1_000_000  # all it did not use goes back
+        await post_heartbeat(client, first, applied_revision=lowered.revision)
+        [peer] = (await fetch_state(client, second)).peers
+        assert peer.quota_bytes == 9_000_000  # 5 MB used + all 4 MB that are left
+        assert (await fetch_state(client, first)).peers[0].quota_bytes == 1_000_000  # idle
+
+        # The first phone wakes up: its gateway's kernel drops its packets and says so.
+        await post_usage(client, first, usage_report(2, (session_id, 0, 0), exhausted=True))
+        lowered = await fetch_state(client, second)
+        assert lowered.peers[0].quota_bytes == 7_000_000  # half of the 4 MB left go back
+        await post_heartbeat(client, second, applied_revision=lowered.revision)
+        assert (await fetch_state(client, first)).peers[0].quota_bytes == 3_000_000
 
     async def test_usage_on_both_gateways_ends_the_session_exactly_at_its_limit(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World

@@ -19,12 +19,17 @@ until the gateway reports it applied (see `Lease.applied`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 PACKET_BYTES = 1500
 """What one full-size packet counts (an Ethernet-MTU IP packet). A lease with less than this
 left cannot carry one: the kernel quota drops the next full packet."""
+
+
+IDLE_SECONDS = 60
+"""A gateway that served a session nothing for this long is idle: when another gateway of the
+session runs short, the idle one gives back all of its unused lease (see `reclaim`)."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,21 @@ def plan_session_leases(
     leases: Mapping[str, Lease],
     carriers: Iterable[str],
     requesting: Iterable[str],
+    idle: Collection[str] = (),
 ) -> dict[str, Lease]:
     """Every lease of one session after gateways in `requesting` asked for a top-up.
 
     Gateways that no longer carry the session give their outstanding bytes back (their grant
     drops to what they used); then each requesting carrier, in order, takes its share of what
-    is free. A requesting carrier that cannot get even half its share because other carriers
-    hold more than theirs has those leases lowered to a fair share (`reclaim`): the bytes are
-    free for it once those gateways applied the lower grants and it asks again. Gateways
-    neither requesting, released nor reclaimed from keep their lease as it is.
+    is free. The share is counted among the active carriers: `idle` ones (their device served
+    nothing for a while) do not count, and an idle one asking gets nothing more (a gateway
+    whose phone wakes up asks as an active one: the caller leaves it out of `idle`).
+
+    A requesting carrier that cannot get even half of that because other carriers hold more
+    has their leases lowered (`reclaim`): an idle carrier's to what it used, an active one's
+    to a fair share. The bytes are free for the requester once those gateways applied the
+    lower grants and it asks again. Gateways neither requesting, released nor reclaimed from
+    keep their lease as it is.
     """
     carrier_ids = list(dict.fromkeys(carriers))
     result = {
@@ -127,9 +138,12 @@ def plan_session_leases(
         )
         for gateway_id, lease in leases.items()
     }
-    share = fair_share(limit_bytes, used_total_bytes, len(carrier_ids))
-    for gateway_id in dict.fromkeys(requesting):
-        if gateway_id not in carrier_ids:
+    asking = [gateway_id for gateway_id in dict.fromkeys(requesting) if gateway_id in carrier_ids]
+    resting = set(idle)
+    active = [gateway_id for gateway_id in carrier_ids if gateway_id not in resting]
+    share = fair_share(limit_bytes, used_total_bytes, len(active))
+    for gateway_id in asking:
+        if gateway_id in resting:
             continue
         own = result.get(gateway_id, Lease(0, 0))
         others = {other_id: lease for other_id, lease in result.items() if other_id != gateway_id}
@@ -140,22 +154,30 @@ def plan_session_leases(
             others=others.values(),
             share_bytes=share,
         )
-        if share is not None and granted - own.used_bytes < share // 2:
-            result.update(reclaim(others, carrier_ids, share))
+        due = remaining_budget(limit_bytes, used_total_bytes) if share is None else share
+        if granted - own.used_bytes < due // 2:
+            result.update(reclaim(others, active, share or 0, idle=resting))
         result[gateway_id] = own.regrant(granted)
     return result
 
 
 def reclaim(
-    leases: Mapping[str, Lease], carriers: Iterable[str], share_bytes: int
+    leases: Mapping[str, Lease],
+    carriers: Iterable[str],
+    share_bytes: int,
+    *,
+    idle: Collection[str] = (),
 ) -> dict[str, Lease]:
-    """The carriers' leases whose unused grant is above `share_bytes`, lowered to it."""
-    carrier_ids = set(carriers)
-    return {
-        gateway_id: lease.regrant(lease.used_bytes + share_bytes)
-        for gateway_id, lease in leases.items()
-        if gateway_id in carrier_ids and lease.outstanding_bytes > share_bytes
-    }
+    """Leases lowered for a carrier short of its share: each `idle` gateway's to what it used,
+    each of the `carriers`' whose unused grant is above `share_bytes` to that share."""
+    carrier_ids, resting = set(carriers), set(idle)
+    lowered: dict[str, Lease] = {}
+    for gateway_id, lease in leases.items():
+        if gateway_id in resting and lease.outstanding_bytes > 0:
+            lowered[gateway_id] = lease.regrant(lease.used_bytes)
+        elif gateway_id in carrier_ids and lease.outstanding_bytes > share_bytes:
+            lowered[gateway_id] = lease.regrant(lease.used_bytes + share_bytes)
+    return lowered
 
 
 def total_reserved(leases: Iterable[Lease]) -> int:

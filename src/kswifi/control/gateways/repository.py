@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    case,
     delete,
     func,
     or_,
@@ -164,6 +165,7 @@ class PeerRow:
     lease_granted_bytes: int | None
     lease_used_bytes: int | None
     lease_held_bytes: int | None
+    lease_served_at: datetime | None
 
 
 async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[PeerRow]:
@@ -183,6 +185,7 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
             GatewayLease.granted_bytes,
             GatewayLease.used_bytes,
             GatewayLease.held_bytes,
+            GatewayLease.served_at,
         )
         .join(DataSession, DataSession.id == Device.session_id)
         .outerjoin(
@@ -267,6 +270,7 @@ class LeaseRow:
     granted_bytes: int
     used_bytes: int
     held_bytes: int = 0
+    served_at: datetime | None = None
 
 
 _LEASE_COLUMNS = (
@@ -275,6 +279,7 @@ _LEASE_COLUMNS = (
     GatewayLease.granted_bytes,
     GatewayLease.used_bytes,
     GatewayLease.held_bytes,
+    GatewayLease.served_at,
 )
 
 
@@ -319,8 +324,10 @@ async def other_leases_of(
 
 # Bound as arrays: one statement text whatever the number of rows (no compile per call).
 _PG_ENSURE_LEASES = text(
-    "INSERT INTO gateway_leases (gateway_id, session_id, granted_bytes, used_bytes, updated_at)"
-    " SELECT d.gateway_id, d.session_id, 0, 0, CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    "INSERT INTO gateway_leases"
+    " (gateway_id, session_id, granted_bytes, used_bytes, updated_at, served_at)"
+    " SELECT d.gateway_id, d.session_id, 0, 0, CAST(:now AS TIMESTAMP WITH TIME ZONE),"
+    " CAST(:now AS TIMESTAMP WITH TIME ZONE)"
     " FROM unnest(CAST(:gateway_ids AS VARCHAR[]), CAST(:session_ids AS VARCHAR[]))"
     " AS d(gateway_id, session_id) ORDER BY d.gateway_id, d.session_id"
     " ON CONFLICT (gateway_id, session_id) DO NOTHING"
@@ -350,6 +357,7 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
             "granted_bytes": 0,
             "used_bytes": 0,
             "updated_at": now,
+            "served_at": now,
         }
         for gateway_id, session_id in ordered
     ]
@@ -452,15 +460,32 @@ async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int
 
 
 _PG_ADD_LEASE_USAGE = text(
-    "INSERT INTO gateway_leases (gateway_id, session_id, granted_bytes, used_bytes, updated_at)"
-    " SELECT :gateway_id, d.session_id, 0, d.served, CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    "INSERT INTO gateway_leases"
+    " (gateway_id, session_id, granted_bytes, used_bytes, updated_at, served_at)"
+    " SELECT :gateway_id, d.session_id, 0, d.served, CAST(:now AS TIMESTAMP WITH TIME ZONE),"
+    " CAST(:now AS TIMESTAMP WITH TIME ZONE)"
     " FROM unnest(CAST(:session_ids AS VARCHAR[]), CAST(:served AS BIGINT[]))"
     " AS d(session_id, served) ORDER BY d.session_id"
     " ON CONFLICT (gateway_id, session_id) DO UPDATE SET"
     " used_bytes = gateway_leases.used_bytes + excluded.used_bytes,"
-    " updated_at = excluded.updated_at"
-    " RETURNING gateway_id, session_id, granted_bytes, used_bytes, held_bytes"
+    " updated_at = excluded.updated_at,"
+    " served_at = CASE WHEN excluded.used_bytes > 0 THEN excluded.served_at"
+    " ELSE gateway_leases.served_at END"
+    " RETURNING gateway_id, session_id, granted_bytes, used_bytes, held_bytes, served_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+async def mark_served(
+    db: AsyncSession, gateway_id: str, session_ids: Iterable[str], now: datetime
+) -> None:
+    """The gateway's leases of these sessions are in use as of `now` (not idle)."""
+    for chunk in _chunks(session_ids):
+        await db.execute(
+            update(GatewayLease)
+            .where(GatewayLease.gateway_id == gateway_id, GatewayLease.session_id.in_(chunk))
+            .values(served_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def add_lease_usage(
@@ -494,6 +519,7 @@ async def add_lease_usage(
                     "granted_bytes": 0,
                     "used_bytes": served[session_id],
                     "updated_at": now,
+                    "served_at": now,
                 }
                 for session_id in session_ids[start : start + _INSERT_CHUNK]
             ]
@@ -504,6 +530,10 @@ async def add_lease_usage(
                 set_={
                     "used_bytes": table.c.used_bytes + statement.excluded.used_bytes,
                     "updated_at": statement.excluded.updated_at,
+                    "served_at": case(
+                        (statement.excluded.used_bytes > 0, statement.excluded.served_at),
+                        else_=table.c.served_at,
+                    ),
                 },
             ).returning(*(table.c[column.key] for column in _LEASE_COLUMNS))
         )

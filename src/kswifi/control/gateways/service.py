@@ -494,6 +494,7 @@ async def desired_state(
             row.lease_granted_bytes,
             row.lease_used_bytes,
             row.lease_held_bytes or 0,
+            row.lease_served_at,
         )
         for row in peer_rows
         if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
@@ -584,17 +585,25 @@ async def _refresh_leases(
     gets it with this answer when `delivered_revision` says at which revision (a desired
     state); any other gateway whose lease was lowered is told to fetch its desired state,
     which delivers it (see `desired_state`).
+
+    A gateway that served a session nothing for `leases.IDLE_SECONDS` (nor dropped its
+    packets at the quota) is idle: it gets no top-up, and gives back its whole unused lease
+    when a gateway in use runs short.
     """
     if not budgets:
         return {}
-    held = _leases_by_session(rows)
+    held, idle = _leases_by_session(rows), _idle_by_session(rows, now)
     missing = [sid for sid in budgets if gateway_id not in held.get(sid, {})]
     if missing:
         await repository.ensure_leases(db, [(gateway_id, sid) for sid in missing], now)
-        held.update(_leases_by_session(await repository.leases_of(db, missing)))
+        created = await repository.leases_of(db, missing)
+        held.update(_leases_by_session(created))
+        idle.update(_idle_by_session(created, now))  # new leases: served_at is now
     budgets = dict(budgets)
     plans = {
-        session_id: _plan_leases(budget, held[session_id], carriers.get(session_id), gateway_id)
+        session_id: _plan_leases(
+            budget, held[session_id], carriers.get(session_id), gateway_id, idle.get(session_id)
+        )
         for session_id, budget in budgets.items()
     }
     contested = [
@@ -608,11 +617,17 @@ async def _refresh_leases(
     ]
     if contested:
         budgets.update(await repository.lock_session_budgets(db, contested))
-        fresh = _leases_by_session(await repository.leases_of(db, contested))
+        fresh_rows = await repository.leases_of(db, contested)
+        fresh = _leases_by_session(fresh_rows)
+        idle.update(_idle_by_session(fresh_rows, now))
         for session_id in contested:
             held[session_id] = fresh.get(session_id, {})
             plans[session_id] = _plan_leases(
-                budgets[session_id], held[session_id], carriers.get(session_id), gateway_id
+                budgets[session_id],
+                held[session_id],
+                carriers.get(session_id),
+                gateway_id,
+                idle.get(session_id),
             )
     changes: list[repository.GrantChange] = []
     told: set[str] = set()
@@ -651,11 +666,22 @@ def _leases_by_session(rows: Iterable[repository.LeaseRow]) -> dict[str, dict[st
     return by_session
 
 
+def _idle_by_session(rows: Iterable[repository.LeaseRow], now: datetime) -> dict[str, set[str]]:
+    """Per session, the gateways that served it nothing for `leases.IDLE_SECONDS`."""
+    cutoff = now - timedelta(seconds=leases.IDLE_SECONDS)
+    idle: dict[str, set[str]] = {}
+    for row in rows:
+        if row.served_at is None or row.served_at < cutoff:
+            idle.setdefault(row.session_id, set()).add(row.gateway_id)
+    return idle
+
+
 def _plan_leases(
     budget: tuple[int, int],
     held: dict[str, leases.Lease],
     carriers: set[str] | None,
     gateway_id: str,
+    idle: set[str] | None = None,
 ) -> dict[str, leases.Lease]:
     limit_bytes, used_bytes = budget
     if (carriers or set()) <= {gateway_id} and held.keys() == {gateway_id}:
@@ -669,6 +695,7 @@ def _plan_leases(
         leases=held,
         carriers=(carriers or set()) | {gateway_id},
         requesting=[gateway_id],
+        idle=idle or (),
     )
 
 
@@ -778,6 +805,8 @@ async def apply_usage(
 
     flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
     held = _leases_by_session(await repository.leases_of(db, flagged)) if flagged else {}
+    if flagged:  # the kernel dropped the phone's packets: in use, even if nothing was served
+        await repository.mark_served(db, locked.id, flagged, now)
     outcomes = await sessions_service.record_usage_batch(
         db,
         bus,

@@ -95,6 +95,8 @@ class GatewayLease(Base):
     # still enforce, counted as reserved until it reports `applied_revision` >= the revision.
     held_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     held_until_revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When the gateway last served the session (or took the lease): idle leases are reclaimed.
+    served_at: Mapped[datetime | None] = mapped_column(default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
