@@ -3,6 +3,7 @@
 Already covered elsewhere (not repeated): IPAM index ↔ address and block carving
 (tests/control/gateways/test_ipam.py), lease arithmetic (test_leases.py), config render ↔ parse
 (tests/control/profiles/test_config_render.py), the reconcile diff reaching any desired state
+and the incremental (scoped) reconcile equal to the full one over any history of changes
 (tests/agent/test_reconcile.py), and the agent's usage tracker against a fake control plane
 (tests/agent/test_usage.py).
 
