@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,15 +15,42 @@ from kswifi.control.gateways import service
 from kswifi.control.models import AddressRelease, DataSession, Device, Gateway, utcnow
 from tests.control.gateways.conftest import World
 
+# Which allocation path `_allocate` takes: the gateway row locked first (`allocate_host`), or
+# the single statement that also bumps the revision (`allocate_host_and_bump`, new devices).
+_PATHS = ("allocate_host", "allocate_host_and_bump")
+_path = {"name": _PATHS[0]}
+
 
 async def _allocate(ctx: AppContext, gateway_id: str, when: object = None) -> tuple[int, str, str]:
+    now = when or utcnow()
     async with ctx.db.transaction() as db:
+        if _path["name"] == "allocate_host_and_bump":
+            host = await service.allocate_host_and_bump(
+                db, gateway_id, ctx.settings, now, ctx.events
+            )  # type: ignore[arg-type]
+            return host.host_index, host.ipv4, host.ipv6
         gateway = await db.get(Gateway, gateway_id)
         assert gateway is not None
-        return await service.allocate_host(db, gateway, ctx.settings, when or utcnow())  # type: ignore[arg-type]
+        return await service.allocate_host(db, gateway, ctx.settings, now)  # type: ignore[arg-type]
 
 
 class TestAllocate:
+    @pytest.fixture(autouse=True, params=_PATHS)
+    def path(self, request: pytest.FixtureRequest) -> Iterator[None]:
+        _path["name"] = request.param
+        yield
+        _path["name"] = _PATHS[0]
+
+    async def test_allocate_and_bump_moves_the_revision_once(
+        self, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        before = (await world.get_gateway(gateway.id)).revision
+        await _allocate(ctx, gateway.id)
+        await _allocate(ctx, gateway.id)
+        bumps = 2 if _path["name"] == "allocate_host_and_bump" else 0
+        assert (await world.get_gateway(gateway.id)).revision == before + bumps
+
     async def test_sequential_addresses_from_index_two(self, ctx: AppContext, world: World) -> None:
         gateway = await world.gateway()
         assert await _allocate(ctx, gateway.id) == (2, "100.64.0.2", "fd4b:5357:4946::2")

@@ -114,6 +114,12 @@ class GatewayBlocks:
         return [interface_cidr(self.ipv4), interface_cidr(self.ipv6)]
 
 
+@functools.lru_cache(maxsize=1024)
+def cached_blocks(ipv4: str, ipv6: str) -> GatewayBlocks:
+    """`GatewayBlocks.parse`, remembered: a gateway's blocks never change."""
+    return GatewayBlocks.parse(ipv4, ipv6)
+
+
 def carve_block(pool: IPNetwork, prefixlen: int, taken: Iterable[IPNetwork | str]) -> IPNetwork:
     """The lowest block of size `/prefixlen` in `pool` that overlaps none of `taken`.
 

@@ -13,10 +13,13 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    and_,
     bindparam,
     case,
     delete,
+    exists,
     func,
+    literal,
     or_,
     select,
     text,
@@ -130,7 +133,7 @@ async def taken_blocks(db: AsyncSession) -> list[tuple[str, str]]:
     return [(row.ipv4_pool, row.ipv6_pool) for row in rows]
 
 
-def _live_device_filter(now: datetime) -> list[ColumnElement[bool]]:
+def _live_device_filter(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
     return [
         Device.status == "active",
         DataSession.status.in_(LIVE_STATES),
@@ -756,3 +759,145 @@ async def mark_offline(db: AsyncSession, seen_before: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- placing a new device: one read, then one write while the gateway row is locked ---------
+
+
+@dataclass(frozen=True)
+class PlacementRow:
+    """An active region with one of its enabled gateways (None: it has none) and the live
+    devices that gateway carries."""
+
+    region: Region
+    gateway: Gateway | None
+    load: int
+
+
+def _placement_query(one_region: bool) -> Select[Region, Gateway, Any]:
+    loads = (
+        select(Device.gateway_id.label("gateway_id"), func.count().label("load"))
+        .join(DataSession, DataSession.id == Device.session_id)
+        .where(*_live_device_filter(bindparam("now", type_=UTCDateTime())))
+        .group_by(Device.gateway_id)
+        .subquery("loads")
+    )
+    query = (
+        select(Region, Gateway, func.coalesce(loads.c.load, 0))
+        .outerjoin(Gateway, and_(Gateway.region_code == Region.code, Gateway.is_enabled.is_(True)))
+        .outerjoin(loads, loads.c.gateway_id == Gateway.id)
+        .where(Region.is_active.is_(True))
+        .order_by(Region.code, Gateway.name)
+    )
+    return query.where(Region.code == bindparam("region_code")) if one_region else query
+
+
+# Built once: constructing a statement costs more Python than running it (this is the hot path
+# of every new Connect Profile).
+_PLACEMENT_ALL = _placement_query(one_region=False)
+_PLACEMENT_ONE = _placement_query(one_region=True)
+
+
+async def placement_rows(
+    db: AsyncSession, now: datetime, region_code: str | None = None
+) -> list[PlacementRow]:
+    """Every active region (or only `region_code`), each with its enabled gateways and their
+    load, in one statement."""
+    if region_code is None:
+        result = await db.execute(_PLACEMENT_ALL, {"now": now})
+    else:
+        result = await db.execute(_PLACEMENT_ONE, {"now": now, "region_code": region_code})
+    return [PlacementRow(region, gateway, int(load)) for region, gateway, load in result]
+
+
+@dataclass(frozen=True)
+class TakenHost:
+    """A gateway after `take_host_and_bump`: the host index it gave out (a reused one, or
+    the next never-used one) and its new desired-state revision."""
+
+    host_index: int
+    revision: int
+    name: str
+    ipv4_pool: str
+    ipv6_pool: str
+
+
+_releases = cast(Table, AddressRelease.__table__)
+_gateways = cast(Table, Gateway.__table__)
+_REUSE = (
+    delete(_releases)
+    .where(
+        _releases.c.gateway_id == bindparam("gateway_id"),
+        _releases.c.host_index
+        == select(_releases.c.host_index)
+        .where(
+            _releases.c.gateway_id == bindparam("gateway_id"),
+            _releases.c.released_at <= bindparam("reusable_before"),
+        )
+        .order_by(_releases.c.host_index)
+        .limit(1)
+        .scalar_subquery(),
+    )
+    .returning(_releases.c.host_index)
+)
+_TAKEN_COLUMNS = (
+    _gateways.c.next_host_index,
+    _gateways.c.revision,
+    _gateways.c.name,
+    _gateways.c.ipv4_pool,
+    _gateways.c.ipv6_pool,
+)
+_reused = _REUSE.cte("reused")
+# PostgreSQL: the DELETE runs as a CTE of the UPDATE, whose RETURNING sees what it deleted.
+_TAKE_AND_BUMP_PG = (
+    update(_gateways)
+    .where(_gateways.c.id == bindparam("gateway_id"))
+    .values(
+        revision=_gateways.c.revision + 1,
+        next_host_index=_gateways.c.next_host_index
+        + case((exists(select(_reused.c.host_index)), 0), else_=1),
+    )
+    .returning(select(_reused.c.host_index).scalar_subquery(), *_TAKEN_COLUMNS)
+    .add_cte(_reused)
+)
+_TAKE_AND_BUMP_SQLITE = (
+    update(_gateways)
+    .where(_gateways.c.id == bindparam("gateway_id"))
+    .values(
+        revision=_gateways.c.revision + 1,
+        next_host_index=_gateways.c.next_host_index + bindparam("step"),
+    )
+    .returning(literal(None), *_TAKEN_COLUMNS)
+)
+
+
+async def take_host_and_bump(
+    db: AsyncSession, gateway_id: str, reusable_before: datetime
+) -> TakenHost | None:
+    """Take a host index on the gateway and bump its revision, locking its row until the
+    transaction ends: the lowest address released before `reusable_before` is reused (its
+    release row deleted), otherwise `next_host_index` is taken and advanced. One statement on
+    PostgreSQL (the DELETE is a CTE), two on SQLite (whose write lock is already held).
+
+    Race-free without locking the gateway first: a release row is deleted by one transaction
+    only (a concurrent one finds it gone and takes a new index), and the index counter moves
+    under the row lock of the UPDATE. The caller checks the index against the blocks (past
+    the end: roll back). None when there is no such gateway."""
+    params: dict[str, Any] = {"gateway_id": gateway_id, "reusable_before": reusable_before}
+    if db.get_bind().dialect.name == "postgresql":
+        row = (await db.execute(_TAKE_AND_BUMP_PG, params)).one_or_none()
+        if row is None:
+            return None
+        reused = row[0]
+    else:
+        reused = (await db.execute(_REUSE, params)).scalar_one_or_none()
+        row = (
+            await db.execute(
+                _TAKE_AND_BUMP_SQLITE,
+                {"gateway_id": gateway_id, "step": 0 if reused is not None else 1},
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+    host_index = int(reused) if reused is not None else int(row[1]) - 1
+    return TakenHost(host_index, int(row[2]), row[3], row[4], row[5])

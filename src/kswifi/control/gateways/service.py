@@ -365,29 +365,59 @@ async def choose_gateway(
             "Try another region or try again later."
         )
 
-    def online(gateway: Gateway) -> bool:
-        if settings is not None:
-            return seen_recently(gateway, now, settings)
-        return gateway.is_online and gateway.last_heartbeat_at is not None
+    return pick_gateway(
+        [(gateway, counts.get(gateway.id, 0)) for gateway in gateways],
+        now=now,
+        settings=settings,
+        where=where,
+    )
 
+
+def placement_rank(
+    gateway: Gateway, load: int, now: datetime, settings: Settings | None
+) -> tuple[int, float] | None:
+    """(tier, share of capacity used) of a gateway that can take a device, lower is better:
+    tier 0 online, 1 never seen yet; None when it is full or known to be offline."""
+    if load >= gateway.capacity:
+        return None
+    if settings is not None:
+        online = seen_recently(gateway, now, settings)
+    else:
+        online = gateway.is_online and gateway.last_heartbeat_at is not None
+    if online:
+        return (0, load / gateway.capacity)
+    if gateway.last_heartbeat_at is None:
+        return (1, load / gateway.capacity)
+    return None
+
+
+def pick_gateway(
+    candidates: Iterable[tuple[Gateway, int]],
+    *,
+    now: datetime,
+    settings: Settings | None,
+    where: str,
+) -> Gateway:
+    """The best of enabled (gateway, live devices) pairs by `placement_rank`, then by name."""
     ranked: list[tuple[int, float, str, Gateway]] = []
-    for gateway in gateways:
-        load = counts.get(gateway.id, 0)
-        if load >= gateway.capacity:
-            continue
-        if online(gateway):
-            tier = 0
-        elif gateway.last_heartbeat_at is None:
-            tier = 1
-        else:
-            continue
-        ranked.append((tier, load / gateway.capacity, gateway.name, gateway))
+    for gateway, load in candidates:
+        rank = placement_rank(gateway, load, now, settings)
+        if rank is not None:
+            ranked.append((*rank, gateway.name, gateway))
     if not ranked:
         raise NoGatewayAvailable(
             f"No gateway is available {where}: every gateway is full or offline. "
             "Try another region or try again later."
         )
     return min(ranked, key=lambda item: item[:3])[3]
+
+
+async def placement_candidates(
+    db: AsyncSession, now: datetime, region_code: str | None = None
+) -> list[repository.PlacementRow]:
+    """Active regions (or one), each with its enabled gateways and their live devices, read
+    in one statement: all that placing a device needs."""
+    return await repository.placement_rows(db, now, region_code)
 
 
 async def allocate_host(
@@ -420,6 +450,44 @@ async def allocate_host(
     ipv4, ipv6 = blocks.device_addresses(host_index)
     await db.flush()
     return host_index, ipv4, ipv6
+
+
+@dataclass(frozen=True)
+class NewHost:
+    """A device address taken on a gateway, and the gateway's new desired-state revision."""
+
+    host_index: int
+    ipv4: str
+    ipv6: str
+    revision: int
+
+
+async def allocate_host_and_bump(
+    db: AsyncSession, gateway_id: str, settings: Settings, now: datetime, bus: EventBus
+) -> NewHost:
+    """`allocate_host` and `bump_revision` of one gateway in a single statement (PostgreSQL).
+
+    The gateway row stays locked until the transaction ends, so callers do this last, just
+    before their inserts and the commit. Same rules: the lowest address released longer than
+    the cool-down ago first, else the next never-used index; the long-polls wake on commit.
+    """
+    cutoff = now - timedelta(seconds=settings.address_cooldown_seconds)
+    taken = await repository.take_host_and_bump(db, gateway_id, cutoff)
+    if taken is None:
+        raise NotFound("No such gateway")
+    blocks = ipam.cached_blocks(taken.ipv4_pool, taken.ipv6_pool)
+    if taken.host_index > blocks.max_host_index:
+        cooling = await repository.count_cooling_releases(db, gateway_id)
+        later = f"; {cooling} freed address(es) return after the cool-down" if cooling else ""
+        raise AddressPoolExhausted(
+            f"Gateway {taken.name} has no free address left in {blocks.ipv4}{later}."
+            " Try another region or try again later."
+        )
+    ipv4, ipv6 = blocks.device_addresses(taken.host_index)
+    publish_after_commit(
+        db, bus, gateway_channel(gateway_id), {"type": "revision", "revision": taken.revision}
+    )
+    return NewHost(taken.host_index, ipv4, ipv6, taken.revision)
 
 
 async def release_host(db: AsyncSession, gateway_id: str, host_index: int, now: datetime) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import bindparam, delete, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.models import DataSession, Device, Gateway, SetupLink
@@ -26,9 +26,27 @@ async def serialize_session_profiles(db: AsyncSession, session_id: str) -> None:
     """
     if db.get_bind().dialect.name != "postgresql":
         return
+    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(session_id)})
+
+
+def _lock_key(session_id: str) -> int:
     key = int.from_bytes(hashlib.sha256(f"profiles:{session_id}".encode()).digest()[:8], "big")
-    signed_key = key - (1 << 64) if key >= 1 << 63 else key
-    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": signed_key})
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+_SESSION = select(DataSession).where(DataSession.id == bindparam("session_id"))
+_SESSION_WITH_LOCK = _SESSION.add_columns(func.pg_advisory_xact_lock(bindparam("lock_key")))
+
+
+async def session_with_profiles_lock(db: AsyncSession, session_id: str) -> DataSession | None:
+    """The session, read by the statement that takes `serialize_session_profiles`'s lock (one
+    round trip instead of two). Its devices must be read after this statement: they are not
+    part of its snapshot."""
+    if db.get_bind().dialect.name != "postgresql":
+        return await db.scalar(_SESSION, {"session_id": session_id})
+    params = {"session_id": session_id, "lock_key": _lock_key(session_id)}
+    row = (await db.execute(_SESSION_WITH_LOCK, params)).first()
+    return row[0] if row is not None else None
 
 
 async def get_device(
@@ -45,13 +63,15 @@ async def get_device(
     )
 
 
+_ACTIVE_DEVICES_OF_SESSION = (
+    select(Device)
+    .where(Device.session_id == bindparam("session_id"), Device.status == ACTIVE)
+    .order_by(Device.created_at, Device.id)
+)
+
+
 async def active_devices_of_session(db: AsyncSession, session_id: str) -> list[Device]:
-    rows = await db.scalars(
-        select(Device)
-        .where(Device.session_id == session_id, Device.status == ACTIVE)
-        .order_by(Device.created_at, Device.id)
-    )
-    return list(rows)
+    return list(await db.scalars(_ACTIVE_DEVICES_OF_SESSION, {"session_id": session_id}))
 
 
 async def list_for_user(db: AsyncSession, user_id: str) -> list[tuple[Device, Gateway]]:

@@ -19,7 +19,7 @@ from kswifi.control.errors import Conflict, Gone, NotFound, TooManyRequests, Una
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
-from kswifi.control.models import Device, Gateway
+from kswifi.control.models import Device, Gateway, new_id
 from kswifi.control.profiles import qr, repository
 from kswifi.control.profiles.config_render import (
     ClientConfig,
@@ -108,14 +108,16 @@ async def generate_profile(
     or new keys for the session's device of that name (same gateway and address; the old keys
     leave the gateway's desired state). A device whose gateway went offline or was disabled
     moves to a healthy gateway (of its region when there is one) with a new address."""
-    session = await sessions.get_for_user(db, user_id, session_id)
+    # The session and the per-session lock in one statement; its devices after the lock.
+    session = await repository.session_with_profiles_lock(db, session_id)
+    if session is None or session.user_id != user_id:
+        raise NotFound("No such session")  # someone else's answers like a missing one
     wait = _generations.hit(session.id)
     if wait is not None:
         raise TooManyRequests(
             f"Too many Connect Codes for this session; try again in {wait} seconds", wait
         )
     sessions.ensure_usable(session, now)
-    await repository.serialize_session_profiles(db, session.id)
     name = device_name or DEFAULT_DEVICE_NAME
     devices = await repository.active_devices_of_session(db, session.id)
     existing = next((device for device in devices if device.device_name == name), None)
@@ -154,6 +156,10 @@ async def generate_profile(
         device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
         device.rotated_at = now
         await repository.delete_setup_links(db, [device.id])
+        sessions.activate_if_needed(session, now)
+        await db.flush()
+        await gateways.bump_revision(db, [gateway.id, *moved_from], bus)
+        dns_servers = (await gateways.gateway_public_info(db, gateway)).dns_servers
     else:
         if len(devices) >= session.max_devices:
             raise DeviceLimitReached(
@@ -166,8 +172,16 @@ async def generate_profile(
             db, region=region, client=client or UNKNOWN, settings=settings, now=now
         )
         gateway, region_note = placement.gateway, placement.note
-        host_index, ipv4, ipv6 = await gateways.allocate_host(db, gateway, settings, now)
+        dns_servers = (
+            regions.dns_list(placement.region)
+            if placement.region is not None
+            else (await gateways.gateway_public_info(db, gateway)).dns_servers
+        )
+        # Last, because the gateway row stays locked from here to the commit: the address and
+        # the revision bump in one statement, then one flush of the rows below.
+        host = await gateways.allocate_host_and_bump(db, gateway.id, settings, now, bus)
         device = Device(
+            id=new_id(),  # the setup link below names it before the flush
             session_id=session.id,
             user_id=user_id,
             gateway_id=gateway.id,
@@ -176,19 +190,17 @@ async def generate_profile(
             public_key=str(keypair.public_key),
             preshared_key_encrypted=secrets.encrypt(str(preshared_key)),
             private_key_encrypted=None,
-            host_index=host_index,
-            ipv4=ipv4,
-            ipv6=ipv6,
+            host_index=host.host_index,
+            ipv4=host.ipv4,
+            ipv6=host.ipv6,
             created_at=now,
             rotated_at=now,
         )
         db.add(device)
-    sessions.activate_if_needed(session, now)
-    await db.flush()
-    await gateways.bump_revision(db, [gateway.id, *moved_from], bus)
+        sessions.activate_if_needed(session, now)
 
     config_text = render_config(
-        await _client_config(db, settings, gateway, device, keypair.private_key, preshared_key)
+        _client_config(settings, gateway, dns_servers, device, keypair.private_key, preshared_key)
     )
     setup_token = new_opaque_token()
     setup_expires_at = now + SETUP_LINK_TTL
@@ -217,24 +229,23 @@ async def generate_profile(
     )
 
 
-async def _client_config(
-    db: AsyncSession,
+def _client_config(
     settings: Settings,
     gateway: Gateway,
+    dns_servers: list[str],
     device: Device,
     private_key: WireguardKey,
     preshared_key: WireguardKey,
 ) -> ClientConfig:
-    info = await gateways.gateway_public_info(db, gateway)
     return ClientConfig(
         private_key=private_key,
         ipv4=IPv4Address(device.ipv4.split("/")[0]),
         ipv6=IPv6Address(device.ipv6.split("/")[0]),
-        dns_servers=parse_dns_servers(", ".join(info.dns_servers) or FALLBACK_DNS),
+        dns_servers=parse_dns_servers(", ".join(dns_servers) or FALLBACK_DNS),
         mtu=settings.wireguard_mtu,
-        peer_public_key=WireguardKey.from_base64(info.public_key),
+        peer_public_key=WireguardKey.from_base64(gateway.public_key),
         preshared_key=preshared_key,
-        endpoint=info.endpoint,
+        endpoint=gateway.endpoint,
     )
 
 

@@ -341,6 +341,7 @@ class Placement:
     region_code: str
     reason: str  # "requested", "nearest", "fallback" (nearest had no room) or "least_loaded"
     nearest_region: str | None  # the region that would have been first, when it differs
+    region: Region | None = None  # the gateway's region as placement read it
 
     @property
     def note(self) -> str | None:
@@ -367,34 +368,50 @@ async def place(
     region to the client with a healthy gateway that has room, least loaded first; if none,
     the next nearest; without a location, the least loaded region anywhere.
     """
+    # One statement reads every active region with its enabled gateways and their loads.
+    rows = await gateways.placement_candidates(db, now, region)
     if region is not None:
-        chosen = await repository.get(db, region)
-        if chosen is None or not chosen.is_active:
+        if not rows:  # unknown or retired
             known = ", ".join(sorted(await repository.codes(db))) or "none"
             raise Unprocessable(f"unknown region {region!r} (regions: {known})", field="region")
-        gateway = await gateways.choose_gateway(db, region_code=region, now=now, settings=settings)
-        return Placement(gateway, region, "requested", None)
+        where = f"in region {region!r}"
+        candidates = [(row.gateway, row.load) for row in rows if row.gateway is not None]
+        if not candidates:
+            raise gateways.NoGatewayAvailable(
+                f"No gateway is available {where}: none is registered and enabled. "
+                "Try another region or try again later."
+            )
+        gateway = gateways.pick_gateway(candidates, now=now, settings=settings, where=where)
+        return Placement(gateway, region, "requested", None, rows[0].region)
 
-    regions = await repository.list_all(db, active_only=True)
-    loads = region_loads(await gateways.list_out(db, now, settings))
-    ranked = rank_regions(regions, loads, client.continent)
+    regions: dict[str, Region] = {}
+    best: dict[str, tuple[tuple[int, float, str], Gateway]] = {}
+    for row in rows:
+        regions.setdefault(row.region.code, row.region)
+        if row.gateway is None:
+            continue
+        rank = gateways.placement_rank(row.gateway, row.load, now, settings)
+        if rank is None:
+            continue
+        key = (*rank, row.gateway.name)
+        current = best.get(row.region.code)
+        if current is None or key < current[0]:
+            best[row.region.code] = (key, row.gateway)
+    loads = {code: RegionLoad(best=choice[0][:2]) for code, choice in best.items()}
+    ranked = rank_regions(list(regions.values()), loads, client.continent)
     nearest = ranked[0].code if ranked and client.known else None
     for candidate in ranked:
-        if loads.get(candidate.code, RegionLoad()).best is None:
+        choice = best.get(candidate.code)
+        if choice is None:
             continue
-        try:
-            gateway = await gateways.choose_gateway(
-                db, region_code=candidate.code, now=now, settings=settings
-            )
-        except gateways.NoGatewayAvailable:  # filled up since we looked: try the next one
-            continue
+        gateway = choice[1]
         if not client.known:
-            return Placement(gateway, candidate.code, "least_loaded", None)
+            return Placement(gateway, candidate.code, "least_loaded", None, candidate)
         if nearest is not None and continent_distance(
             client.continent, candidate.continent
         ) == continent_distance(client.continent, ranked[0].continent):
-            return Placement(gateway, candidate.code, "nearest", None)
-        return Placement(gateway, candidate.code, "fallback", nearest)
+            return Placement(gateway, candidate.code, "nearest", None, candidate)
+        return Placement(gateway, candidate.code, "fallback", nearest, candidate)
     raise gateways.NoGatewayAvailable(
         "No gateway is available in any region right now: every gateway is full or offline. "
         "Try again later."
@@ -428,7 +445,9 @@ async def place_away_from(
         if region is not None:
             raise
         placement = await place(db, region=None, client=client, settings=settings, now=now)
-        return Placement(placement.gateway, placement.region_code, "fallback", target)
+        return Placement(
+            placement.gateway, placement.region_code, "fallback", target, placement.region
+        )
     return placement
 
 
