@@ -34,7 +34,13 @@ def get_ctx(request: Request) -> AppContext:
     return ctx
 
 
-Ctx = Annotated[AppContext, Depends(get_ctx)]
+# The dependencies below do no I/O, so they are `async def`: FastAPI runs a plain `def`
+# dependency in a worker thread, a hand-off that costs more than the work itself.
+async def _ctx(request: Request) -> AppContext:
+    return get_ctx(request)
+
+
+Ctx = Annotated[AppContext, Depends(_ctx)]
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -58,7 +64,11 @@ def get_current_user_id(ctx: Ctx, credentials: BearerCredentials) -> str:
     return ctx.secrets.read_access_token(credentials.credentials).user_id
 
 
-CurrentUserId = Annotated[str, Depends(get_current_user_id)]
+async def _current_user_id(ctx: Ctx, credentials: BearerCredentials) -> str:
+    return get_current_user_id(ctx, credentials)
+
+
+CurrentUserId = Annotated[str, Depends(_current_user_id)]
 
 # The web app keeps the access token in this HttpOnly cookie, so that pages and EventSource
 # streams (which cannot send headers) authenticate too.
@@ -76,7 +86,13 @@ def get_user_id_from_bearer_or_cookie(
     return ctx.secrets.read_access_token(cookie).user_id
 
 
-BrowserOrBearerUserId = Annotated[str, Depends(get_user_id_from_bearer_or_cookie)]
+async def _browser_or_bearer_user_id(
+    request: Request, ctx: Ctx, credentials: BearerCredentials
+) -> str:
+    return get_user_id_from_bearer_or_cookie(request, ctx, credentials)
+
+
+BrowserOrBearerUserId = Annotated[str, Depends(_browser_or_bearer_user_id)]
 
 
 async def get_current_user(user_id: CurrentUserId, db: DbSession) -> User:
