@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, func, or_, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.models import DataSession, Device, Gateway, SetupLink
@@ -105,6 +106,46 @@ async def devices_of_ended_sessions(db: AsyncSession, now: datetime, limit: int)
         .with_for_update(of=Device, skip_locked=True)
     )
     return list(rows)
+
+
+_devices = cast(Table, Device.__table__)
+_links = cast(Table, SetupLink.__table__)
+_INSERT_DEVICE = insert(_devices)
+_INSERT_LINK = insert(_links)
+# PostgreSQL: both rows in one statement (the device INSERT is a CTE the link selects from).
+_new_device = (
+    insert(_devices)
+    .values({column.name: bindparam(column.name, type_=column.type) for column in _devices.c})
+    .returning(_devices.c.id)
+    .cte("new_device")
+)
+_LINK_COLUMNS = ("token_hash", "config_encrypted", "created_at", "expires_at", "used_at")
+_INSERT_DEVICE_AND_LINK = (
+    insert(_links)
+    .from_select(
+        ["device_id", *_LINK_COLUMNS],
+        select(
+            _new_device.c.id,
+            *(bindparam(f"link_{name}", type_=_links.c[name].type) for name in _LINK_COLUMNS),
+        ),
+    )
+    .add_cte(_new_device)
+)
+
+
+async def insert_device_and_link(
+    db: AsyncSession, device: dict[str, Any], link: dict[str, Any]
+) -> None:
+    """A new device and its setup link: one statement on PostgreSQL (the caller holds the
+    gateway row lock until the commit, so every round trip here counts), two on SQLite.
+    `device` has a value for every column of `devices`, `link` for every column of
+    `setup_links` but `device_id`."""
+    if db.get_bind().dialect.name == "postgresql":
+        params = {**device, **{f"link_{name}": link[name] for name in _LINK_COLUMNS}}
+        await db.execute(_INSERT_DEVICE_AND_LINK, params)
+        return
+    await db.execute(_INSERT_DEVICE, device)
+    await db.execute(_INSERT_LINK, {**link, "device_id": device["id"]})
 
 
 def add_setup_link(

@@ -160,6 +160,8 @@ async def generate_profile(
         await db.flush()
         await gateways.bump_revision(db, [gateway.id, *moved_from], bus)
         dns_servers = (await gateways.gateway_public_info(db, gateway)).dns_servers
+        device_id, ipv4, ipv6 = device.id, device.ipv4, device.ipv6
+        new_device: dict[str, object] | None = None
     else:
         if len(devices) >= session.max_devices:
             raise DeviceLimitReached(
@@ -177,44 +179,60 @@ async def generate_profile(
             if placement.region is not None
             else (await gateways.gateway_public_info(db, gateway)).dns_servers
         )
+        preshared_key_encrypted = secrets.encrypt(str(preshared_key))
         # Last, because the gateway row stays locked from here to the commit: the address and
-        # the revision bump in one statement, then one flush of the rows below.
+        # the revision bump in one statement, then the device and its setup link in one more.
         host = await gateways.allocate_host_and_bump(db, gateway.id, settings, now, bus)
-        device = Device(
-            id=new_id(),  # the setup link below names it before the flush
-            session_id=session.id,
-            user_id=user_id,
-            gateway_id=gateway.id,
-            device_name=name,
-            status=repository.ACTIVE,
-            public_key=str(keypair.public_key),
-            preshared_key_encrypted=secrets.encrypt(str(preshared_key)),
-            private_key_encrypted=None,
-            host_index=host.host_index,
-            ipv4=host.ipv4,
-            ipv6=host.ipv6,
-            created_at=now,
-            rotated_at=now,
-        )
-        db.add(device)
+        device_id, ipv4, ipv6 = new_id(), host.ipv4, host.ipv6
+        new_device = {
+            "id": device_id,
+            "session_id": session.id,
+            "user_id": user_id,
+            "gateway_id": gateway.id,
+            "device_name": name,
+            "status": repository.ACTIVE,
+            "public_key": str(keypair.public_key),
+            "preshared_key_encrypted": preshared_key_encrypted,
+            "private_key_encrypted": None,
+            "host_index": host.host_index,
+            "ipv4": ipv4,
+            "ipv6": ipv6,
+            "created_at": now,
+            "rotated_at": now,
+            "last_handshake_at": None,
+            "removed_at": None,
+        }
         sessions.activate_if_needed(session, now)
 
     config_text = render_config(
-        _client_config(settings, gateway, dns_servers, device, keypair.private_key, preshared_key)
+        _client_config(
+            settings, gateway, dns_servers, ipv4, ipv6, keypair.private_key, preshared_key
+        )
     )
     setup_token = new_opaque_token()
     setup_expires_at = now + SETUP_LINK_TTL
     token_hash = hash_token(setup_token)
-    repository.add_setup_link(
-        db,
-        token_hash=token_hash,
-        device_id=device.id,
-        config_encrypted=secrets.encrypt(config_text),
-        expires_at=setup_expires_at,
-    )
-    await db.flush()
+    config_encrypted = secrets.encrypt(config_text)
+    if new_device is None:
+        repository.add_setup_link(
+            db,
+            token_hash=token_hash,
+            device_id=device_id,
+            config_encrypted=config_encrypted,
+            expires_at=setup_expires_at,
+        )
+        await db.flush()
+    else:
+        link = {
+            "token_hash": token_hash,
+            "config_encrypted": config_encrypted,
+            "created_at": now,
+            "expires_at": setup_expires_at,
+            "used_at": None,
+        }
+        await repository.insert_device_and_link(db, new_device, link)
     return GeneratedProfile(
-        connect_id=device.id,
+        connect_id=device_id,
         session_id=session.id,
         data_limit_bytes=session.data_limit_bytes,
         session_expires_at=session.expires_at,
@@ -222,7 +240,7 @@ async def generate_profile(
         gateway_name=gateway.name,
         config_text=config_text,
         setup_token=setup_token,
-        download_token=issue_download_token(secrets, device.id, token_hash, setup_expires_at),
+        download_token=issue_download_token(secrets, device_id, token_hash, setup_expires_at),
         setup_expires_at=setup_expires_at,
         rotated=existing is not None,
         region_note=region_note,
@@ -233,14 +251,15 @@ def _client_config(
     settings: Settings,
     gateway: Gateway,
     dns_servers: list[str],
-    device: Device,
+    ipv4: str,
+    ipv6: str,
     private_key: WireguardKey,
     preshared_key: WireguardKey,
 ) -> ClientConfig:
     return ClientConfig(
         private_key=private_key,
-        ipv4=IPv4Address(device.ipv4.split("/")[0]),
-        ipv6=IPv6Address(device.ipv6.split("/")[0]),
+        ipv4=IPv4Address(ipv4.split("/")[0]),
+        ipv6=IPv6Address(ipv6.split("/")[0]),
         dns_servers=parse_dns_servers(", ".join(dns_servers) or FALLBACK_DNS),
         mtu=settings.wireguard_mtu,
         peer_public_key=WireguardKey.from_base64(gateway.public_key),
