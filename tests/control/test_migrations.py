@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from kswifi.control.models import Base
@@ -39,3 +40,26 @@ async def test_lease_holds_of_existing_rows_start_at_zero(database_url: str) -> 
     for name in ("held_bytes", "held_until_revision"):
         assert columns[name]["nullable"] is False
         assert "0" in str(columns[name]["default"])
+
+
+async def test_tables_updated_by_usage_leave_room_on_each_page(database_url: str) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL storage setting")
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT relname, reloptions FROM pg_class WHERE relname IN"
+                    " ('data_sessions', 'gateway_leases', 'usage_rollups', 'users')"
+                )
+            )
+            options = {name: reloptions for name, reloptions in rows}
+    finally:
+        await engine.dispose()
+    assert options == {
+        "data_sessions": ["fillfactor=70"],
+        "gateway_leases": ["fillfactor=70"],
+        "usage_rollups": ["fillfactor=70"],
+        "users": None,
+    }

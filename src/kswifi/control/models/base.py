@@ -18,6 +18,10 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
+# Tables updated by every usage report keep room on each page for new row versions
+# (PostgreSQL HOT updates; see migration 0005).
+UPDATED_TABLE_OPTIONS = {"fillfactor": 70}
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC in Python; SQLite (which forgets zones) gets naive UTC."""

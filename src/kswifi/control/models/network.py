@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kswifi.control.models.base import Base, new_id, utcnow
+from kswifi.control.models.base import UPDATED_TABLE_OPTIONS, Base, new_id, utcnow
 
 
 class Gateway(Base):
@@ -82,6 +82,7 @@ class GatewayLease(Base):
     """Bytes a gateway may serve a session over its life (cumulative) and what it reported."""
 
     __tablename__ = "gateway_leases"
+    __table_args__ = {"postgresql_with": UPDATED_TABLE_OPTIONS}
 
     gateway_id: Mapped[str] = mapped_column(
         ForeignKey("gateways.id", ondelete="CASCADE"), primary_key=True

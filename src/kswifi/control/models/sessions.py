@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from kswifi.control.models.base import Base, new_id, utcnow
+from kswifi.control.models.base import UPDATED_TABLE_OPTIONS, Base, new_id, utcnow
 
 SESSION_STATES = ("active", "connected", "exhausted", "expired", "revoked")
 LIVE_STATES = ("active", "connected")
@@ -15,7 +15,10 @@ LIVE_STATES = ("active", "connected")
 
 class DataSession(Base):
     __tablename__ = "data_sessions"
-    __table_args__ = (Index("ix_data_sessions_status_expires", "status", "expires_at"),)
+    __table_args__ = (
+        Index("ix_data_sessions_status_expires", "status", "expires_at"),
+        {"postgresql_with": UPDATED_TABLE_OPTIONS},
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
@@ -45,6 +48,7 @@ class UsageRollup(Base):
     """Bytes per session per minute, for charts and daily reports."""
 
     __tablename__ = "usage_rollups"
+    __table_args__ = {"postgresql_with": UPDATED_TABLE_OPTIONS}
 
     session_id: Mapped[str] = mapped_column(
         ForeignKey("data_sessions.id", ondelete="CASCADE"), primary_key=True
