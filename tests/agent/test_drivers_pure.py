@@ -19,6 +19,7 @@ from kswifi.agent.drivers.nftables import (
 from kswifi.agent.drivers.tc import (
     DeviceReading,
     FilterEntry,
+    Side,
     TcReading,
     address_match,
     parse_classes,
@@ -307,3 +308,23 @@ class TestTc:
         actions = [SetRate(f"n{i}", 10) for i in range(3)]
         render_tc([("wg0", "download"), ("ifb0", "upload")], actions, reading, minors)
         assert [minors[f"n{i}"] for i in range(3)] == [2, 4, 5]
+
+    def test_filter_node_ids_stay_unique_through_removals_and_adds(self) -> None:
+        device = DeviceReading({1: 10}, {}, True, {}, {0})
+        reading = TcReading(device, device.copy())
+        minors = {"s1": 1}
+        devices: list[tuple[str, Side]] = [("wg0", "download"), ("ifb0", "upload")]
+        # Five addresses in the same u32 hash bucket (last byte 2), then two go, three come.
+        first = [f"100.64.{n}.2" for n in range(5)]
+        render_tc(devices, [ShapeAddress(a, "s1") for a in first], reading, minors)
+        before = reading.copy()
+        render_tc(devices, [UnshapeAddress(first[1]), UnshapeAddress(first[3])], reading, minors)
+        later = [f"100.65.{n}.2" for n in range(3)]
+        render_tc(devices, [ShapeAddress(a, "s1") for a in later], reading, minors)
+        for side in (reading.download, reading.upload):
+            nodes = [entry.node for entry in side.filters.values()]
+            routes = [entry.node for entry in side.routes.values()]
+            assert len(nodes) == len(set(nodes)) == 6
+            assert len(routes) == len(set(routes)) == 6
+        # The earlier reading is untouched (node sets are shared, never changed in place).
+        assert before.download.node_index()[(2, 4, 2)] == frozenset(range(1, 6))

@@ -465,7 +465,7 @@ def render_tc(
     cursor = [1]  # nothing below the last minor handed out is free (the set only grows here)
     for device, side in devices:
         device_reading = reading.download if side == "download" else reading.upload
-        used_nodes = device_reading.node_index()
+        used_nodes = _Nodes(device_reading.node_index())
         lines: list[str] = []
         removals: list[str] = []
         emptied: set[int] = set()  # buckets that lost a class in this batch
@@ -508,7 +508,7 @@ def render_tc(
                         (ROOT, bucket_class(bucket)),
                         (bucket_major(bucket), minor),
                     ):
-                        node = _free_node(used_nodes, (major, version, hashed))
+                        node = used_nodes.take((major, version, hashed))
                         entry = FilterEntry(version, hashed, node, target)
                         if major == ROOT:
                             device_reading.routes[address] = entry
@@ -534,10 +534,11 @@ def render_tc(
                 if route.minor == bucket_class(bucket):
                     del device_reading.routes[address]
                     removals.append(_filter_delete(device, ROOT, route))
+                    used_nodes.release((ROOT, route.version, route.bucket), route.node)
             device_reading.buckets.discard(bucket)
             removals.append(f"class del dev {device} classid 1:{bucket_class(bucket):x}")
-            for key in [k for k in used_nodes if k[0] == bucket_major(bucket)]:
-                del used_nodes[key]
+            used_nodes.drop_qdisc(bucket_major(bucket))
+        used_nodes.finish()
         scripts[device] = lines + removals
     for action in actions:
         if isinstance(action, DeleteRate):
@@ -548,34 +549,60 @@ def render_tc(
 NodeIndex = dict[tuple[int, int, int], frozenset[int]]
 
 
-def _unshape(device: str, reading: DeviceReading, used_nodes: NodeIndex, address: str) -> list[str]:
+def _unshape(device: str, reading: DeviceReading, used_nodes: _Nodes, address: str) -> list[str]:
     """Delete the address' filters (child qdisc and root) from `reading`; the tc lines."""
     lines = []
     old = reading.filters.pop(address, None)
     if old is not None:
         major = bucket_major(bucket_of(old.minor))
         lines.append(_filter_delete(device, major, old))
-        _release_node(used_nodes, (major, old.version, old.bucket), old.node)
+        used_nodes.release((major, old.version, old.bucket), old.node)
     route = reading.routes.pop(address, None)
     if route is not None:
         lines.append(_filter_delete(device, ROOT, route))
-        _release_node(used_nodes, (ROOT, route.version, route.bucket), route.node)
+        used_nodes.release((ROOT, route.version, route.bucket), route.node)
     return lines
 
 
-def _free_node(used_nodes: NodeIndex, key: tuple[int, int, int]) -> int:
-    nodes = used_nodes.get(key, frozenset())
-    node = next(n for n in range(1, MAX_NODE + 2) if n not in nodes)
-    if node > MAX_NODE:
-        raise DriverError(f"u32 bucket {key[2]:x} of qdisc {key[0]:x}: is full")
-    used_nodes[key] = nodes | {node}
-    return node
+@dataclass
+class _Nodes:
+    """u32 node ids in use during one render: the reading's sets are shared (frozen), a set
+    is copied the first time the render changes it and written back by `finish`."""
 
+    index: NodeIndex
+    owned: dict[tuple[int, int, int], set[int]] = field(default_factory=dict)
 
-def _release_node(used_nodes: NodeIndex, key: tuple[int, int, int], node: int) -> None:
-    nodes = used_nodes.get(key)
-    if nodes is not None:
-        used_nodes[key] = nodes - {node}
+    def _own(self, key: tuple[int, int, int]) -> set[int]:
+        nodes = self.owned.get(key)
+        if nodes is None:
+            nodes = self.owned[key] = set(self.index.get(key, ()))
+        return nodes
+
+    def take(self, key: tuple[int, int, int]) -> int:
+        """A free node id (any: ids only need to be unique in their hash bucket)."""
+        nodes = self._own(key)
+        node = len(nodes) + 1
+        while node in nodes:
+            node += 1
+        if node > MAX_NODE:
+            node = next((n for n in range(1, MAX_NODE + 1) if n not in nodes), 0)
+            if not node:
+                raise DriverError(f"u32 bucket {key[2]:x} of qdisc {key[0]:x}: is full")
+        nodes.add(node)
+        return node
+
+    def release(self, key: tuple[int, int, int], node: int) -> None:
+        self._own(key).discard(node)
+
+    def drop_qdisc(self, major: int) -> None:
+        for key in [k for k in self.index.keys() | self.owned.keys() if k[0] == major]:
+            self.index.pop(key, None)
+            self.owned.pop(key, None)
+
+    def finish(self) -> None:
+        for key, nodes in self.owned.items():
+            self.index[key] = frozenset(nodes)
+        self.owned.clear()
 
 
 def _filter_add(device: str, side: Side, parent: int, address: str, entry: FilterEntry) -> str:
