@@ -27,6 +27,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -504,8 +505,41 @@ def bare_gateway(lab: Lab, phone_private: str, psk: str) -> None:
     )
 
 
+TUNNEL_COMMS = ("wireguard-go", "iperf3", "ksoftirqd/0", "ksoftirqd/1")
+
+
+def iperf_cost(lab: Lab, reverse: bool) -> float | None:
+    """CPU cost of the transfer: `perf` samples (999 Hz, all CPUs) in the tunnel's processes
+    (both wireguard-go, both iperf3, ksoftirqd) per MB carried, over 4 s of an 8 s iperf3 run.
+    Unlike Mbit/s it hardly moves with what else the machine runs. None without `perf`."""
+    if shutil.which("perf") is None:
+        return None
+    argv = ["iperf3", "-c", SERVER, "-t", "8", "-J", *(["-R"] if reverse else [])]
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", lab.phone, *argv], stdout=subprocess.PIPE, text=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        data = f"{tmp}/perf.data"
+        time.sleep(2)
+        sh(None, ["perf", "record", "-a", "-F", "999", "-o", data, "--", "sleep", "4"])
+        out, _ = client.communicate(timeout=60)
+        report = sh(
+            None,
+            ["perf", "report", "-i", data, "--sort", "comm", "--stdio", "-F", "sample,comm"],
+        )
+    samples = 0
+    for line in report.splitlines():
+        found = re.match(r"\s+(\d+)\s+(\S+)", line)
+        if found and found.group(2) in TUNNEL_COMMS:
+            samples += int(found.group(1))
+    intervals = json.loads(out)["intervals"]
+    megabytes = sum(i["sum"]["bytes"] for i in intervals[2:6]) / 1e6
+    return samples / megabytes if megabytes else None
+
+
 def throughput(rounds: int) -> dict[str, float]:
-    """Median iperf3 Mbit/s, download (-R) and upload: bare wireguard-go vs the gateway."""
+    """Median iperf3 Mbit/s, download (-R) and upload: bare wireguard-go vs the gateway; and
+    the median CPU cost per MB of each (`iperf_cost`, keys ending in `_cost`)."""
     results: dict[str, list[float]] = {k: [] for k in ("bare_down", "bare_up", "gw_down", "gw_up")}
     for _ in range(rounds):
         for kind in ("bare", "gw"):
@@ -520,6 +554,10 @@ def throughput(rounds: int) -> dict[str, float]:
                 fetch(lab, 10_000)
                 results[f"{kind}_down"].append(iperf(lab, reverse=True))
                 results[f"{kind}_up"].append(iperf(lab, reverse=False))
+                for direction, reverse in (("down", True), ("up", False)):
+                    cost = iperf_cost(lab, reverse)
+                    if cost is not None:
+                        results.setdefault(f"{kind}_{direction}_cost", []).append(cost)
     return {k: statistics.median(v) for k, v in results.items()}
 
 
@@ -673,6 +711,27 @@ def render(
             f"| upload | {t['bare_up']:.0f} Mbit/s | {t['gw_up']:.0f} Mbit/s |"
             f" {100 * t['gw_up'] / t['bare_up']:.0f} % |",
             "",
+        ]
+        if "gw_down_cost" in t and "bare_down_cost" in t:
+            lines += [
+                "CPU cost of the same transfers (steadier than Mbit/s on a shared machine): `perf`"
+                " samples at 999 Hz on all CPUs in the tunnel's processes (both wireguard-go,"
+                " both iperf3, ksoftirqd) per MB carried, median of the rounds. Every process of"
+                " this topology shares the 2 CPUs, so when they are the bound the throughput"
+                " ratio tends to bare cost / gateway cost.",
+                "",
+                "| direction | bare wireguard-go | gateway | bare / gateway |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for direction in ("down", "up"):
+                bare, gw = t[f"bare_{direction}_cost"], t[f"gw_{direction}_cost"]
+                name = "download" if direction == "down" else "upload"
+                lines.append(
+                    f"| {name} | {bare:.1f} samples/MB | {gw:.1f} samples/MB |"
+                    f" {100 * bare / gw:.1f} % |"
+                )
+            lines.append("")
+        lines += [
             "Quota overrun (a 20 MiB session downloads 40 MiB at its tier; bytes counted by the"
             " kernel's counters, upload + download, the bytes billed):",
             "",
@@ -696,14 +755,18 @@ def notes(count: int, m: dict[str, float], traffic: dict[str, object] | None) ->
     out = [
         "What bounds the numbers:",
         "",
-        f"- Full reconcile: tc. {m['full_tc']:.1f} s of {m['full_reconcile']:.1f} s is one"
-        f" `tc -batch` creating {count} HTB classes and {2 * count} u32 filters on each of the"
-        " two devices. Creating an HTB class walks every class of its qdisc (the kernel's"
-        " `tc_bind_tclass`), so the cost grows with the square of the classes per qdisc; parent"
-        " classes under the same qdisc do not help (measured: 10k classes under 40 parents"
-        " 5.7 s of kernel time vs 6.7 s flat). Without tc the reconcile takes"
-        f" {m['full_reconcile'] - m['full_tc']:.1f} s. The measured way out: one child HTB"
-        " qdisc per 256 sessions (10k classes in 0.8 s of kernel time); not built yet.",
+        f"- Full reconcile: {m['full_tc']:.1f} s of {m['full_reconcile']:.1f} s is one"
+        f" `tc -batch` (run beside the UAPI write) creating {count} HTB classes and"
+        f" {4 * count} u32 filters (root and child qdisc) on each of the two devices. Sessions"
+        " sit in one child HTB qdisc per 256: creating a class walks every class and filter of"
+        " its qdisc, which under one flat root made the batch quadratic (14.6 s at 10k). What"
+        " remains is mostly the kernel's `flow_indr_dev_setup_offload`: every tc block bound on"
+        " a device without tc offload (tun, ifb; each HTB class has a block) is added to one"
+        " list for the whole host after a linear search of it (93 % of the kernel samples of"
+        " a 10k-class batch under `perf`), so class creation stays quadratic in the HTB"
+        " classes of the whole machine, other namespaces' included; no layout of ours avoids"
+        " it. Without tc the reconcile takes"
+        f" {m['full_reconcile'] - m['full_tc']:.1f} s.",
         f"- One peer added: the three drivers take {drivers:.0f} ms (one nf_tables netlink"
         " batch, one UAPI write, one `tc -batch`), the agent's Python"
         f" {m['one_add'] * 1000 - drivers:.0f} ms. The agent follows the desired state change"
@@ -721,13 +784,24 @@ def notes(count: int, m: dict[str, float], traffic: dict[str, object] | None) ->
         t = traffic["throughput"]
         assert isinstance(t, dict)
         down = 100 * t["gw_down"] / t["bare_down"]
+        cost = ""
+        if "gw_down_cost" in t and "bare_down_cost" in t:
+            cost = (
+                " Per MB carried, the tunnel's processes spend"
+                f" {100 * (t['gw_down_cost'] / t['bare_down_cost'] - 1):.1f} % more CPU down and"
+                f" {100 * (t['gw_up_cost'] / t['bare_up_cost'] - 1):.1f} % more up than bare."
+            )
         out.append(
-            "- Throughput: wireguard-go is CPU-bound on these 2 shared vCPUs, so every cycle"
-            " the gateway spends per packet (nft map lookups for quota and counters, HTB on the"
-            " tunnel device, and for uploads the ingress redirect through the IFB device plus a"
-            f" second HTB) comes out of the tunnel's share: {down:.0f} %"
-            f" down, {100 * t['gw_up'] / t['bare_up']:.0f} % up with the machine at load"
-            " 4-6. Not re-measured on an idle machine; the upload path (IFB) is the larger cost."
+            "- Throughput: wireguard-go is CPU-bound on these 2 shared vCPUs (both ends of the"
+            " tunnel and iperf3 run on them), so every cycle the gateway spends per packet comes"
+            f" out of the tunnel's share: {down:.0f} % down,"
+            f" {100 * t['gw_up'] / t['bare_up']:.0f} % up in Mbit/s, which moves by ±20 % from"
+            f" round to round on a shared machine.{cost} Under `perf` the gateway's own work is"
+            " about 2 % of the tunnel's CPU in the kswifi nftables chains (interface checks, one"
+            " quota and one counter map lookup per packet) and about 2.5-3 % in tc (per"
+            " direction a root and a child HTB, two hashed u32 lookups; for uploads the ingress"
+            " redirect and the IFB device's queue); the rest is the same in both (conntrack and"
+            " NAT, wireguard-go)."
         )
     return out
 
