@@ -510,7 +510,7 @@ async def add_lease_usage(
                 "now": now,
             },
         )
-        return [LeaseRow(*row) for row in rows]
+        return [LeaseRow(*row) for row in rows.all()]
     table = cast(Table, GatewayLease.__table__)
     found: list[LeaseRow] = []
     for start in range(0, len(session_ids), _INSERT_CHUNK):
@@ -588,7 +588,7 @@ async def sessions_billable_by(
         return set()
     if _is_postgresql(db):
         rows = await db.execute(_PG_CARRIED, {"ids": ids, "gateway_id": gateway_id})
-        return set(rows.scalars())
+        return set(rows.scalars().all())
     found = await sessions_with_device_on(db, gateway_id, ids)
     found.update(
         row.session_id

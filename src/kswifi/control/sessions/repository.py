@@ -143,7 +143,7 @@ async def add_usage_batch(
                 "bucket": bucket,
             },
         )
-        return [UsageRow(*row) for row in result]
+        return [UsageRow(*row) for row in result.all()]
     for chunk in _chunked(ids):
         rx = {i: totals[i][0] for i in chunk}
         tx = {i: totals[i][1] for i in chunk}
