@@ -59,7 +59,7 @@ def buy(page: Page, plan_name: str, voucher: str) -> str:
 def decode_qr(data_uri: str) -> str:
     assert data_uri.startswith("data:image/png;base64,")
     image = Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1])))
-    results = zxingcpp.read_barcodes(image)
+    results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert results, "the Connect QR Code does not decode"
     text: str = results[0].text
     return text

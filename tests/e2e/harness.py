@@ -47,7 +47,7 @@ def decode_qr(data_uri: str) -> str:
     prefix = "data:image/png;base64,"
     assert data_uri.startswith(prefix)
     image = Image.open(io.BytesIO(base64.b64decode(data_uri[len(prefix) :])))
-    results = zxingcpp.read_barcodes(image)
+    results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
     assert len(results) == 1, "exactly one QR code"
     return str(results[0].text)
 
