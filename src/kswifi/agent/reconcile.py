@@ -247,9 +247,11 @@ class DesiredTracker:
     `rebuild` converts a whole DesiredState (`desired_from_state`); `update` compares a newer
     one with the last peer by peer (a dictionary lookup and a field comparison each), redoes
     only the peers, sessions and addresses that changed, expired or had their lease override
-    changed, and returns that `Scope`. Its `desired` always equals what `desired_from_state`
-    gives for the same arguments. A state where two peers claim one address or one key (the
-    protocol refuses it; the conversion then depends on the peers' order) is always rebuilt.
+    changed, and returns that `Scope`. Its `desired` equals what `desired_from_state` gives
+    for the same arguments as long as the clock does not go back (a peer once expired stays
+    cut until the next `rebuild`, the periodic resync). A state where two peers claim one
+    address or one key (the protocol refuses it; the conversion then depends on the peers'
+    order) is always rebuilt.
     """
 
     default_interface: InterfaceState | None = None
