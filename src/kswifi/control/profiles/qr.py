@@ -29,7 +29,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # One byte of the module matrix (0x00 dark, 0xff light) → one bit of a 1-bit grayscale PNG row
 # (0 black, 1 white), and → one character of a row for the SVG runs ("1" dark).
 _TO_PNG_BIT = bytes.maketrans(b"\x00\xff", b"01")
-_TO_SVG_CHAR = bytes.maketrans(b"\x00\xff", b"10")
+_TO_SVG_CHAR = bytes.maketrans(b"\x00\xff\x02", b"102")
 _DARK_RUNS = re.compile(r"1+")
 
 
@@ -113,19 +113,20 @@ def svg_from_matrix(matrix: QrMatrix, scale: int = SVG_SCALE) -> str:
     """A standalone SVG document (no XML declaration): one path of horizontal runs of dark
     modules, stroked one module thick, so it stays small and scales without seams."""
     size = (matrix.size + 2 * BORDER) * scale
+    # All rows in one string ("2" between rows, so no run crosses a row), scanned once.
+    text = b"\x02".join(matrix.rows).translate(_TO_SVG_CHAR).decode("ascii")
+    stride = matrix.size + 1
     commands: list[str] = []
-    x = y = 0.0
-    for row_index, row in enumerate(matrix.rows):
-        row_y = row_index + BORDER + 0.5
-        for run in _DARK_RUNS.finditer(row.translate(_TO_SVG_CHAR).decode("ascii")):
-            start = run.start() + BORDER
-            if not commands:
-                commands.append(f"M{start} {row_y:g}")
-            else:
-                commands.append(f"m{start - x:g} {row_y - y:g}")
-            length = run.end() - run.start()
-            commands.append(f"h{length}")
-            x, y = start + length, row_y
+    x, y = 0, 0.0
+    for run in _DARK_RUNS.finditer(text):
+        row, column = divmod(run.start(), stride)
+        start, row_y = column + BORDER, row + BORDER + 0.5
+        length = run.end() - run.start()
+        if commands:
+            commands.append(f"m{start - x} {row_y - y:g}h{length}")
+        else:
+            commands.append(f"M{start} {row_y:g}h{length}")
+        x, y = start + length, row_y
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}">'
         f"<title>{SVG_TITLE}</title>"

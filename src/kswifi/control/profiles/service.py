@@ -284,7 +284,8 @@ def links(
 def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfileResponse:
     """The product note's response shape; `data_limit_mb` is the session's own limit.
 
-    Pure and CPU-bound (QR encoding): call it after the transaction committed, off the loop.
+    Pure and CPU-bound (QR encoding, a few milliseconds): call it after the transaction
+    committed.
     """
     profile_qr, profile_qr_svg = qr.png_data_uri_and_svg(generated.config_text)
     return ConnectProfileResponse(
