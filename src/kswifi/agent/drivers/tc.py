@@ -15,8 +15,11 @@ device, fed by an ingress `mirred` redirect from the WireGuard device, the sourc
 A session's MINOR (1..65534, the lowest free one when it is first shaped, the same on both
 devices) fixes its bucket, B = (MINOR - 1) // 256, so a restarted agent reads the same
 placement back from the kernel. Creating an HTB class walks every class and filter of its
-qdisc; 256 sessions per child qdisc keep that walk short (linear total cost instead of
-quadratic in the sessions of one gateway). A bucket whose last session goes is deleted.
+qdisc; 256 sessions per child qdisc keep that walk short (flat, 10,000 sessions took 14.6 s
+of `tc -batch`). The kernel still searches one host-wide list of tc blocks (one per HTB
+class, on devices without tc offload) on every class creation, so creating classes stays
+quadratic in the HTB classes of the whole machine, with a far smaller constant. A bucket
+whose last session goes is deleted.
 
 All changes of a reconcile go through ONE `tc -batch -` (both devices); a tier change is
 `class replace` in place.
