@@ -1,12 +1,15 @@
 """Profile generation under load: `POST /api/connect/generate-profile` against two `kswifi serve`
 replicas (one per core) on PostgreSQL, each call a new device of a fresh session placed by the
 regions service, keys, addresses, desired-state revision, setup link and both QR codes (PNG and
-SVG) included. Measured: latency p50/p90/p99 and profiles per second at a fixed concurrency.
+SVG) included. Measured: latency p50/p99 at an offered rate (open loop: a request every
+1/rate s whatever the answers, latency counted from when it was due, so a slow answer is not
+hidden by a client that waits), then profiles per second and latency at saturation (a fixed
+number of clients, each sending its next request as soon as it has an answer).
 
 Baselines in the same run: `GET /api/health` at the same concurrency (the HTTP and event-loop
 floor of these replicas), and the two QR encodings of a real config alone, in one process.
 
-    .venv/bin/python -m bench.control_profiles [--seconds 20] [--concurrency 8]
+    .venv/bin/python -m bench.control_profiles [--seconds 20] [--concurrency 8] [--rate 40]
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class ProfileResult:
     qr_seconds: float
     concurrency: int
     load: float
+    paced_rate: float = 0.0
+    paced_per_second: float = 0.0
+    paced_p50_seconds: float = 0.0
+    paced_p99_seconds: float = 0.0
+    paced_errors: int = 0
 
 
 async def _generate_loop(
@@ -83,6 +91,49 @@ async def _generate_loop(
     return errors
 
 
+async def _generate_one(
+    client: httpx.AsyncClient, token: str, session_id: str, due: float, latencies: list[float]
+) -> bool:
+    response = await client.post(
+        "/api/connect/generate-profile",
+        json={"session_id": session_id},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    if response.status_code == 200 and response.json()["profile_qr"].startswith("data:"):
+        latencies.append(time.monotonic() - due)
+        return True
+    return False
+
+
+async def _paced(
+    clients: list[httpx.AsyncClient],
+    token: str,
+    sessions: list[str],
+    *,
+    rate: float,
+    seconds: float,
+    latencies: list[float],
+) -> tuple[float, int]:
+    """Requests due every 1/rate s, sent on time whether earlier ones were answered or not;
+    (profiles answered per second, errors)."""
+    started = time.monotonic()
+    tasks = []
+    for number in range(int(rate * seconds)):
+        due = started + number / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not sessions:
+            break
+        client = clients[number % len(clients)]
+        tasks.append(
+            asyncio.create_task(_generate_one(client, token, sessions.pop(), due, latencies))
+        )
+    answered = await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - started
+    return sum(answered) / elapsed, len(answered) - sum(answered)
+
+
 async def _health_loop(client: httpx.AsyncClient, deadline: float) -> int:
     count = 0
     while time.monotonic() < deadline:
@@ -102,7 +153,7 @@ def _qr_seconds(rounds: int = 30) -> float:
 
 
 async def measure(
-    servers: list[Server], seeded: Seeded, *, seconds: float, concurrency: int
+    servers: list[Server], seeded: Seeded, *, seconds: float, concurrency: int, rate: float
 ) -> ProfileResult:
     clients = [
         httpx.AsyncClient(
@@ -120,6 +171,15 @@ async def measure(
                 _generate_loop(clients[i % len(clients)], seeded.access_token, [sid], 1e18, [])
                 for i, sid in enumerate(warm)
             )
+        )
+        paced: list[float] = []
+        paced_per_second, paced_errors = await _paced(
+            clients,
+            seeded.access_token,
+            seeded.free_sessions,
+            rate=rate,
+            seconds=seconds,
+            latencies=paced,
         )
         latencies: list[float] = []
         started = time.monotonic()
@@ -160,10 +220,17 @@ async def measure(
         qr_seconds=_qr_seconds(),
         concurrency=concurrency,
         load=load_average(),
+        paced_rate=rate,
+        paced_per_second=paced_per_second,
+        paced_p50_seconds=percentile(paced, 0.50),
+        paced_p99_seconds=percentile(paced, 0.99),
+        paced_errors=paced_errors,
     )
 
 
-def run(*, seconds: float = 20.0, concurrency: int = 8, sessions: int = 4000) -> ProfileResult:
+def run(
+    *, seconds: float = 20.0, concurrency: int = 8, rate: float = 40.0, sessions: int = 5000
+) -> ProfileResult:
     """One full run on a fresh database and two fresh replicas."""
     raise_fd_limit()
     with bench_database() as database:
@@ -171,15 +238,19 @@ def run(*, seconds: float = 20.0, concurrency: int = 8, sessions: int = 4000) ->
             seed(database, gateway_count=1, sessions_per_gateway=0, free_sessions=sessions)
         )
         with replicas(database, 2) as servers:
-            return asyncio.run(measure(servers, seeded, seconds=seconds, concurrency=concurrency))
+            return asyncio.run(
+                measure(servers, seeded, seconds=seconds, concurrency=concurrency, rate=rate)
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Profile generation benchmark")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=40.0, help="offered profiles/s (open loop)")
     args = parser.parse_args()
-    print(json.dumps(run(seconds=args.seconds, concurrency=args.concurrency).__dict__, indent=2))
+    result = run(seconds=args.seconds, concurrency=args.concurrency, rate=args.rate)
+    print(json.dumps(result.__dict__, indent=2))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def section(
     gen_p99 = [r.p99_seconds for r in profiles]
     health = [r.health_per_second for r in profiles]
     qr_ms = [r.qr_seconds for r in profiles]
+    paced_p50 = [r.paced_p50_seconds for r in profiles]
+    paced_p99 = [r.paced_p99_seconds for r in profiles]
+    paced_rate = [r.paced_per_second for r in profiles]
+    offered = profiles[0].paced_rate if profiles else 0.0
     loads = [r.load for r in usage + profiles]
     streams = usage[0].streams if usage else 0
 
@@ -77,15 +81,20 @@ def section(
         f" p50 {med(p50):.2f} s | | {verdict(med(p99) <= 1.0)} |",
         f"| usage update on the stream, p99, ingest saturated | — | {med(sat99):.2f} s |"
         f" {_fmt(sat99, 1, 2)} | | | |",
-        f"| profile generation p50 (QR included, concurrency {profiles[0].concurrency}) |"
-        f" ≤ 50 ms | {med(gen_p50) * 1000:.0f} ms | {_fmt(gen_p50, 1000)} ms |"
-        f" PNG+SVG QR encoding alone: {med(qr_ms) * 1000:.0f} ms |"
-        f" {med(gen_p50) / med(qr_ms):.1f}× | {verdict(med(gen_p50) <= 0.05)} |",
+        f"| profile generation p50 at {offered:.0f} profiles/s offered (open loop, QR included;"
+        f" {med(paced_rate):.1f}/s answered) | ≤ 50 ms | {med(paced_p50) * 1000:.0f} ms |"
+        f" {_fmt(paced_p50, 1000)} ms | PNG+SVG QR encoding alone: {med(qr_ms) * 1000:.1f} ms |"
+        f" {med(paced_p50) / med(qr_ms):.1f}× | {verdict(med(paced_p50) <= 0.05)} |",
+        f"| profile generation p99 at {offered:.0f} profiles/s offered | — |"
+        f" {med(paced_p99) * 1000:.0f} ms | {_fmt(paced_p99, 1000)} ms | | | |",
+        f"| profile generation p50 saturated ({profiles[0].concurrency} clients back to back)"
+        f" | — | {med(gen_p50) * 1000:.0f} ms | {_fmt(gen_p50, 1000)} ms | | | |",
         f"| profile generation p50, one client alone (no queueing) | — |"
         f" {med(alone) * 1000:.0f} ms | {_fmt(alone, 1000)} ms | | | |",
-        f"| profile generation p99 | — | {med(gen_p99) * 1000:.0f} ms |"
+        f"| profile generation p99 saturated | — | {med(gen_p99) * 1000:.0f} ms |"
         f" {_fmt(gen_p99, 1000)} ms | | | |",
-        f"| profiles/s on 2 cores (2 replicas) | ≥ 40 | {med(gen):.1f} | {_fmt(gen, 1, 1)} |"
+        f"| profiles/s on 2 cores (2 replicas), saturated | ≥ 40 | {med(gen):.1f} |"
+        f" {_fmt(gen, 1, 1)} |"
         f" `GET /api/health` at the same concurrency: {med(health):,.0f}/s |"
         f" {med(gen) / med(health):.3f} | {verdict(med(gen) >= 40)} |",
     ]
@@ -119,7 +128,11 @@ def section(
             "- **Stream latency** is the time to apply the whole batch that carried the delta"
             " (events are published after the batch commits), so it grows with batch size × per-"
             "delta cost; the fan-out itself (Redis → replica → 2,000 sockets) is not the bound.",
-            "- **Profile generation**: a new device is 5 statements (the session with its"
+            "- **Profile generation** is measured two ways: the latency at the target rate (40"
+            " profiles/s offered open loop, each latency counted from when its request was due)"
+            " and the most the two replicas answer (8 clients back to back). At saturation the"
+            " p50 is the queue, not the service: 8 clients over N profiles/s wait about 8/N s"
+            " each (Little's law). A new device is 5 statements (the session with its"
             " advisory lock; its devices; placement from one read of active regions, enabled"
             " gateways and live-device counts; address and revision bump in one `UPDATE …"
             " RETURNING` with the released-address `DELETE` as a CTE; device and setup link in"
