@@ -22,8 +22,10 @@ def test_usage_bench_runs() -> None:
 
 
 def test_profile_bench_runs() -> None:
-    result = control_profiles.run(seconds=1.5, concurrency=2, sessions=60)
+    result = control_profiles.run(seconds=1.5, concurrency=2, rate=10.0, sessions=120)
     assert result.errors == 0 and result.profiles_per_second > 0
+    assert result.paced_errors == 0 and result.paced_per_second > 0
+    assert 0 < result.paced_p50_seconds <= result.paced_p99_seconds
     assert result.qr_seconds > 0 and result.health_per_second > 0
 
 
