@@ -578,13 +578,12 @@ async def desired_state(
         bus=bus,
         delivered_revision=next_revision,
     )
-    lowered = any(quota < stored.get(sid, quota) for sid, quota in quotas.items())
-    if (
-        delivered_holds
-        or lowered
-        # a first lease of a new peer comes with the revision that added the peer
-        or any(stored.get(sid, quota) != quota for sid, quota in quotas.items())
-    ):
+    # A first lease of a new peer comes with the revision that added the peer.
+    changed = [
+        (stored[sid], quota) for sid, quota in quotas.items() if stored.get(sid, quota) != quota
+    ]
+    lowered = any(quota < before for before, quota in changed)
+    if delivered_holds or changed:
         await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
         gateway.revision = next_revision
     # Built without re-validation: every value comes from our own checked writes, and a
@@ -660,18 +659,16 @@ async def _refresh_leases(
     """
     if not budgets:
         return {}
-    held, idle = _leases_by_session(rows), _idle_by_session(rows, now)
+    held = _leases_by_session(rows)
     missing = [sid for sid in budgets if gateway_id not in held.get(sid, {})]
     if missing:
         await repository.ensure_leases(db, [(gateway_id, sid) for sid in missing], now)
-        created = await repository.leases_of(db, missing)
-        held.update(_leases_by_session(created))
-        idle.update(_idle_by_session(created, now))  # new leases: served_at is now
+        held.update(_leases_by_session(await repository.leases_of(db, missing)))
     budgets = dict(budgets)
+    # Idleness only matters between carriers, and every shared session is planned again
+    # below from fresh rows: the first pass leaves it out.
     plans = {
-        session_id: _plan_leases(
-            budget, held[session_id], carriers.get(session_id), gateway_id, idle.get(session_id)
-        )
+        session_id: _plan_leases(budget, held[session_id], carriers.get(session_id), gateway_id)
         for session_id, budget in budgets.items()
     }
     contested = [
@@ -687,7 +684,7 @@ async def _refresh_leases(
         budgets.update(await repository.lock_session_budgets(db, contested))
         fresh_rows = await repository.leases_of(db, contested)
         fresh = _leases_by_session(fresh_rows)
-        idle.update(_idle_by_session(fresh_rows, now))
+        idle = _idle_by_session(fresh_rows, now)
         for session_id in contested:
             held[session_id] = fresh.get(session_id, {})
             plans[session_id] = _plan_leases(
@@ -958,8 +955,15 @@ async def record_heartbeat(
     gateway.peer_count = heartbeat.peer_count
     gateway.rx_bps = heartbeat.rx_bps
     gateway.tx_bps = heartbeat.tx_bps
+    advanced = heartbeat.applied_revision > gateway.applied_revision
     gateway.applied_revision = heartbeat.applied_revision
-    freed = await repository.release_holds(db, gateway.id, heartbeat.applied_revision)
+    # A hold waits for a revision newer than any applied when it was stamped: only a newer
+    # applied revision can release one.
+    freed = (
+        await repository.release_holds(db, gateway.id, heartbeat.applied_revision)
+        if advanced
+        else []
+    )
     if freed and bus is not None:
         # Bytes this gateway gave back are free now: its co-carriers fetch their top-ups.
         carriers = await repository.carriers_of(db, freed)
