@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,10 +19,12 @@ from kswifi.agent.drivers.nftables import (
     render_skeleton,
 )
 from kswifi.agent.drivers.tc import (
+    PIPELINE_ACTIONS,
     DeviceReading,
     FilterEntry,
     Side,
     TcReading,
+    TcShaper,
     address_match,
     parse_classes,
     parse_device,
@@ -328,3 +332,64 @@ class TestTc:
             assert len(routes) == len(set(routes)) == 6
         # The earlier reading is untouched (node sets are shared, never changed in place).
         assert before.download.node_index()[(2, 4, 2)] == frozenset(range(1, 6))
+
+
+class _RecordingRunner:
+    """Stands in for `CommandRunner`: records each command and its input, runs nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+
+    def __call__(
+        self, argv: Sequence[str], *, input_text: str | None = None, timeout: float | None = None
+    ) -> str:
+        self.calls.append((list(argv), input_text or ""))
+        return ""
+
+
+class TestTcBatches:
+    @staticmethod
+    def _shaper() -> tuple[TcShaper, _RecordingRunner]:
+        runner = _RecordingRunner()
+        return TcShaper(runner, "wg0", "ifb0"), runner
+
+    @staticmethod
+    def _sessions(count: int) -> list[SetRate | ShapeAddress]:
+        actions: list[SetRate | ShapeAddress] = []
+        for number in range(count):
+            actions.append(SetRate(f"s{number:05d}", 10))
+            actions.append(
+                ShapeAddress(f"100.64.{number // 250}.{number % 250 + 2}", f"s{number:05d}")
+            )
+        return actions
+
+    def test_an_everyday_change_is_one_batch_for_both_devices(self) -> None:
+        shaper, runner = self._shaper()
+        reading = TcReading(DeviceReading(ready=True), DeviceReading(ready=True))
+        shaper.apply(self._sessions(3), reading, {})
+        assert len(runner.calls) == 1
+        argv, script = runner.calls[0]
+        assert argv == ["tc", "-force", "-batch", "-"]
+        assert " dev wg0 " in script and " dev ifb0 " in script
+
+    def test_a_bulk_change_is_one_batch_per_device_with_the_same_lines(self) -> None:
+        actions = self._sessions(PIPELINE_ACTIONS)
+        shaper, runner = self._shaper()
+        reading = TcReading(DeviceReading(ready=True), DeviceReading(ready=True))
+        after, minors = shaper.apply(actions, reading, {})
+        assert len(runner.calls) == 2
+        by_device = {
+            "wg0" if " dev wg0 " in script else "ifb0": script for _, script in runner.calls
+        }
+        assert all(" dev ifb0 " not in line for line in by_device["wg0"].splitlines())
+        expected_minors: dict[str, int] = {}
+        expected = render_tc(
+            [("wg0", "download"), ("ifb0", "upload")],
+            actions,
+            TcReading(DeviceReading(ready=True), DeviceReading(ready=True)),
+            expected_minors,
+        )
+        for device, lines in expected.items():
+            assert by_device[device] == "\n".join(lines) + "\n"
+        assert minors == expected_minors and len(minors) == PIPELINE_ACTIONS
+        assert len(after.download.classes) == len(after.upload.classes) == PIPELINE_ACTIONS

@@ -1,5 +1,5 @@
 """The kernel data plane: reads WireGuard + nftables + tc into one ActualState and applies
-reconcile actions to them (one nf_tables batch, then one peer batch and one tc batch side by
+reconcile actions to them (one nf_tables batch then one peer batch, with the tc batch side by
 side).
 
 `apply` returns the Observation the kernel holds afterwards, computed in memory: the agent
@@ -160,7 +160,6 @@ class KernelDataplane:
                     action.private_key, action.listen_port, action.addresses
                 )
                 interface = InterfaceState(action.private_key, action.listen_port, action.addresses)
-        self.nft.apply(actions, observation.nft.addresses)
         changes: list[PeerChange] = []
         for action in actions:
             match action:
@@ -170,12 +169,14 @@ class KernelDataplane:
                     changes.append(PeerChange(key, psk, allowed))
                 case _:
                     pass
-        # tc (one `tc -batch`, mostly kernel time) runs beside the peer write (wireguard-go's
-        # time): neither depends on the other, and accounting is already in place.
+        # tc (one `tc -batch` per device, mostly kernel time) runs beside the nf_tables batch
+        # and the peer write: shaping grants nothing, so it depends on neither. The peers go
+        # in only after the nf_tables batch: accounting and quotas are in place first.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tc-apply") as pool:
             shaping = pool.submit(
                 self.tc.apply, actions, observation.tc, observation.session_minors
             )
+            self.nft.apply(actions, observation.nft.addresses)
             self.wireguard.apply_peers(changes)
             tc, minors = shaping.result()
         return predict(observation, actions, interface, tc, minors)

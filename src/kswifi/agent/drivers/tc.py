@@ -21,8 +21,8 @@ class, on devices without tc offload) on every class creation, so creating class
 quadratic in the HTB classes of the whole machine, with a far smaller constant. A bucket
 whose last session goes is deleted.
 
-All changes of a reconcile go through ONE `tc -batch -` (both devices); a tier change is
-`class replace` in place.
+All changes of a reconcile go through ONE `tc -batch -` (both devices; a bulk change, one per
+device, pipelined with the rendering); a tier change is `class replace` in place.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -51,6 +52,8 @@ MAX_MINOR = 0xFFFE
 MAX_NODE = 0xFFF
 BUCKET_SIZE = 256
 """Sessions per child HTB qdisc."""
+PIPELINE_ACTIONS = 2_000
+"""From this many actions on, each device gets its own `tc -batch` as soon as it is rendered."""
 ROOT = 1
 _HT = {4: 0x10, 6: 0x20}
 _PRIO = {4: 10, 6: 20}
@@ -391,17 +394,31 @@ class TcShaper:
     def apply(
         self, actions: Sequence[Action], reading: TcReading, session_minors: Mapping[str, int]
     ) -> tuple[TcReading, dict[str, int]]:
-        """Render and run the tc part of `actions` as ONE `tc -batch -` for both devices.
+        """Render and run the tc part of `actions`: ONE `tc -batch -` for both devices, or
+        for a bulk change (a restart onto thousands of sessions) one per device, the first
+        running while the second renders.
 
         Returns the reading and the session -> minor map the kernel holds afterwards (the
         reading passed in is not changed)."""
         minors = dict(session_minors)
         after = reading.copy()
-        scripts = render_tc(self._devices(), actions, after, minors)
-        lines = [line for script in scripts.values() for line in script]
-        self.scripts = [script for script in scripts.values() if script]
-        if lines:
-            self._batch("+".join(device for device, _ in self._devices()), lines)
+        rendered = render_tc_by_device(self._devices(), actions, after, minors)
+        if len(actions) < PIPELINE_ACTIONS:
+            scripts = [script for _, script in rendered if script]
+            self.scripts = scripts
+            if scripts:
+                names = "+".join(device for device, _ in self._devices())
+                self._batch(names, [line for script in scripts for line in script])
+            return after, minors
+        self.scripts = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tc-batch") as pool:
+            running = []
+            for device, script in rendered:
+                if script:
+                    self.scripts.append(script)
+                    running.append(pool.submit(self._batch, device, script))
+            for batch in running:
+                batch.result()
         return after, minors
 
     def _batch(self, device: str, script: Sequence[str]) -> None:
@@ -463,9 +480,21 @@ def render_tc(
 ) -> dict[str, list[str]]:
     """tc batch lines per device. Mutates `minors` (new sessions get the lowest free minor)
     and `reading` (it becomes what the kernel holds once the lines ran)."""
+    return dict(render_tc_by_device(devices, actions, reading, minors))
+
+
+def render_tc_by_device(
+    devices: Iterable[tuple[str, Side]],
+    actions: Sequence[Action],
+    reading: TcReading,
+    minors: dict[str, int],
+) -> Iterator[tuple[str, list[str]]]:
+    """`render_tc` one device at a time (a device's batch can run while the next renders);
+    `minors` and `reading` are complete once the last device was yielded."""
     used_minors: set[int] = set()  # filled on the first new session
-    scripts: dict[str, list[str]] = {}
     cursor = [1]  # nothing below the last minor handed out is free (the set only grows here)
+    devices = list(devices)
+    last = devices[-1][0] if devices else None
     for device, side in devices:
         device_reading = reading.download if side == "download" else reading.upload
         used_nodes = _Nodes(device_reading.node_index())
@@ -542,11 +571,11 @@ def render_tc(
             removals.append(f"class del dev {device} classid 1:{bucket_class(bucket):x}")
             used_nodes.drop_qdisc(bucket_major(bucket))
         used_nodes.finish()
-        scripts[device] = lines + removals
-    for action in actions:
-        if isinstance(action, DeleteRate):
-            minors.pop(action.session_id, None)
-    return scripts
+        if device == last:
+            for action in actions:
+                if isinstance(action, DeleteRate):
+                    minors.pop(action.session_id, None)
+        yield device, lines + removals
 
 
 NodeIndex = dict[tuple[int, int, int], frozenset[int]]
