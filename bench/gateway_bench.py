@@ -44,7 +44,15 @@ from kswifi.agent.config import GatewaySettings
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.drivers.command import CommandRunner
 from kswifi.agent.drivers.nftables import NftConfig, NftTable, render_batch, render_skeleton
-from kswifi.agent.drivers.tc import TcShaper
+from kswifi.agent.drivers.tc import (
+    BUCKET_SIZE,
+    TcShaper,
+    bucket_class,
+    bucket_major,
+    bucket_of,
+    burst_bytes,
+    rate_text,
+)
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.keys import generate_private_key, public_key_of
 from kswifi.agent.main import Agent
@@ -211,6 +219,41 @@ def raw_nft_script(specs: list[PeerSpec], wg: str, wan: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def raw_tc_classes(count: int) -> float:
+    """Seconds plain `tc -batch` takes to create the per-session HTB classes alone (the agent's
+    bucketed layout, no filters) on two IFB devices of a fresh namespace: the kernel's floor for
+    one class per session and direction. Measured while no other namespace of this run holds
+    classes (the kernel's search on every class creation covers the whole host)."""
+    with namespaces() as made:
+        ns = made.ns("tc")
+        devices = [f"{made.prefix}a", f"{made.prefix}b"]
+        scripts = []
+        for device in devices:
+            sh(ns, ["ip", "link", "add", device, "type", "ifb"])
+            sh(ns, ["ip", "link", "set", device, "up"])
+            lines = [f"qdisc add dev {device} root handle 1: htb default 0 r2q 100"]
+            for bucket in range((count + BUCKET_SIZE - 1) // BUCKET_SIZE):
+                minor, major = bucket_class(bucket), bucket_major(bucket)
+                lines += [
+                    f"class add dev {device} parent 1: classid 1:{minor:x} htb rate 100gbit",
+                    f"qdisc add dev {device} parent 1:{minor:x} handle {major:x}: htb default 0",
+                ]
+            for index in range(count):
+                minor = index + 1
+                major = bucket_major(bucket_of(minor))
+                burst = burst_bytes(10)
+                lines.append(
+                    f"class add dev {device} parent {major:x}: classid {major:x}:{minor:x} htb"
+                    f" rate {rate_text(10)} ceil {rate_text(10)} burst {burst} cburst {burst}"
+                    " quantum 1514"
+                )
+            scripts.append("\n".join(lines) + "\n")
+        started = time.perf_counter()
+        for script in scripts:
+            sh(ns, ["tc", "-batch", "-"], input_text=script)
+        return time.perf_counter() - started
+
+
 def wg_config(private: str, specs: list[PeerSpec]) -> str:
     lines = ["[Interface]", f"PrivateKey = {private}", "ListenPort = 51821", ""]
     for spec in specs:
@@ -250,7 +293,7 @@ def instrument(dataplane: KernelDataplane) -> dict[str, list[float]]:
 
 def scale_run(count: int, adds: int) -> dict[str, float]:
     """One run in fresh namespaces: agent numbers and raw-tool baselines, in seconds."""
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"raw_tc_classes": raw_tc_classes(count)}
     with namespaces() as made:
         ns = made.ns("gw")
         p = made.prefix
@@ -755,18 +798,22 @@ def notes(count: int, m: dict[str, float], traffic: dict[str, object] | None) ->
     out = [
         "What bounds the numbers:",
         "",
-        f"- Full reconcile: {m['full_tc']:.1f} s of {m['full_reconcile']:.1f} s is one"
-        f" `tc -batch` (run beside the UAPI write) creating {count} HTB classes and"
-        f" {4 * count} u32 filters (root and child qdisc) on each of the two devices. Sessions"
-        " sit in one child HTB qdisc per 256: creating a class walks every class and filter of"
-        " its qdisc, which under one flat root made the batch quadratic (14.6 s at 10k). What"
-        " remains is mostly the kernel's `flow_indr_dev_setup_offload`: every tc block bound on"
-        " a device without tc offload (tun, ifb; each HTB class has a block) is added to one"
-        " list for the whole host after a linear search of it (93 % of the kernel samples of"
-        " a 10k-class batch under `perf`), so class creation stays quadratic in the HTB"
-        " classes of the whole machine, other namespaces' included; no layout of ours avoids"
-        " it. Without tc the reconcile takes"
-        f" {m['full_reconcile'] - m['full_tc']:.1f} s.",
+        f"- Full reconcile: the tc batches take {m['full_tc']:.1f} s of"
+        f" {m['full_reconcile']:.1f} s, creating {count} HTB classes and {4 * count} u32 filters"
+        " (root and child qdisc) on each of the two devices. They start first and run beside"
+        " the nf_tables batch and then the UAPI write (shaping grants nothing, so it waits for"
+        " neither; the peers go in only after their quotas); each device has its own batch,"
+        " the first running while the second renders. Creating the same"
+        f" {2 * count} HTB classes alone with plain `tc -batch` (same layout, no filters, a"
+        f" fresh namespace) takes {m['raw_tc_classes']:.1f} s in this run: that is the kernel's"
+        " floor for one class per session and direction. Sessions sit in one child HTB qdisc"
+        " per 256: creating a class walks every class and filter of its qdisc, which under one"
+        " flat root made the batch quadratic (14.6 s at 10k). What remains is mostly the"
+        " kernel's `flow_indr_dev_setup_offload`: every tc block bound on a device without tc"
+        " offload (tun, ifb; each HTB class has a block) is added to one list for the whole"
+        " host after a linear search of it (93 % of the kernel samples of a 10k-class batch"
+        " under `perf`), so class creation stays quadratic in the HTB classes of the whole"
+        " machine, other namespaces' included; no layout of ours avoids it.",
         f"- One peer added: the three drivers take {drivers:.0f} ms (one nf_tables netlink"
         " batch, one UAPI write, one `tc -batch`), the agent's Python"
         f" {m['one_add'] * 1000 - drivers:.0f} ms. The agent follows the desired state change"
