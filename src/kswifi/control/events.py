@@ -2,6 +2,10 @@
 
 The embedded default is in-process. Replicas share events through Redis pub/sub or
 PostgreSQL LISTEN/NOTIFY (see `kswifi.control.events_remote`).
+
+A message is a JSON-able dict, or the `UsageFacts` of a session's `usage` event: a usage
+report publishes one per session, most of them for sessions nobody watches, so the bus carries
+the few facts and only a stream that shows the event renders it.
 """
 
 from __future__ import annotations
@@ -10,18 +14,37 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import after_commit
 
-Event = tuple[str, dict[str, Any]]
-"""A payload and the channel it goes out on."""
+
+class UsageFacts(NamedTuple):
+    """What a session's `usage` event says, unrendered (the stream adds remaining bytes,
+    percent and "2.1 GB of 5 GB used"). Times are ISO 8601 text, as the event shows them."""
+
+    session_id: str
+    status: str
+    used_bytes: int
+    data_limit_bytes: int
+    expires_at: str | None
+    seconds_left: int | None
+    at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The facts as a message dict: `type` `usage` and the fields above."""
+        return {"type": "usage", **self._asdict()}
+
+
+Message = dict[str, Any] | UsageFacts
+Event = tuple[str, Message]
+"""A message and the channel it goes out on."""
 
 
 class EventBus(Protocol):
-    async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
+    async def publish(self, channel: str, payload: Message) -> None: ...
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """Publish `events` in order, as one message to the broker where it can (a usage
@@ -40,23 +63,31 @@ class Subscription:
 
     def __init__(self, channel: str, maxsize: int = 256) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=maxsize)
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=maxsize)
 
-    def deliver(self, payload: dict[str, Any]) -> None:
+    def deliver(self, message: Message) -> None:
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._queue.get_nowait()
-        self._queue.put_nowait(payload)
+        self._queue.put_nowait(message)
 
-    def drain(self) -> list[dict[str, Any]]:
-        """Every message already waiting, oldest first (none: an empty list)."""
-        messages: list[dict[str, Any]] = []
+    def drain(self) -> list[Message]:
+        """Every message already waiting, as published, oldest first (none: an empty list)."""
+        messages: list[Message] = []
         while not self._queue.empty():
             messages.append(self._queue.get_nowait())
         return messages
 
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
-        """The next message, or None when `wait_seconds` pass without one."""
+        """The next message as a dict (`UsageFacts` as `as_dict()`), or None when
+        `wait_seconds` pass without one."""
+        message = await self.receive(wait_seconds)
+        if isinstance(message, UsageFacts):
+            return message.as_dict()
+        return message
+
+    async def receive(self, wait_seconds: float | None = None) -> Message | None:
+        """The next message as published, or None when `wait_seconds` pass without one."""
         if not self._queue.empty():
             return self._queue.get_nowait()
         if wait_seconds is not None and wait_seconds <= 0:
@@ -75,9 +106,9 @@ class LocalFanout:
     def __init__(self) -> None:
         self._subscriptions: dict[str, set[Subscription]] = defaultdict(set)
 
-    def deliver(self, channel: str, payload: dict[str, Any]) -> None:
+    def deliver(self, channel: str, message: Message) -> None:
         for subscription in list(self._subscriptions.get(channel, ())):
-            subscription.deliver(payload)
+            subscription.deliver(message)
 
     def has_subscribers(self, channel: str) -> bool:
         """Whether anyone here listens on `channel` (else a payload need not even be decoded)."""
@@ -106,7 +137,7 @@ class InProcessEventBus:
     def __init__(self) -> None:
         self.fanout = LocalFanout()
 
-    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+    async def publish(self, channel: str, payload: Message) -> None:
         self.fanout.deliver(channel, payload)
 
     async def publish_many(self, events: Sequence[Event]) -> None:
@@ -131,9 +162,7 @@ def gateway_channel(gateway_id: str) -> str:
     return f"gateway.{gateway_id}"
 
 
-def publish_after_commit(
-    db: AsyncSession, bus: EventBus, channel: str, payload: dict[str, Any]
-) -> None:
+def publish_after_commit(db: AsyncSession, bus: EventBus, channel: str, payload: Message) -> None:
     """Publish `payload` on `channel` once the current transaction has committed."""
 
     async def _publish() -> None:

@@ -4,10 +4,11 @@ Each replica keeps its own subscribers in a `LocalFanout`; a publish goes to the
 one listener task per replica delivers what the broker sends back to the local subscribers
 (including the replica's own publishes, so every replica sees the same ordered stream).
 
-`publish_many` sends many events as one broker message (Redis: one `PUBLISH` on
-`kswifi:!batch` per up to `BATCH_EVENTS` events, a line `channel<US>payload` each; PostgreSQL:
-as few `NOTIFY` payloads as fit, in one statement). A replica decodes only the payloads of
-channels it has subscribers for.
+Both brokers carry the same text: one line per event, `channel<US>payload`, where the payload
+is a JSON object or `UsageFacts` as `U` and its fields separated by US. A replica decodes only
+the payloads of channels it has subscribers for. `publish_many` sends many events as one broker
+message (Redis: one `PUBLISH` per up to `BATCH_EVENTS` events; PostgreSQL: as few `NOTIFY`
+payloads as fit, in one statement).
 """
 
 from __future__ import annotations
@@ -15,24 +16,62 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
 
-from kswifi.control.events import Event, EventBus, LocalFanout, Subscription
+from kswifi.control.events import Event, EventBus, LocalFanout, Message, Subscription, UsageFacts
 from kswifi.control.logging import get_logger
 
 log = get_logger("kswifi.events")
-REDIS_PREFIX = "kswifi:"
-PG_CHANNEL = "kswifi_events"
-REDIS_BATCH_CHANNEL = REDIS_PREFIX + "!batch"  # "!": never a channel name of ours
+# Every event on one broker channel (a replica wants them all anyway). Named apart from the
+# earlier per-channel JSON messages, so replicas of either format ignore the other's.
+REDIS_CHANNEL = "kswifi:!lines"
+PG_CHANNEL = "kswifi_event_lines"
 BATCH_EVENTS = 1000  # events per broker message: bounded messages for huge reports
-_SEPARATOR = "\x1f"  # ASCII unit separator: in no channel name; JSON escapes it in strings
+_SEPARATOR = "\x1f"  # ASCII unit separator: in no channel name, id or ISO time; JSON escapes it
+_FACTS = "U"  # starts a `UsageFacts` payload (a JSON one starts with "{")
 PG_PAYLOAD_LIMIT = 7900  # NOTIFY payloads must stay under 8000 bytes
 # One encoder for every payload (`json.dumps(..., default=str)` builds one per call).
 _to_json = json.JSONEncoder(default=str).encode
+
+
+def encode_event(channel: str, message: Message) -> str:
+    """One event as a line of broker text."""
+    if isinstance(message, UsageFacts):
+        session_id, status, used, limit, expires_at, seconds_left, at = message
+        return (
+            f"{channel}\x1f{_FACTS}{session_id}\x1f{status}\x1f{used}\x1f{limit}"
+            f"\x1f{expires_at or ''}\x1f{'' if seconds_left is None else seconds_left}\x1f{at}"
+        )
+    return f"{channel}{_SEPARATOR}{_to_json(message)}"
+
+
+def decode_payload(payload: str) -> Message:
+    """The message of a line's payload (the text after the channel and separator)."""
+    if not payload.startswith(_FACTS):
+        decoded: dict[str, Any] = json.loads(payload)
+        return decoded
+    session_id, status, used, limit, expires_at, seconds_left, at = payload[1:].split(_SEPARATOR)
+    return UsageFacts(
+        session_id,
+        status,
+        int(used),
+        int(limit),
+        expires_at or None,
+        int(seconds_left) if seconds_left else None,
+        at,
+    )
+
+
+def deliver_lines(fanout: LocalFanout, lines: Iterable[str]) -> None:
+    """Deliver the events of broker lines; only watched channels' payloads are decoded."""
+    for line in lines:
+        channel, _, payload = line.partition(_SEPARATOR)
+        if fanout.has_subscribers(channel):
+            fanout.deliver(channel, decode_payload(payload))
 
 
 class RedisEventBus:
@@ -53,46 +92,30 @@ class RedisEventBus:
         while True:
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.psubscribe(REDIS_PREFIX + "*")
+                await pubsub.subscribe(REDIS_CHANNEL)
                 self._ready.set()
                 async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
+                    if message.get("type") != "message":
                         continue
-                    channel = message["channel"]
-                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                    if name == REDIS_BATCH_CHANNEL:
-                        self._deliver_batch(message["data"])
-                        continue
-                    name = name.removeprefix(REDIS_PREFIX)
-                    if self.fanout.has_subscribers(name):
-                        self.fanout.deliver(name, json.loads(message["data"]))
+                    data = message["data"]
+                    text = data.decode() if isinstance(data, bytes) else str(data)
+                    deliver_lines(self.fanout, text.split("\n"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker went away: retry, subscribers stay
                 log.warning("event_bus_reconnect", backend="redis", error=type(exc).__name__)
                 await asyncio.sleep(0.5)
 
-    def _deliver_batch(self, data: bytes | str) -> None:
-        text = data.decode() if isinstance(data, bytes) else data
-        fanout = self.fanout
-        for line in text.split("\n"):
-            channel, _, payload = line.partition(_SEPARATOR)
-            if fanout.has_subscribers(channel):
-                fanout.deliver(channel, json.loads(payload))
-
-    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+    async def publish(self, channel: str, payload: Message) -> None:
         assert self._client is not None, "bus not started"
-        await self._client.publish(REDIS_PREFIX + channel, _to_json(payload))
+        await self._client.publish(REDIS_CHANNEL, encode_event(channel, payload))
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         assert self._client is not None, "bus not started"
-        if len(events) == 1:
-            await self.publish(*events[0])
-            return
-        lines = [f"{channel}{_SEPARATOR}{_to_json(payload)}" for channel, payload in events]
+        lines = [encode_event(channel, payload) for channel, payload in events]
         for start in range(0, len(lines), BATCH_EVENTS):
             await self._client.publish(
-                REDIS_BATCH_CHANNEL, "\n".join(lines[start : start + BATCH_EVENTS])
+                REDIS_CHANNEL, "\n".join(lines[start : start + BATCH_EVENTS])
             )
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
@@ -120,38 +143,33 @@ class PostgresEventBus:
         await self._listener.add_listener(PG_CHANNEL, self._on_notify)
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        message = json.loads(payload)
-        if "b" in message:
-            for channel, event in message["b"]:
-                self.fanout.deliver(channel, event)
-            return
-        self.fanout.deliver(message["c"], message["p"])
+        _number, _, lines = payload.partition("\n")
+        deliver_lines(self.fanout, lines.split("\n"))
 
-    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        assert self._pool is not None, "bus not started"
-        await self._pool.execute(
-            "SELECT pg_notify($1, $2)", PG_CHANNEL, _notify_text(channel, payload)
-        )
+    async def publish(self, channel: str, payload: Message) -> None:
+        await self.publish_many([(channel, payload)])
 
     async def publish_many(self, events: Sequence[Event]) -> None:
         """As few NOTIFY payloads as fit under the limit, sent in order by one statement."""
         assert self._pool is not None, "bus not started"
         payloads: list[str] = []
-        items: list[str] = []
+        lines: list[str] = []
         size = 0
         for channel, payload in events:
-            item = _to_json([channel, payload])
-            item_size = len(item.encode()) + 1
-            if item_size + 32 > PG_PAYLOAD_LIMIT:
+            line = encode_event(channel, payload)
+            line_size = len(line.encode()) + 1
+            if line_size + 16 > PG_PAYLOAD_LIMIT:
                 raise ValueError("event too large for PostgreSQL NOTIFY")
-            if items and size + item_size > PG_PAYLOAD_LIMIT - 32:
-                payloads.append(_batch_text(len(payloads), items))
-                items, size = [], 0
-            items.append(item)
-            size += item_size
-        if items:
-            payloads.append(_batch_text(len(payloads), items))
-        if payloads:
+            if lines and size + line_size > PG_PAYLOAD_LIMIT - 16:
+                payloads.append(_notify_text(len(payloads), lines))
+                lines, size = [], 0
+            lines.append(line)
+            size += line_size
+        if lines:
+            payloads.append(_notify_text(len(payloads), lines))
+        if len(payloads) == 1:
+            await self._pool.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payloads[0])
+        elif payloads:
             await self._pool.execute(
                 "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
                 PG_CHANNEL,
@@ -170,17 +188,10 @@ class PostgresEventBus:
             await self._pool.close()
 
 
-def _notify_text(channel: str, payload: dict[str, Any]) -> str:
-    text = _to_json({"c": channel, "p": payload})
-    if len(text.encode()) > PG_PAYLOAD_LIMIT:
-        raise ValueError("event too large for PostgreSQL NOTIFY")
-    return text
-
-
-def _batch_text(number: int, items: list[str]) -> str:
-    # The number keeps two equal batches of one statement apart: PostgreSQL delivers identical
-    # payloads of one transaction once.
-    return f'{{"n":{number},"b":[{",".join(items)}]}}'
+def _notify_text(number: int, lines: list[str]) -> str:
+    # A first line with the payload's number keeps two equal payloads of one statement apart:
+    # PostgreSQL delivers identical payloads of one transaction once.
+    return f"{number}\n" + "\n".join(lines)
 
 
 def remote_event_bus(url: str) -> EventBus:

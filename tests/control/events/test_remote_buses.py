@@ -7,12 +7,24 @@ import os
 
 import pytest
 
-from kswifi.control.events import Event, EventBus, InProcessEventBus, Subscription
+from kswifi.control import events_remote
+from kswifi.control.events import (
+    Event,
+    EventBus,
+    InProcessEventBus,
+    LocalFanout,
+    Message,
+    Subscription,
+    UsageFacts,
+)
 from kswifi.control.events_remote import (
     BATCH_EVENTS,
     PG_PAYLOAD_LIMIT,
     PostgresEventBus,
     RedisEventBus,
+    decode_payload,
+    deliver_lines,
+    encode_event,
     remote_event_bus,
 )
 
@@ -144,3 +156,91 @@ async def test_subscription_get_and_drain() -> None:
         )
         assert await subscription.get(2.0) == {"n": 4}
         later.cancel()
+
+
+def _facts(session_id: str, used_bytes: int = 1000) -> UsageFacts:
+    return UsageFacts(
+        session_id,
+        "connected",
+        used_bytes,
+        5 * 1024**3,
+        "2025-06-03T12:00:07.123456+00:00",
+        259207,
+        "2025-05-31T12:00:00.123456+00:00",
+    )
+
+
+class TestUsageFactsOnTheWire:
+    @pytest.mark.parametrize(
+        "message",
+        [
+            _facts("s-1"),
+            UsageFacts("s-2", "active", 0, 1024**3, None, None, "2025-05-31T12:00:00+00:00"),
+            UsageFacts("s-3", "exhausted", 7, 5, "2025-05-31T11:00:00+00:00", 0, "2025-05-31"),
+            {"type": "warning", "percent": 80, "message": "a\nb\x1fc"},
+        ],
+    )
+    def test_a_line_decodes_to_the_message(self, message: Message) -> None:
+        line = encode_event("session.x", message)
+        assert "\n" not in line
+        channel, _, payload = line.partition("\x1f")
+        assert channel == "session.x"
+        decoded = decode_payload(payload)
+        assert decoded == message and type(decoded) is type(message)
+
+    async def test_unwatched_channels_decode_nothing(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        decoded: list[str] = []
+
+        def spy(payload: str) -> Message:
+            decoded.append(payload)
+            return decode_payload(payload)
+
+        monkeypatch.setattr(events_remote, "decode_payload", spy)
+        fanout = LocalFanout()
+        lines = [encode_event(f"session.nobody-{n}", _facts(f"nobody-{n}")) for n in range(50)]
+        lines.insert(20, encode_event("session.watched", _facts("watched")))
+        lines.append(encode_event("session.watched", {"type": "revoked"}))
+        async with fanout.subscription("session.watched") as watched:
+            deliver_lines(fanout, lines)
+            assert watched.drain() == [_facts("watched"), {"type": "revoked"}]
+        assert len(decoded) == 2
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres", "in-process"])
+async def test_usage_facts_reach_subscribers_as_facts(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+
+    def spy(payload: str) -> Message:
+        decoded.append(payload)
+        return decode_payload(payload)
+
+    monkeypatch.setattr(events_remote, "decode_payload", spy)
+    shared = InProcessEventBus()
+    replica_a, replica_b = (shared, shared) if kind == "in-process" else (_make(kind), _make(kind))
+    await replica_a.start()
+    await replica_b.start()
+    try:
+        tag = f"{os.getpid()}-{kind}"
+        watched = f"session.facts-{tag}"
+        events: list[Event] = [(f"session.nobody-{tag}-{n}", _facts(str(n))) for n in range(300)]
+        events.insert(100, (watched, _facts(tag, used_bytes=1)))
+        events.append((watched, {"type": "warning", "percent": 80}))
+        events.append((watched, _facts(tag, used_bytes=2)))
+        async with replica_b.subscribe(watched) as subscription:
+            await asyncio.sleep(0.1)
+            await replica_a.publish_many(events)
+            assert await subscription.receive(2.0) == _facts(tag, used_bytes=1)
+            assert await subscription.receive(2.0) == {"type": "warning", "percent": 80}
+            # `get` reads facts as a dict, for subscribers that want one kind of message.
+            assert await subscription.get(2.0) == _facts(tag, used_bytes=2).as_dict()
+            await replica_a.publish(watched, _facts(tag, used_bytes=3))
+            message = await subscription.receive(2.0)
+            assert isinstance(message, UsageFacts) and message.used_bytes == 3
+            assert await subscription.receive(0.2) is None
+        # Only the watched channel's payloads were decoded (none on the in-process bus).
+        assert len(decoded) == (0 if kind == "in-process" else 4)
+    finally:
+        await replica_a.stop()
+        await replica_b.stop()

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 
 from kswifi.control.deps import AppContext
-from kswifi.control.events import session_channel
+from kswifi.control.events import InProcessEventBus, session_channel
 from kswifi.control.models import utcnow
 from kswifi.control.sessions import service as sessions
-from kswifi.control.usage.service import format_event, parse_last_event_id, stream
+from kswifi.control.sessions.repository import UsageRow
+from kswifi.control.usage.service import format_event, parse_last_event_id, stream, usage_data
 from tests.conftest import ApiUser, register_and_login
 from tests.control.conftest import MakeSession
 
@@ -164,3 +167,83 @@ def test_event_format_and_last_event_id() -> None:
     assert parse_last_event_id("17") == 17
     assert parse_last_event_id("garbage") == 0
     assert parse_last_event_id(None) == 0
+
+
+GIB = 1024**3
+NOW = datetime(2025, 5, 31, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def _usage_event_fields(row: UsageRow, now: datetime) -> dict[str, Any]:
+    """The fields and order of a live `usage` event as the stream has always sent them."""
+    expires_at = row.expires_at
+    return {
+        "type": "usage",
+        "session_id": row.id,
+        "status": row.status,
+        "at": now.isoformat(),
+        "expires_at": None if expires_at is None else expires_at.isoformat(),
+        "seconds_left": (
+            None if expires_at is None else max(0, int((expires_at - now).total_seconds()))
+        ),
+        "used_bytes": row.used_bytes,
+        "remaining_bytes": max(0, row.data_limit_bytes - row.used_bytes),
+        "data_limit_bytes": row.data_limit_bytes,
+        "usage_percent": sessions.usage_percent(row),
+        "usage_text": sessions.usage_text(row.used_bytes, row.data_limit_bytes),
+    }
+
+
+ROWS = [
+    UsageRow("s-1", "active", 0, GIB, 0, None),
+    UsageRow("s-2", "connected", 2_254_857_830, 5 * GIB, 0, NOW + timedelta(days=3, seconds=7)),
+    UsageRow("s-3", "connected", 350 * 1024**2 + 17, 20 * GIB, 80, NOW + timedelta(hours=1)),
+    UsageRow("s-4", "exhausted", GIB + 5, GIB, 95, NOW - timedelta(minutes=1)),
+    UsageRow("s-5", "active", 1, 0, 0, NOW),
+    UsageRow('odd "id"\\é', "active", 3 * GIB // 7, GIB, 0, None),
+]
+
+
+class TestUsageFromFacts:
+    """The bus carries `UsageFacts`; the stream renders them exactly as the events it sent."""
+
+    @pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+    def test_rendered_facts_are_the_usage_event(self, row: UsageRow) -> None:
+        facts = sessions.usage_facts(row, NOW)
+        expected = _usage_event_fields(row, NOW)
+        assert usage_data(facts) == json.dumps(expected, separators=(",", ":"))
+        assert facts.as_dict() == {
+            key: value
+            for key, value in expected.items()
+            if key not in ("remaining_bytes", "usage_percent", "usage_text")
+        }
+
+    def test_the_wire_text_of_one_event(self) -> None:
+        facts = sessions.usage_facts(ROWS[1], NOW, at="2025-05-31T12:00:00.123456+00:00")
+        assert format_event(7, "usage", json.loads(usage_data(facts))) == (
+            "id: 7\nevent: usage\ndata: "
+            '{"type":"usage","session_id":"s-2","status":"connected",'
+            '"at":"2025-05-31T12:00:00.123456+00:00",'
+            '"expires_at":"2025-06-03T12:00:07.123456+00:00","seconds_left":259207,'
+            '"used_bytes":2254857830,"remaining_bytes":3113851290,"data_limit_bytes":5368709120,'
+            '"usage_percent":42.0,"usage_text":"2.1 GB of 5 GB used"}\n\n'
+        )
+
+    async def test_stream_sends_facts_as_the_usage_event_and_dicts_as_they_are(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        session = await make_session(plan_code="basic")
+        bus = InProcessEventBus()
+        channel = session_channel(session.id)
+        row = UsageRow(session.id, "connected", 1234, session.data_limit_bytes, 0, None)
+        events = stream(ctx.db, bus, session.id, last_event_id=0, max_seconds=30)
+        try:
+            await anext(events)  # the snapshot
+            facts = sessions.usage_facts(row, NOW)
+            offline = {"type": "gateway_offline", "session_id": session.id, "message": "é"}
+            await bus.publish_many([(channel, facts), (channel, offline)])
+            together = await asyncio.wait_for(anext(events), 2)
+            assert together == format_event(
+                2, "usage", _usage_event_fields(row, NOW)
+            ) + format_event(3, "gateway_offline", offline)
+        finally:
+            await events.aclose()

@@ -14,6 +14,7 @@ from kswifi.control.errors import NotFound, SessionNotUsable
 from kswifi.control.events import (
     Event,
     EventBus,
+    UsageFacts,
     publish_after_commit,
     publish_many_after_commit,
     session_channel,
@@ -125,7 +126,7 @@ async def mark_connected(
     if session.status == "active" and not _time_is_up(session, now):
         session.status = "connected"
         if bus is not None:
-            publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
+            publish_after_commit(db, bus, session_channel(session.id), usage_facts(session, now))
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ async def record_usage_batch(
 
     One statement for the sessions and their minute rollups (PostgreSQL), one UPDATE per
     warning threshold crossed; only sessions that end here are loaded (to `end` them). After
-    commit, in one `publish_many`: per session a `usage` event, then any `warning` events;
-    then the `exhausted` events of the sessions that ended. Deltas of one session are summed;
+    commit, in one `publish_many`: per session its `UsageFacts` (the `usage` event, rendered
+    only by a stream that shows it), then any `warning` events; then the `exhausted` events of
+    the sessions that ended. Deltas of one session are summed;
     unknown sessions are left out of the result.
     """
     totals: dict[str, tuple[int, int, bool]] = {}
@@ -182,7 +184,7 @@ async def record_usage_batch(
     at = now.isoformat()
     for row in rows:
         channel = session_channel(row.id)
-        events.append((channel, usage_event(row, now, at=at)))
+        events.append((channel, usage_facts(row, now, at=at)))
         if row.status not in LIVE_STATES:
             continue
         percent = usage_percent(row)
@@ -290,7 +292,7 @@ async def extend(
         session.ended_at = None
         session.end_reason = None
     if db is not None and bus is not None:
-        publish_after_commit(db, bus, session_channel(session.id), usage_event(session, now))
+        publish_after_commit(db, bus, session_channel(session.id), usage_facts(session, now))
 
 
 async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> list[DataSession]:
@@ -298,13 +300,14 @@ async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> l
 
 
 _Usage = DataSession | repository.UsageRow
+_Amounts = _Usage | UsageFacts  # whatever has `used_bytes` and `data_limit_bytes`
 
 
 def remaining_bytes(session: _Usage) -> int:
     return max(0, session.data_limit_bytes - session.used_bytes)
 
 
-def usage_percent(session: _Usage) -> float:
+def usage_percent(session: _Amounts) -> float:
     if session.data_limit_bytes <= 0:
         return 100.0
     return round(min(100.0, 100.0 * session.used_bytes / session.data_limit_bytes), 2)
@@ -341,20 +344,18 @@ def usage_fields(session: _Usage) -> dict[str, Any]:
     }
 
 
-def usage_event(session: _Usage, now: datetime, *, at: str | None = None) -> dict[str, Any]:
-    """The `usage` event of a session; `at`: `now.isoformat()` when the caller has it."""
+def usage_facts(session: _Usage, now: datetime, *, at: str | None = None) -> UsageFacts:
+    """The facts of a session's `usage` event; `at`: `now.isoformat()` when the caller has it."""
     expires_at = session.expires_at
-    return {
-        "type": "usage",
-        "session_id": session.id,
-        "status": session.status,
-        "at": now.isoformat() if at is None else at,
-        "expires_at": None if expires_at is None else expires_at.isoformat(),
-        "seconds_left": (
-            None if expires_at is None else max(0, int((expires_at - now).total_seconds()))
-        ),
-        **usage_fields(session),
-    }
+    return UsageFacts(
+        session.id,
+        session.status,
+        session.used_bytes,
+        session.data_limit_bytes,
+        None if expires_at is None else expires_at.isoformat(),
+        None if expires_at is None else max(0, int((expires_at - now).total_seconds())),
+        now.isoformat() if at is None else at,
+    )
 
 
 def to_out(session: DataSession, now: datetime) -> SessionOut:

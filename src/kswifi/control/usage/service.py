@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from kswifi.control.db import Database
-from kswifi.control.events import EventBus, session_channel
+from kswifi.control.events import EventBus, UsageFacts, session_channel
 from kswifi.control.models import DataSession, utcnow
 from kswifi.control.sessions import service as sessions
 from kswifi.control.usage.schemas import UsageHistory, UsagePoint
@@ -27,10 +27,26 @@ RETRY_MILLISECONDS = 1000
 
 # One encoder for every event (`json.dumps(..., default=str)` builds one per call).
 _to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_json_text = json.encoder.encode_basestring_ascii  # a str as `_to_json` writes it
 
 
 def format_event(event_id: int, kind: str, data: dict[str, Any]) -> str:
     return f"id: {event_id}\nevent: {kind}\ndata: {_to_json(data)}\n\n"
+
+
+def usage_data(facts: UsageFacts) -> str:
+    """The JSON of a live `usage` event, rendered from its facts: exactly what `_to_json` makes
+    of the event's fields (in this order), without building a dict per event."""
+    session_id, status, used, limit, expires_at, seconds_left, at = facts
+    return (
+        f'{{"type":"usage","session_id":{_json_text(session_id)},"status":{_json_text(status)},'
+        f'"at":{_json_text(at)},'
+        f'"expires_at":{"null" if expires_at is None else _json_text(expires_at)},'
+        f'"seconds_left":{"null" if seconds_left is None else seconds_left},'
+        f'"used_bytes":{used},"remaining_bytes":{max(0, limit - used)},'
+        f'"data_limit_bytes":{limit},"usage_percent":{sessions.usage_percent(facts)!r},'
+        f'"usage_text":{_json_text(sessions.usage_text(used, limit))}}}'
+    )
 
 
 def parse_last_event_id(value: str | None) -> int:
@@ -91,7 +107,7 @@ async def stream(
                 event_id += 1
                 yield format_event(event_id, "reconnect", {"type": "reconnect"})
                 return
-            message = await subscription.get(min(remaining, KEEPALIVE_SECONDS))
+            message = await subscription.receive(min(remaining, KEEPALIVE_SECONDS))
             if message is None:
                 if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
                     yield ": keepalive\n\n"
@@ -100,8 +116,11 @@ async def stream(
             # Whatever else is already waiting goes out in the same write.
             chunks: list[str] = []
             for waiting in [message, *subscription.drain()]:
-                kind = str(waiting.get("type", "usage"))
                 event_id += 1
+                if isinstance(waiting, UsageFacts):
+                    chunks.append(f"id: {event_id}\nevent: usage\ndata: {usage_data(waiting)}\n\n")
+                    continue
+                kind = str(waiting.get("type", "usage"))
                 chunks.append(format_event(event_id, kind, waiting))
                 if kind in FINAL_EVENTS:
                     yield "".join(chunks)
