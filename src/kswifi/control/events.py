@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+import math
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -41,6 +42,8 @@ class UsageFacts(NamedTuple):
 Message = dict[str, Any] | UsageFacts
 Event = tuple[str, Message]
 """A message and the channel it goes out on."""
+# A timer may fire this early (the event loop rounds to its clock); that counts as on time.
+_TIMER_SLACK_SECONDS = 0.001
 
 
 class EventBus(Protocol):
@@ -59,23 +62,28 @@ class EventBus(Protocol):
 
 
 class Subscription:
-    """Messages of one channel, buffered; slow readers lose the oldest, never block others."""
+    """Messages of one channel for one reader, buffered; a slow reader loses the oldest, never
+    blocks others."""
 
     def __init__(self, channel: str, maxsize: int = 256) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=maxsize)
+        self._messages: deque[Message] = deque(maxlen=maxsize)
+        self._waiter: asyncio.Future[None] | None = None
+        # One timer per subscription, moved only when it fires: a stream waits again after
+        # every event, and a timer made and cancelled per wait cost more than the rest of it.
+        self._deadline = math.inf
+        self._timer: asyncio.TimerHandle | None = None
 
     def deliver(self, message: Message) -> None:
-        if self._queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-        self._queue.put_nowait(message)
+        self._messages.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def drain(self) -> list[Message]:
         """Every message already waiting, as published, oldest first (none: an empty list)."""
-        messages: list[Message] = []
-        while not self._queue.empty():
-            messages.append(self._queue.get_nowait())
+        messages = list(self._messages)
+        self._messages.clear()
         return messages
 
     async def get(self, wait_seconds: float | None = None) -> dict[str, Any] | None:
@@ -88,16 +96,47 @@ class Subscription:
 
     async def receive(self, wait_seconds: float | None = None) -> Message | None:
         """The next message as published, or None when `wait_seconds` pass without one."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
+        if self._messages:
+            return self._messages.popleft()
         if wait_seconds is not None and wait_seconds <= 0:
             return None
+        if self._waiter is not None:
+            raise RuntimeError("a subscription has one reader")
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        if wait_seconds is None:
+            self._deadline = math.inf
+        else:
+            self._deadline = loop.time() + wait_seconds
+            if self._timer is None or self._timer.when() > self._deadline:
+                self._arm_timer(loop)
         try:
-            # A timer, not `wait_for`'s task per call: thousands of streams wait here.
-            async with asyncio.timeout(wait_seconds):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+            await waiter
+        finally:
+            self._waiter = None
+        return self._messages.popleft() if self._messages else None
+
+    def close(self) -> None:
+        """Stop the timer (the subscription is gone)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(self._deadline, self._on_timer, loop)
+
+    def _on_timer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms the timer again
+        if self._deadline - loop.time() > _TIMER_SLACK_SECONDS:
+            if self._deadline != math.inf:
+                self._arm_timer(loop)  # a later wait moved the deadline on
+            return
+        waiter.set_result(None)
 
 
 class LocalFanout:
@@ -121,6 +160,7 @@ class LocalFanout:
         try:
             yield subscription
         finally:
+            subscription.close()
             subscribers = self._subscriptions.get(channel)
             if subscribers is not None:
                 subscribers.discard(subscription)

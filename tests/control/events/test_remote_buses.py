@@ -244,3 +244,57 @@ async def test_usage_facts_reach_subscribers_as_facts(
     finally:
         await replica_a.stop()
         await replica_b.stop()
+
+
+class TestSubscriptionWaits:
+    """One timer per subscription, moved lazily: every wait still ends when it should."""
+
+    async def test_a_longer_wait_after_a_short_one_is_not_cut_short(self) -> None:
+        loop = asyncio.get_running_loop()
+        subscription = Subscription("session.w")
+        loop.call_later(0.01, subscription.deliver, {"n": 1})
+        assert await subscription.receive(0.05) == {"n": 1}
+        started = loop.time()
+        assert await subscription.receive(0.3) is None
+        assert loop.time() - started >= 0.28
+        subscription.close()
+
+    async def test_a_shorter_wait_after_a_long_one_ends_in_time(self) -> None:
+        loop = asyncio.get_running_loop()
+        subscription = Subscription("session.w")
+        loop.call_later(0.01, subscription.deliver, {"n": 1})
+        assert await subscription.receive(5.0) == {"n": 1}
+        started = loop.time()
+        assert await subscription.receive(0.05) is None
+        assert 0.04 <= loop.time() - started < 1.0
+        subscription.close()
+
+    async def test_an_endless_wait_after_a_timed_one_waits_for_a_message(self) -> None:
+        loop = asyncio.get_running_loop()
+        subscription = Subscription("session.w")
+        loop.call_later(0.01, subscription.deliver, {"n": 1})
+        assert await subscription.receive(0.05) == {"n": 1}
+        loop.call_later(0.2, subscription.deliver, {"n": 2})
+        assert await subscription.receive() == {"n": 2}
+        subscription.close()
+
+    async def test_one_reader_and_a_cancelled_wait(self) -> None:
+        subscription = Subscription("session.w")
+        waiting = asyncio.create_task(subscription.receive(5.0))
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="one reader"):
+            await subscription.receive(1.0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        asyncio.get_running_loop().call_later(0.01, subscription.deliver, {"n": 1})
+        assert await subscription.receive(1.0) == {"n": 1}
+        subscription.close()
+
+    async def test_a_slow_reader_loses_the_oldest(self) -> None:
+        subscription = Subscription("session.w", maxsize=3)
+        for number in range(5):
+            subscription.deliver({"n": number})
+        assert await subscription.receive(0) == {"n": 2}
+        assert subscription.drain() == [{"n": 3}, {"n": 4}]
+        assert await subscription.receive(0) is None
