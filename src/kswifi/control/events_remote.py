@@ -42,10 +42,12 @@ def encode_event(channel: str, message: Message) -> str:
     """One event as a line of broker text."""
     if isinstance(message, UsageFacts):
         session_id, status, used, limit, expires_at, seconds_left, at = message
-        return (
-            f"{channel}\x1f{_FACTS}{session_id}\x1f{status}\x1f{used}\x1f{limit}"
-            f"\x1f{expires_at or ''}\x1f{'' if seconds_left is None else seconds_left}\x1f{at}"
+        fields = (
+            f"{session_id}{_SEPARATOR}{status}{_SEPARATOR}{used}{_SEPARATOR}{limit}{_SEPARATOR}"
+            f"{expires_at or ''}{_SEPARATOR}{'' if seconds_left is None else seconds_left}"
+            f"{_SEPARATOR}{at}"
         )
+        return f"{channel}{_SEPARATOR}{_FACTS}{fields}"
     return f"{channel}{_SEPARATOR}{_to_json(message)}"
 
 
