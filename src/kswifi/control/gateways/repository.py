@@ -71,6 +71,25 @@ def _one_of(db: AsyncSession, column: Any, values: list[str]) -> ColumnElement[b
     return cast(ColumnElement[bool], column.in_(values))
 
 
+def _id_list(ids: Iterable[str]) -> tuple[list[str], str]:
+    """`ids` as ONE text parameter that PostgreSQL splits back (`string_to_array(:ids, ',')`):
+    far cheaper to bind than an array, whose every element asyncpg checks and encodes. Ids are
+    `new_id()` hex; a string with a comma or a NUL (or an empty one) is none of ours and matches
+    no row, so it is left out: it can never split into other ids. The ids kept, and their text.
+    """
+    kept = list(ids)
+    joined = ",".join(kept)
+    if joined.count(",") != len(kept) - 1 or "\x00" in joined or "" in kept:
+        kept = [value for value in kept if value and "," not in value and "\x00" not in value]
+        joined = ",".join(kept)
+    return kept, joined
+
+
+def _number_list(values: Iterable[int]) -> str:
+    """Integers as one text parameter (`CAST(string_to_array(:p, ',') AS BIGINT[])`)."""
+    return ",".join(map(str, values))
+
+
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
     return await db.get(Gateway, gateway_id)
 
@@ -462,19 +481,34 @@ async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int
     return sorted(rows.scalars())
 
 
+# One round trip after a usage batch: the gateway's leases of the sessions it reported get
+# its bytes (created if missing), and the other gateways' leases and active devices of the
+# live ones are read (usually none). The reads run after the session rows are locked (by the
+# usage UPDATE of the same transaction), so no other gateway's lease of them changes meanwhile.
+# Row kinds: 0 the gateway's own lease, 1 another gateway's lease, 2 another carrier.
 _PG_ADD_LEASE_USAGE = text(
-    "INSERT INTO gateway_leases"
+    "WITH own AS (INSERT INTO gateway_leases"
     " (gateway_id, session_id, granted_bytes, used_bytes, updated_at, served_at)"
-    " SELECT :gateway_id, d.session_id, 0, d.served, CAST(:now AS TIMESTAMP WITH TIME ZONE),"
-    " CAST(:now AS TIMESTAMP WITH TIME ZONE)"
-    " FROM unnest(CAST(:session_ids AS VARCHAR[]), CAST(:served AS BIGINT[]))"
-    " AS d(session_id, served) ORDER BY d.session_id"
+    " SELECT CAST(:gateway_id AS VARCHAR), d.session_id, 0, d.served,"
+    " CAST(:now AS TIMESTAMP WITH TIME ZONE), CAST(:now AS TIMESTAMP WITH TIME ZONE)"
+    " FROM unnest(string_to_array(CAST(:session_ids AS TEXT), ','),"
+    " CAST(string_to_array(CAST(:served AS TEXT), ',') AS BIGINT[])) AS d(session_id, served)"
+    " ORDER BY d.session_id"
     " ON CONFLICT (gateway_id, session_id) DO UPDATE SET"
     " used_bytes = gateway_leases.used_bytes + excluded.used_bytes,"
     " updated_at = excluded.updated_at,"
     " served_at = CASE WHEN excluded.used_bytes > 0 THEN excluded.served_at"
     " ELSE gateway_leases.served_at END"
-    " RETURNING gateway_id, session_id, granted_bytes, used_bytes, held_bytes, served_at"
+    " RETURNING gateway_id, session_id, granted_bytes, used_bytes, held_bytes, served_at),"
+    " live AS (SELECT unnest(string_to_array(CAST(:live AS TEXT), ',')) AS id)"
+    " SELECT 0, gateway_id, session_id, granted_bytes, used_bytes, held_bytes, served_at"
+    " FROM own"
+    " UNION ALL SELECT 1, l.gateway_id, l.session_id, l.granted_bytes, l.used_bytes,"
+    " l.held_bytes, l.served_at FROM gateway_leases AS l"
+    " WHERE l.gateway_id <> CAST(:gateway_id AS VARCHAR) AND l.session_id IN (SELECT id FROM live)"
+    " UNION ALL SELECT 2, v.gateway_id, v.session_id, 0, 0, 0, NULL FROM devices AS v"
+    " WHERE v.status = 'active' AND v.gateway_id <> CAST(:gateway_id AS VARCHAR)"
+    " AND v.session_id IN (SELECT id FROM live)"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
@@ -491,26 +525,55 @@ async def mark_served(
         )
 
 
+@dataclass(frozen=True)
+class LeaseUsage:
+    """What `add_lease_usage` leaves: the gateway's own leases of the sessions it reported, as
+    they are now; and for the sessions asked about, the OTHER gateways' leases and the other
+    gateways with an active device of them (both usually empty)."""
+
+    own: list[LeaseRow]
+    others: list[LeaseRow]
+    other_carriers: dict[str, set[str]]
+
+
 async def add_lease_usage(
-    db: AsyncSession, gateway_id: str, served: Mapping[str, int], now: datetime
-) -> list[LeaseRow]:
+    db: AsyncSession,
+    gateway_id: str,
+    served: Mapping[str, int],
+    now: datetime,
+    *,
+    others_of: Iterable[str] = (),
+) -> LeaseUsage:
     """Count bytes the gateway served against its leases ({session: bytes}, 0 allowed),
-    creating the (empty) leases it does not hold yet; those leases as they are now. One upsert
-    on PostgreSQL (an upsert per chunk on SQLite), rows in session order."""
+    creating the (empty) leases it does not hold yet; and read the other gateways' leases and
+    devices of the sessions `others_of`. One statement on PostgreSQL (an upsert per chunk and
+    the two reads on SQLite)."""
     session_ids = sorted(served)  # one order: no lock cycles
     if not session_ids:
-        return []
+        return LeaseUsage([], [], {})
     if _is_postgresql(db):
+        session_ids, session_text = _id_list(session_ids)
+        own: list[LeaseRow] = []
+        others: list[LeaseRow] = []
+        carriers: dict[str, set[str]] = {}
         rows = await db.execute(
             _PG_ADD_LEASE_USAGE,
             {
-                "session_ids": session_ids,
-                "served": [served[session_id] for session_id in session_ids],
+                "session_ids": session_text,
+                "served": _number_list(served[session_id] for session_id in session_ids),
+                "live": _id_list(others_of)[1],
                 "gateway_id": gateway_id,
                 "now": now,
             },
         )
-        return [LeaseRow(*row) for row in rows.all()]
+        for kind, *row in rows.all():
+            if kind == 0:
+                own.append(LeaseRow(*row))
+            elif kind == 1:
+                others.append(LeaseRow(*row))
+            else:
+                carriers.setdefault(row[1], set()).add(row[0])
+        return LeaseUsage(own, others, carriers)
     table = cast(Table, GatewayLease.__table__)
     found: list[LeaseRow] = []
     for start in range(0, len(session_ids), _INSERT_CHUNK):
@@ -541,7 +604,12 @@ async def add_lease_usage(
             ).returning(*(table.c[column.key] for column in _LEASE_COLUMNS))
         )
         found.extend(LeaseRow(*row) for row in rows)
-    return found
+    others_of = sorted(set(others_of))
+    return LeaseUsage(
+        found,
+        await other_leases_of(db, gateway_id, others_of),
+        await other_carriers_of(db, gateway_id, others_of),
+    )
 
 
 async def lock_session_budgets(
@@ -569,26 +637,14 @@ async def sessions_by_id(db: AsyncSession, session_ids: Iterable[str]) -> dict[s
     return found
 
 
-_PG_CARRIED = text(
-    "SELECT d.id FROM unnest(CAST(:ids AS VARCHAR[])) AS d(id)"
-    " WHERE EXISTS (SELECT 1 FROM devices AS v"
-    " WHERE v.gateway_id = :gateway_id AND v.session_id = d.id)"
-    " OR EXISTS (SELECT 1 FROM gateway_leases AS l"
-    " WHERE l.gateway_id = :gateway_id AND l.session_id = d.id)"
-).columns(id=String)
-
-
 async def sessions_billable_by(
     db: AsyncSession, gateway_id: str, session_ids: Iterable[str]
 ) -> set[str]:
     """Which of `session_ids` the gateway may report usage of: those with a device (active
-    or since removed) on it, or a lease it holds (one query on PostgreSQL)."""
+    or since removed) on it, or a lease it holds."""
     ids = sorted(set(session_ids))
     if not ids:
         return set()
-    if _is_postgresql(db):
-        rows = await db.execute(_PG_CARRIED, {"ids": ids, "gateway_id": gateway_id})
-        return set(rows.scalars().all())
     found = await sessions_with_device_on(db, gateway_id, ids)
     found.update(
         row.session_id
@@ -674,62 +730,79 @@ async def get_release(db: AsyncSession, gateway_id: str, host_index: int) -> Add
     return await db.get(AddressRelease, (gateway_id, host_index))
 
 
-_PG_RECORD_BATCH = text(
-    "WITH batch AS (INSERT INTO usage_batches"
+# A usage batch's bookkeeping in one round trip: which of its sessions the gateway may bill (a
+# device of the session on it, active or since removed, or a lease it holds), and the batch
+# recorded with their count and bytes, made the gateway's last sequence; nothing recorded if
+# that batch was recorded before. The caller holds the gateway's row lock.
+_PG_ACCEPT_BATCH = text(
+    "WITH carried AS MATERIALIZED (SELECT d.id, d.bytes"
+    " FROM unnest(string_to_array(CAST(:ids AS TEXT), ','),"
+    " CAST(string_to_array(CAST(:bytes AS TEXT), ',') AS BIGINT[])) AS d(id, bytes)"
+    " WHERE EXISTS (SELECT 1 FROM devices AS v"
+    " WHERE v.gateway_id = CAST(:gateway_id AS VARCHAR) AND v.session_id = d.id)"
+    " OR EXISTS (SELECT 1 FROM gateway_leases AS l"
+    " WHERE l.gateway_id = CAST(:gateway_id AS VARCHAR) AND l.session_id = d.id)),"
+    " batch AS (INSERT INTO usage_batches"
     " (gateway_id, sequence, received_at, delta_count, total_bytes)"
-    " VALUES (:gateway_id, :sequence, CAST(:now AS TIMESTAMP WITH TIME ZONE), :delta_count,"
-    " :total_bytes) ON CONFLICT (gateway_id, sequence) DO NOTHING RETURNING sequence)"
-    " UPDATE gateways SET last_usage_sequence = batch.sequence FROM batch"
-    " WHERE gateways.id = :gateway_id RETURNING gateways.id"
+    " SELECT CAST(:gateway_id AS VARCHAR), :sequence, CAST(:now AS TIMESTAMP WITH TIME ZONE),"
+    " count(*), coalesce(sum(bytes), 0) FROM carried"
+    " ON CONFLICT (gateway_id, sequence) DO NOTHING RETURNING sequence),"
+    " moved AS (UPDATE gateways SET last_usage_sequence = batch.sequence FROM batch"
+    " WHERE gateways.id = CAST(:gateway_id AS VARCHAR) RETURNING gateways.id)"
+    " SELECT EXISTS (SELECT 1 FROM moved), (SELECT string_agg(id, ',') FROM carried)"
 ).bindparams(
     bindparam("now", type_=UTCDateTime()),
     bindparam("sequence", type_=BigInteger()),
-    bindparam("total_bytes", type_=BigInteger()),
 )
 
 
-async def record_usage_batch(
+async def accept_usage_batch(
     db: AsyncSession,
     gateway: Gateway,
     *,
     sequence: int,
     received_at: datetime,
-    delta_count: int,
-    total_bytes: int,
-) -> bool:
-    """Record that the gateway's batch `sequence` is applied and make it the gateway's last
-    sequence; False (nothing written) when that batch was recorded before. One statement on
-    PostgreSQL; the caller holds the gateway's row lock."""
-    if _is_postgresql(db):
-        result = await db.execute(
-            _PG_RECORD_BATCH,
+    served: Mapping[str, int],
+) -> set[str] | None:
+    """Which sessions of a usage batch ({session: bytes}) the gateway may bill (see
+    `sessions_billable_by`), the batch recorded with those sessions' count and bytes and made
+    the gateway's last sequence; None (nothing written) when that batch was recorded before.
+    One statement on PostgreSQL; the caller holds the gateway's row lock."""
+    if not _is_postgresql(db):
+        carried = await sessions_billable_by(db, gateway.id, served)
+        inserted = await db.execute(
+            sqlite_insert(UsageBatch)
+            .values(
+                gateway_id=gateway.id,
+                sequence=sequence,
+                received_at=received_at,
+                delta_count=len(carried),
+                total_bytes=sum(served[session_id] for session_id in carried),
+            )
+            .on_conflict_do_nothing(index_elements=["gateway_id", "sequence"])
+        )
+        if not getattr(inserted, "rowcount", 0):
+            return None
+        gateway.last_usage_sequence = sequence
+        return carried
+    ids, id_text = _id_list(served)
+    row = (
+        await db.execute(
+            _PG_ACCEPT_BATCH,
             {
+                "ids": id_text,
+                "bytes": _number_list(served[session_id] for session_id in ids),
                 "gateway_id": gateway.id,
                 "sequence": sequence,
                 "now": received_at,
-                "delta_count": delta_count,
-                "total_bytes": total_bytes,
             },
         )
-        if result.first() is None:
-            return False
-        set_committed_value(gateway, "last_usage_sequence", sequence)
-        return True
-    inserted = await db.execute(
-        sqlite_insert(UsageBatch)
-        .values(
-            gateway_id=gateway.id,
-            sequence=sequence,
-            received_at=received_at,
-            delta_count=delta_count,
-            total_bytes=total_bytes,
-        )
-        .on_conflict_do_nothing(index_elements=["gateway_id", "sequence"])
-    )
-    if not getattr(inserted, "rowcount", 0):
-        return False
-    gateway.last_usage_sequence = sequence
-    return True
+    ).one()
+    recorded, carried = row
+    if not recorded:
+        return None
+    set_committed_value(gateway, "last_usage_sequence", sequence)
+    return set(carried.split(",")) if carried else set()
 
 
 async def devices_by_public_key(

@@ -845,7 +845,17 @@ async def apply_usage(
     # A device that left the gateway (revoked, rotated onto another one) may have been served
     # bytes just before: a gateway that ever held a lease of the session may bill it. Sessions
     # it never carried stay refused.
-    carried = await repository.sessions_billable_by(db, locked.id, totals)
+    carried = await repository.accept_usage_batch(
+        db,
+        locked,
+        sequence=report.sequence,
+        received_at=now,
+        served={session_id: rx + tx for session_id, (rx, tx, _) in totals.items()},
+    )
+    if carried is None:
+        return protocol.UsageAck(
+            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
+        )
     if len(carried) < len(totals):
         refused = sorted(set(totals) - carried)
         log.warning(
@@ -856,17 +866,6 @@ async def apply_usage(
             refused_count=len(refused),
         )
     accepted = {session_id: totals[session_id] for session_id in sorted(carried)}
-    if not await repository.record_usage_batch(
-        db,
-        locked,
-        sequence=report.sequence,
-        received_at=now,
-        delta_count=len(accepted),
-        total_bytes=sum(rx + tx for rx, tx, _ in accepted.values()),
-    ):
-        return protocol.UsageAck(
-            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
-        )
 
     flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
     held = _leases_by_session(await repository.leases_of(db, flagged)) if flagged else {}
@@ -887,13 +886,6 @@ async def apply_usage(
         ],
         now=now,
     )
-    # Every accepted session gets its lease row (empty if new), served bytes counted.
-    own_leases = await repository.add_lease_usage(
-        db,
-        locked.id,
-        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
-        now,
-    )
     ended: list[str] = []
     live: dict[str, sessions_service.SessionUsageOutcome] = {}
     for outcome in outcomes:
@@ -901,6 +893,15 @@ async def apply_usage(
             live[outcome.session_id] = outcome
         elif outcome.was_live:
             ended.append(outcome.session_id)
+    # Every accepted session gets its lease row (empty if new), served bytes counted; with it,
+    # as for a desired state, the other carriers and leases of the live ones (usually none).
+    lease_usage = await repository.add_lease_usage(
+        db,
+        locked.id,
+        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
+        now,
+        others_of=live,
+    )
 
     bumped: set[str] = set()
     for session_id in ended:
@@ -912,10 +913,8 @@ async def apply_usage(
         db,
         locked.id,
         {session_id: (s.data_limit_bytes, s.used_bytes) for session_id, s in live.items()},
-        # As for a desired state: the other carriers and leases (usually none) and its own.
-        carriers=await repository.other_carriers_of(db, locked.id, live),
-        rows=[row for row in own_leases if row.session_id in live]
-        + await repository.other_leases_of(db, locked.id, live),
+        carriers=lease_usage.other_carriers,
+        rows=[row for row in lease_usage.own if row.session_id in live] + lease_usage.others,
         now=now,
         bus=bus,
     )
