@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -102,6 +102,15 @@ async def get_by_token_hash(db: AsyncSession, token_hash: str) -> Gateway | None
     return await db.scalar(select(Gateway).where(Gateway.token_hash == token_hash))
 
 
+# Built once: constructing the statement cost more Python than running it.
+_LOCK = (
+    select(Gateway)
+    .where(Gateway.id == bindparam("gateway_id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
 async def lock(db: AsyncSession, gateway_id: str) -> Gateway | None:
     """The gateway row, locked for this transaction, re-read.
 
@@ -111,12 +120,7 @@ async def lock(db: AsyncSession, gateway_id: str) -> Gateway | None:
 
     Lock order everywhere: gateway row, then session rows (by id), then lease rows.
     """
-    return await db.scalar(
-        select(Gateway)
-        .where(Gateway.id == gateway_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
+    return await db.scalar(_LOCK, {"gateway_id": gateway_id})
 
 
 async def lock_registrations(db: AsyncSession) -> None:
@@ -285,8 +289,9 @@ async def other_carriers_of(
     return carriers
 
 
-@dataclass(frozen=True)
-class LeaseRow:
+class LeaseRow(NamedTuple):
+    """A lease as stored (a named tuple: hundreds are made per usage batch)."""
+
     gateway_id: str
     session_id: str
     granted_bytes: int

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -76,9 +75,9 @@ async def list_for_user(db: AsyncSession, user_id: str) -> list[DataSession]:
     return list(rows)
 
 
-@dataclass(frozen=True)
-class UsageRow:
-    """A session as a usage batch left it (the UPDATE's RETURNING)."""
+class UsageRow(NamedTuple):
+    """A session as a usage batch left it (the UPDATE's RETURNING); a named tuple: hundreds
+    are made per batch."""
 
     id: str
     status: str
