@@ -400,6 +400,72 @@ class TestUsage:
         assert response.status_code == 422
         assert (await world.get_gateway(gateway.id)).last_usage_sequence == 1
 
+    async def test_odd_session_ids_are_refused_and_never_split_into_others(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        first, second = sorted([await world.session(), await world.session()])
+        await world.device(first, gateway.id)
+        await world.device(second, gateway.id)
+        odd = [
+            f"x,{second}",  # a list separator must not make it two ids, one of them carried
+            f"{second},",
+            f",{first}",
+            f"{first[:16]},{first[16:]}",
+            ",",
+            "\x00",
+            f"{first}\x00",
+            "NULL",
+            f'{{"{first}"}}',
+            f"{first} ",
+            '"\\',
+        ]
+        ack = await post_usage(
+            client,
+            gateway,
+            usage_report(1, *((sid, 5000, 5000) for sid in odd), (second, 10, 0), (second, 1, 2)),
+        )
+        assert (ack.accepted, ack.last_sequence) == (True, 1)
+        assert [grant.session_id for grant in ack.leases] == [second]
+        assert (await world.get_session(first)).used_bytes == 0
+        assert (await world.get_session(second)).used_bytes == 13
+        async with ctx.db.transaction() as db:
+            [batch] = await db.scalars(select(UsageBatch))
+            leases = {
+                lease.session_id: lease.used_bytes
+                for lease in await db.scalars(select(GatewayLease))
+            }
+        assert (batch.delta_count, batch.total_bytes) == (1, 13)
+        assert leases == {second: 13}
+
+    async def test_an_empty_report_is_recorded_once(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        gateway = await world.gateway()
+        ack = await post_usage(client, gateway, usage_report(1))
+        assert (ack.accepted, ack.duplicate, ack.last_sequence, ack.leases) == (True, False, 1, [])
+        replay = await post_usage(client, gateway, usage_report(1))
+        assert (replay.accepted, replay.duplicate, replay.last_sequence) == (False, True, 1)
+        async with ctx.db.transaction() as db:
+            [batch] = await db.scalars(select(UsageBatch))
+        assert (batch.sequence, batch.delta_count, batch.total_bytes) == (1, 0, 0)
+        assert (await world.get_gateway(gateway.id)).last_usage_sequence == 1
+
+    async def test_a_report_of_refused_sessions_only_still_advances_the_sequence(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        owner, other = await world.gateway(), await world.gateway()
+        session_id = await world.session()
+        await world.device(session_id, owner.id)
+        ack = await post_usage(client, other, usage_report(4, (session_id, 9, 9), ("x,y", 1, 1)))
+        assert (ack.accepted, ack.last_sequence, ack.leases) == (True, 4, [])
+        assert (await world.get_session(session_id)).used_bytes == 0
+        async with ctx.db.transaction() as db:
+            [batch] = await db.scalars(select(UsageBatch))
+            assert list(await db.scalars(select(GatewayLease))) == []
+        assert (batch.gateway_id, batch.delta_count, batch.total_bytes) == (other.id, 0, 0)
+        assert (await world.get_gateway(other.id)).last_usage_sequence == 4
+
     async def test_usage_after_the_peer_was_removed_is_still_billed(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:
@@ -574,7 +640,7 @@ class TestLeases:
         response = await client.post(
             LEASES,
             headers=gateway.headers,
-            json={"session_ids": [carried, ended, elsewhere, "nope"]},
+            json={"session_ids": [carried, ended, elsewhere, "nope", "\x00", f"{carried}\x00"]},
         )
         assert response.status_code == 200, response.text
         body = response.json()

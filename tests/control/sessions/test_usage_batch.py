@@ -131,3 +131,26 @@ class TestRecordUsageBatch:
             assert await service.record_usage_batch(db, ctx.events, deltas=[], now=utcnow()) == []
         async with ctx.db.transaction() as db:
             assert (await service.get(db, session.id)).used_bytes == 0
+
+    async def test_ids_that_are_none_of_ours_are_left_out(
+        self, ctx: AppContext, make_session: MakeSession
+    ) -> None:
+        session = await make_session(plan_code="basic")
+        other = await make_session(plan_code="basic")
+        async with ctx.db.transaction() as db:
+            outcomes = await service.record_usage_batch(
+                db,
+                ctx.events,
+                deltas=[
+                    UsageDelta(f"x,{other.id}", 500, 500),  # never split into `other`
+                    UsageDelta(f"{other.id},", 500, 500),
+                    UsageDelta("\x00", 500, 500),
+                    UsageDelta("", 500, 500),
+                    UsageDelta(session.id, 7, 3),
+                ],
+                now=utcnow(),
+            )
+        assert [(o.session_id, o.used_bytes) for o in outcomes] == [(session.id, 10)]
+        async with ctx.db.transaction() as db:
+            assert (await service.get(db, session.id)).used_bytes == 10
+            assert (await service.get(db, other.id)).used_bytes == 0

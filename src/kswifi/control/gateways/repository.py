@@ -66,6 +66,9 @@ def _one_of(db: AsyncSession, column: Any, values: list[str]) -> ColumnElement[b
     that uses the column's index (`= ANY(:array)` of a generic plan compares every row of the
     table with every value)."""
     if _is_postgresql(db):
+        # Its text cannot hold a NUL: such a value (from a gateway) matches no row, and would
+        # not even bind.
+        values = [value for value in values if "\x00" not in value]
         array = bindparam(None, values, type_=ARRAY(String), unique=True)
         return cast(ColumnElement[bool], column.in_(select(func.unnest(array))))
     return cast(ColumnElement[bool], column.in_(values))
