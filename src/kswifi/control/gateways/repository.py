@@ -491,9 +491,9 @@ async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int
 
 # One round trip after a usage batch: the gateway's leases of the sessions it reported get
 # its bytes (created if missing), and the other gateways' leases and active devices of the
-# live ones are read (usually none). The reads run after the session rows are locked (by the
-# usage UPDATE of the same transaction), so no other gateway's lease of them changes meanwhile.
-# Row kinds: 0 the gateway's own lease, 1 another gateway's lease, 2 another carrier.
+# live ones are read (usually none) — after this transaction locked those sessions' rows (the
+# usage UPDATE), as the top-up that uses them needs. Row kinds: 0 the gateway's own lease,
+# 1 another gateway's lease, 2 another carrier.
 _PG_ADD_LEASE_USAGE = text(
     "WITH own AS (INSERT INTO gateway_leases"
     " (gateway_id, session_id, granted_bytes, used_bytes, updated_at, served_at)"

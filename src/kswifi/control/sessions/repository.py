@@ -148,6 +148,8 @@ async def add_usage_batch(
     bucket = now.replace(second=0, microsecond=0)
     if _is_postgresql(db):
         ids, id_text = _id_list(ids)
+        if not ids:
+            return rows
         await db.flush()  # a textual statement does not autoflush: pending ORM writes first
         result = await db.execute(
             _PG_ADD_USAGE,
