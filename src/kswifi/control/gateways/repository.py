@@ -32,6 +32,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
+from kswifi.control.db import id_list_text, number_list_text
 from kswifi.control.models import (
     LIVE_STATES,
     AddressRelease,
@@ -72,25 +73,6 @@ def _one_of(db: AsyncSession, column: Any, values: list[str]) -> ColumnElement[b
         array = bindparam(None, values, type_=ARRAY(String), unique=True)
         return cast(ColumnElement[bool], column.in_(select(func.unnest(array))))
     return cast(ColumnElement[bool], column.in_(values))
-
-
-def _id_list(ids: Iterable[str]) -> tuple[list[str], str]:
-    """`ids` as ONE text parameter that PostgreSQL splits back (`string_to_array(:ids, ',')`):
-    far cheaper to bind than an array, whose every element asyncpg checks and encodes. Ids are
-    `new_id()` hex; a string with a comma or a NUL (or an empty one) is none of ours and matches
-    no row, so it is left out: it can never split into other ids. The ids kept, and their text.
-    """
-    kept = list(ids)
-    joined = ",".join(kept)
-    if joined.count(",") != len(kept) - 1 or "\x00" in joined or "" in kept:
-        kept = [value for value in kept if value and "," not in value and "\x00" not in value]
-        joined = ",".join(kept)
-    return kept, joined
-
-
-def _number_list(values: Iterable[int]) -> str:
-    """Integers as one text parameter (`CAST(string_to_array(:p, ',') AS BIGINT[])`)."""
-    return ",".join(map(str, values))
 
 
 async def get(db: AsyncSession, gateway_id: str) -> Gateway | None:
@@ -560,7 +542,7 @@ async def add_lease_usage(
     if not session_ids:
         return LeaseUsage([], [], {})
     if _is_postgresql(db):
-        session_ids, session_text = _id_list(session_ids)
+        session_ids, session_text = id_list_text(session_ids)
         own: list[LeaseRow] = []
         others: list[LeaseRow] = []
         carriers: dict[str, set[str]] = {}
@@ -568,8 +550,8 @@ async def add_lease_usage(
             _PG_ADD_LEASE_USAGE,
             {
                 "session_ids": session_text,
-                "served": _number_list(served[session_id] for session_id in session_ids),
-                "live": _id_list(others_of)[1],
+                "served": number_list_text(served[session_id] for session_id in session_ids),
+                "live": id_list_text(others_of)[1],
                 "gateway_id": gateway_id,
                 "now": now,
             },
@@ -793,13 +775,13 @@ async def accept_usage_batch(
             return None
         gateway.last_usage_sequence = sequence
         return carried
-    ids, id_text = _id_list(served)
+    ids, id_text = id_list_text(served)
     row = (
         await db.execute(
             _PG_ACCEPT_BATCH,
             {
                 "ids": id_text,
-                "bytes": _number_list(served[session_id] for session_id in ids),
+                "bytes": number_list_text(served[session_id] for session_id in ids),
                 "gateway_id": gateway.id,
                 "sequence": sequence,
                 "now": received_at,

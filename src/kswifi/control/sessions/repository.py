@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.db import id_list_text
 from kswifi.control.models import LIVE_STATES, DataSession, UsageRollup
 from kswifi.control.models.base import UTCDateTime
 
@@ -33,20 +34,6 @@ _BATCH_CHUNK = 500
 
 def _chunked(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[start : start + _BATCH_CHUNK] for start in range(0, len(values), _BATCH_CHUNK)]
-
-
-def _id_list(ids: Sequence[str]) -> tuple[list[str], str]:
-    """`ids` as ONE text parameter that PostgreSQL splits back (`string_to_array(:ids, ',')`):
-    far cheaper to bind than an array, whose every element asyncpg checks and encodes. Ids are
-    `new_id()` hex; a string with a comma or a NUL (or an empty one) is none of ours and matches
-    no row, so it is left out: it can never split into other ids. The ids kept, and their text.
-    """
-    kept = list(ids)
-    joined = ",".join(kept)
-    if joined.count(",") != len(kept) - 1 or "\x00" in joined or "" in kept:
-        kept = [value for value in kept if value and "," not in value and "\x00" not in value]
-        joined = ",".join(kept)
-    return kept, joined
 
 
 def _is_postgresql(db: AsyncSession) -> bool:
@@ -90,7 +77,7 @@ class UsageRow(NamedTuple):
 # One statement per batch: lock the sessions in id order (the lock order of the whole domain:
 # two batches sharing sessions never deadlock; the UPDATE only touches rows the CTE locked),
 # add the bytes, and add them to the minute rollups of the sessions that got any. Ids and byte
-# counts are bound as comma-separated texts (see `_id_list`).
+# counts are bound as comma-separated texts (see `id_list_text`).
 _PG_ADD_USAGE = (
     text(
         "WITH locked AS MATERIALIZED ("
@@ -147,7 +134,7 @@ async def add_usage_batch(
         return rows
     bucket = now.replace(second=0, microsecond=0)
     if _is_postgresql(db):
-        ids, id_text = _id_list(ids)
+        ids, id_text = id_list_text(ids)
         if not ids:
             return rows
         await db.flush()  # a textual statement does not autoflush: pending ORM writes first
