@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import ipaddress
 import json
 import os
@@ -228,6 +229,9 @@ def raw_tc_classes(count: int) -> float:
     bucketed layout, no filters) on two IFB devices of a fresh namespace: the kernel's floor for
     one class per session and direction. Measured while no other namespace of this run holds
     classes (the kernel's search on every class creation covers the whole host)."""
+    # The last run's drivers (kept alive by `instrument`'s reference cycle) hold netlink
+    # sockets opened in its namespace, which keep that namespace and its classes alive.
+    gc.collect()
     with namespaces() as made:
         ns = made.ns("tc")
         devices = [f"{made.prefix}a", f"{made.prefix}b"]
