@@ -220,10 +220,6 @@ def raw_nft_script(specs: list[PeerSpec], wg: str, wan: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-SETTLE_SECONDS = 20.0
-"""Pause between scale runs, for the kernel to finish tearing down the last run's namespaces."""
-
-
 def raw_tc_classes(count: int) -> float:
     """Seconds plain `tc -batch` takes to create the per-session HTB classes alone (the agent's
     bucketed layout, no filters) on two IFB devices of a fresh namespace: the kernel's floor for
@@ -900,10 +896,6 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
     runs = []
     for index in range(args.runs):
-        if index:
-            # The kernel destroys a deleted namespace's devices (and 20,000 HTB classes) in the
-            # background; until then they count in its host-wide search (see `raw_tc_classes`).
-            time.sleep(SETTLE_SECONDS)
         run = scale_run(args.peers, args.adds)
         print(
             f"scale run {index + 1}: {json.dumps({k: round(v, 4) for k, v in run.items()})}",
