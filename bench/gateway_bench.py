@@ -44,6 +44,7 @@ from typing import TypeVar
 from kswifi.agent.config import GatewaySettings
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.drivers.command import CommandRunner
+from kswifi.agent.drivers.loop import DownloadLoop
 from kswifi.agent.drivers.nftables import NftConfig, NftTable, render_batch, render_skeleton
 from kswifi.agent.drivers.tc import (
     BUCKET_SIZE,
@@ -66,6 +67,8 @@ START = "<!-- gateway-bench:start -->"
 END = "<!-- gateway-bench:end -->"
 MB = 1024 * 1024
 SERVER = "198.51.100.2"
+PROVIDER = "192.0.2.254"
+GATEWAY_WAN = "192.0.2.1"
 NEEDS_ROOT = True
 
 
@@ -165,6 +168,7 @@ def make_dataplane(ns: str, wg: str, wan: str, ifb: str) -> KernelDataplane:
         wireguard=WireguardInterface(runner, wg, userspace_only=True),
         nft=NftTable(runner, NftConfig(wg, wan)),
         tc=TcShaper(runner, wg, ifb),
+        loop=DownloadLoop(runner, wan, wg),
     )
 
 
@@ -425,9 +429,12 @@ def traffic_lab(made: Namespaces) -> Lab:
         None,
         ["ip", "link", "add", wan, "netns", gw, "type", "veth", "peer", f"{p}net", "netns", inet],
     )
-    sh(gw, ["ip", "addr", "add", "198.51.100.1/24", "dev", wan])
+    # Routed as on a real host: the WAN is on-link with the provider's router only.
+    sh(gw, ["ip", "addr", "add", f"{GATEWAY_WAN}/24", "dev", wan])
     sh(gw, ["ip", "link", "set", wan, "up"])
-    sh(inet, ["ip", "addr", "add", f"{SERVER}/24", "dev", f"{p}net"])
+    sh(gw, ["ip", "route", "add", "default", "via", PROVIDER])
+    sh(inet, ["ip", "addr", "add", f"{PROVIDER}/24", "dev", f"{p}net"])
+    sh(inet, ["ip", "addr", "add", f"{SERVER}/32", "dev", "lo"])
     sh(inet, ["ip", "link", "set", f"{p}net", "up", "gso_max_segs", "1"])
     sh(
         None,
@@ -450,7 +457,7 @@ def traffic_lab(made: Namespaces) -> Lab:
     sh(gw, ["ip", "link", "set", f"{p}g0", "up"])
     sh(phone, ["ip", "addr", "add", "203.0.113.2/30", "dev", f"{p}p0"])
     sh(phone, ["ip", "link", "set", f"{p}p0", "up"])
-    sh(inet, ["ip", "route", "add", "100.64.0.0/10", "via", "198.51.100.1"])
+    sh(inet, ["ip", "route", "add", "100.64.0.0/10", "via", GATEWAY_WAN])
     subprocess.Popen(
         ["ip", "netns", "exec", inet, "iperf3", "-s", "-B", SERVER],
         stdout=subprocess.DEVNULL,

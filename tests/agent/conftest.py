@@ -13,17 +13,25 @@ import pytest
 
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.drivers.command import CommandRunner
+from kswifi.agent.drivers.loop import DownloadLoop, loop_names
 from kswifi.agent.drivers.nftables import NftConfig, NftTable
 from kswifi.agent.drivers.tc import TcShaper
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.keys import generate_private_key, public_key_of
 
-from .netlab import Lab, import_wg_quick, root_skip_reason
+from .netlab import (
+    SERVER_V4,
+    Lab,
+    gateway_wan,
+    import_wg_quick,
+    provider_network,
+    root_skip_reason,
+)
 
 TRAFFIC = Path(__file__).with_name("traffic.py")
-SERVER_V4 = "198.51.100.2"
-SERVER_V6 = "fd00:5::2"
 GATEWAY_PORT = 51820
+GATEWAY_WAN_V4 = "192.0.2.1"
+GATEWAY_WAN_V6 = "2001:db8:1::1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,7 +83,8 @@ class Phone:
 
 @dataclass
 class Topology:
-    """inet (server 198.51.100.2) <-WAN- gateway -veth per phone- phone namespaces."""
+    """inet (provider's router; servers 198.51.100.2, 2001:db8:2::2 behind it) <-WAN- gateway
+    -veth per phone- phone namespaces."""
 
     lab: Lab
     gw: str
@@ -85,6 +94,11 @@ class Topology:
     wan: str
     gateway_private_key: str = field(default_factory=generate_private_key)
     phones: list[Phone] = field(default_factory=list)
+
+    @property
+    def download(self) -> str:
+        """The device that shapes downloads (the download loop's entry)."""
+        return loop_names(self.wg)[0]
 
     @property
     def gateway_public_key(self) -> str:
@@ -100,6 +114,7 @@ class Topology:
             wireguard=WireguardInterface(runner, self.wg, userspace_only=True),
             nft=NftTable(runner, NftConfig(self.wg, self.wan)),
             tc=TcShaper(runner, self.wg, self.ifb),
+            loop=DownloadLoop(runner, self.wan, self.wg),
         )
 
     def new_phone(self) -> Phone:
@@ -169,10 +184,8 @@ def topology(lab: Lab) -> Topology:
     gw = lab.netns("gw")
     inet = lab.netns("inet")
     wan = lab.ifname("wan")
-    lab.veth(gw, wan, "198.51.100.1/24", inet, lab.ifname("net"), f"{SERVER_V4}/24")
-    lab.sh(gw, ["ip", "addr", "add", "fd00:5::1/64", "dev", wan, "nodad"])
-    lab.sh(inet, ["ip", "addr", "add", f"{SERVER_V6}/64", "dev", lab.ifname("net"), "nodad"])
-    # Internet traffic reaches a gateway in MTU-sized packets; a veth would hand over 64 KB
-    # TSO super-packets (and the quota's granularity is one packet).
-    lab.sh(inet, ["ip", "link", "set", "dev", lab.ifname("net"), "gso_max_segs", "1"])
+    net = lab.ifname("net")
+    lab.link(gw, wan, inet, net)
+    provider_network(lab, inet, net)
+    gateway_wan(lab, gw, wan, GATEWAY_WAN_V4, GATEWAY_WAN_V6)
     return Topology(lab=lab, gw=gw, inet=inet, wg=lab.ifname("gw"), ifb=lab.ifname("ifb"), wan=wan)

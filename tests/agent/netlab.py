@@ -21,6 +21,13 @@ from pathlib import Path
 REQUIRED_BINARIES = ("ip", "nft", "tc", "wg", "wireguard-go", "sysctl")
 UAPI_DIR = Path("/var/run/wireguard")
 
+# The "Internet" of the tests, routed as a real host sees it: the gateway's WAN is on-link only
+# with its provider's router; the servers are behind that router.
+PROVIDER_V4 = "192.0.2.254"
+PROVIDER_V6 = "2001:db8:1::fe"
+SERVER_V4 = "198.51.100.2"
+SERVER_V6 = "2001:db8:2::2"
+
 
 def root_skip_reason() -> str | None:
     """Why the namespace tests cannot run here, or None when they can."""
@@ -78,26 +85,20 @@ class Lab:
             )
         return done.stdout
 
-    def veth(
-        self, ns_a: str, name_a: str, addr_a: str, ns_b: str, name_b: str, addr_b: str
-    ) -> None:
+    def link(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+        """A veth pair between two namespaces (no addresses, down)."""
         self.sh(
             None,
             [
-                "ip",
-                "link",
-                "add",
-                name_a,
-                "netns",
-                ns_a,
-                "type",
-                "veth",
-                "peer",
-                name_b,
-                "netns",
-                ns_b,
+                *("ip", "link", "add", name_a, "netns", ns_a),
+                *("type", "veth", "peer", name_b, "netns", ns_b),
             ],
         )
+
+    def veth(
+        self, ns_a: str, name_a: str, addr_a: str, ns_b: str, name_b: str, addr_b: str
+    ) -> None:
+        self.link(ns_a, name_a, ns_b, name_b)
         for ns, name, addr in ((ns_a, name_a, addr_a), (ns_b, name_b, addr_b)):
             self.sh(ns, ["ip", "addr", "add", addr, "dev", name])
             self.sh(ns, ["ip", "link", "set", name, "up"])
@@ -139,6 +140,27 @@ class Lab:
             for sock in UAPI_DIR.glob(f"{self.prefix}*.sock"):
                 with contextlib.suppress(OSError):
                     sock.unlink()
+
+
+def provider_network(lab: Lab, inet: str, link: str) -> None:
+    """Make `inet` the provider's router on `link` (on-link with gateway WANs in 192.0.2.0/24
+    and 2001:db8:1::/64) and the Internet's servers behind it (on its loopback)."""
+    lab.sh(inet, ["ip", "addr", "add", f"{PROVIDER_V4}/24", "dev", link])
+    lab.sh(inet, ["ip", "addr", "add", f"{PROVIDER_V6}/64", "dev", link, "nodad"])
+    lab.sh(inet, ["ip", "addr", "add", f"{SERVER_V4}/32", "dev", "lo"])
+    lab.sh(inet, ["ip", "addr", "add", f"{SERVER_V6}/128", "dev", "lo"])
+    # Internet packets arrive MTU-sized (a veth would pass 64 KB TSO super-packets; the
+    # quota's granularity is one packet).
+    lab.sh(inet, ["ip", "link", "set", "dev", link, "gso_max_segs", "1", "up"])
+
+
+def gateway_wan(lab: Lab, gw: str, wan: str, address_v4: str, address_v6: str) -> None:
+    """A gateway's WAN address in the provider's network and its default routes."""
+    lab.sh(gw, ["ip", "addr", "add", f"{address_v4}/24", "dev", wan])
+    lab.sh(gw, ["ip", "addr", "add", f"{address_v6}/64", "dev", wan, "nodad"])
+    lab.sh(gw, ["ip", "link", "set", wan, "up"])
+    lab.sh(gw, ["ip", "route", "add", "default", "via", PROVIDER_V4])
+    lab.sh(gw, ["ip", "-6", "route", "add", "default", "via", PROVIDER_V6])
 
 
 def parse_wg_quick(config: str) -> dict[str, list[str]]:

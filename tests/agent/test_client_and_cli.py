@@ -108,14 +108,12 @@ class TestSettings:
 
 class TestCli:
     def test_bad_options_are_reported_without_traceback(self) -> None:
-        result = CliRunner().invoke(
+        result = CliRunner(env={"KSWIFI_GATEWAY_TOKEN": "t"}).invoke(
             gateway_app,
             [
                 "run",
                 "--control-url",
                 "ftp://x",
-                "--token",
-                "t",
                 "--endpoint",
                 "nohost",
                 "--wan-interface",
@@ -131,19 +129,17 @@ class TestCli:
     ) -> None:
         for name in ("CONTROL_URL", "TOKEN", "ENDPOINT", "WAN_INTERFACE"):
             monkeypatch.delenv(f"KSWIFI_GATEWAY_{name}", raising=False)
-        result = CliRunner().invoke(gateway_app, ["run", "--token", "t"])
+        result = CliRunner(env={"KSWIFI_GATEWAY_TOKEN": "t"}).invoke(gateway_app, ["run"])
         assert result.exit_code == 2
         assert "KSWIFI_GATEWAY_CONTROL_URL" in result.output
 
     def test_unknown_wan_interface(self, tmp_path: Path) -> None:
-        result = CliRunner().invoke(
+        result = CliRunner(env={"KSWIFI_GATEWAY_TOKEN": "t"}).invoke(
             gateway_app,
             [
                 "run",
                 "--control-url",
                 "http://cp.invalid",
-                "--token",
-                "t",
                 "--endpoint",
                 "gw:51820",
                 "--wan-interface",
@@ -166,3 +162,100 @@ class TestCli:
             }
         )
         assert settings.interface == "kswifi0"
+
+
+BASE = {"control_url": "http://cp.invalid", "endpoint": "gw:51820", "wan_interface": "eth0"}
+
+
+class TestLeastPrivilege:
+    def test_token_on_the_command_line_is_refused(self) -> None:
+        result = CliRunner().invoke(gateway_app, ["run", "--token", "s3cr3t"])
+        assert result.exit_code == 2
+        assert "--token-file" in result.output and "ps" in result.output
+        assert "s3cr3t" not in result.output
+
+    def test_token_file_is_read_and_stripped(self, tmp_path: Path) -> None:
+        path = tmp_path / "token"
+        path.write_text("  tok-from-file\n")
+        settings = GatewaySettings(**BASE, token_file=path)
+        assert settings.token_value == "tok-from-file"
+
+    @pytest.mark.parametrize("content", [None, "", "  \n"])
+    def test_missing_or_empty_token_file_is_a_clear_error(
+        self, tmp_path: Path, content: str | None
+    ) -> None:
+        path = tmp_path / "token"
+        if content is not None:
+            path.write_text(content)
+        result = CliRunner(env={"KSWIFI_GATEWAY_TOKEN": None}).invoke(
+            gateway_app,
+            [
+                *("run", "--token-file", str(path), "--control-url", "http://x"),
+                *("--endpoint", "a:1", "--wan-interface", "eth0"),
+            ],
+        )
+        assert result.exit_code == 2, result.output
+        assert "token file" in result.output and "Traceback" not in result.output
+
+    def test_no_token_at_all_names_both_ways(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("KSWIFI_GATEWAY_TOKEN", raising=False)
+        with pytest.raises(ValueError, match="--token-file or KSWIFI_GATEWAY_TOKEN"):
+            GatewaySettings(**BASE)
+
+    def test_capabilities_are_read_from_proc_status(self) -> None:
+        from kswifi.agent.cli import CAP_NET_ADMIN, effective_capabilities
+
+        status = "Name:\tkswifi\nCapInh:\t0000000000001000\nCapEff:\t0000000000001000\n"
+        assert effective_capabilities(status) == 1 << CAP_NET_ADMIN
+        assert effective_capabilities("CapEff:\t0000000000000000\n") == 0
+
+    def test_preflight_refuses_without_net_admin(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        from kswifi.agent import cli
+
+        monkeypatch.setattr(cli, "effective_capabilities", lambda: 0)
+        settings = GatewaySettings(**BASE, token="t", state_dir=tmp_path)
+        with pytest.raises(Exception) as raised:
+            cli.preflight(settings)
+        assert getattr(raised.value, "exit_code", None) == 1
+
+
+class TestFirewallSettings:
+    def test_defaults_block_smtp_and_cap_connections(self) -> None:
+        settings = GatewaySettings(**BASE, token="t")
+        policy = settings.firewall
+        assert policy.blocked_ports == (("tcp", 25),)
+        assert policy.max_connections == 4096
+        assert policy.refuses("169.254.169.254") and policy.refuses("10.1.2.3")
+        assert not policy.refuses("198.51.100.2") and not policy.refuses("2001:db8::1")
+
+    def test_operator_networks_and_ports(self) -> None:
+        settings = GatewaySettings(
+            **BASE,
+            token="t",
+            blocked_networks="198.51.100.0/25, 2001:db8:dead::/48",
+            allowed_networks="10.20.0.0/16",
+            blocked_ports="25, udp/137",
+            max_connections_per_device=64,
+        )
+        policy = settings.firewall
+        assert settings.blocked_ports == "tcp/25,udp/137"
+        assert policy.refuses("198.51.100.2") and not policy.refuses("198.51.100.200")
+        assert policy.refuses("2001:db8:dead::1")
+        assert not policy.refuses("10.20.3.4") and policy.refuses("10.21.3.4")
+        assert policy.max_connections == 64
+
+    @pytest.mark.parametrize(
+        ("field", "value", "message"),
+        [
+            ("blocked_networks", "10.0.0.0/8, nonsense", "not an IP network"),
+            ("allowed_networks", "300.1.1.1", "not an IP network"),
+            ("blocked_ports", "smtp", "not a port"),
+            ("blocked_ports", "tcp/70000", "not a port"),
+            ("route_table", 254, "main"),
+        ],
+    )
+    def test_bad_values_are_refused(self, field: str, value: object, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            GatewaySettings(**BASE, token="t", **{field: value})

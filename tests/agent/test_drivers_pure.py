@@ -370,7 +370,7 @@ class TestTcBatches:
         assert len(runner.calls) == 1
         argv, script = runner.calls[0]
         assert argv == ["tc", "-force", "-batch", "-"]
-        assert " dev wg0 " in script and " dev ifb0 " in script
+        assert " dev dl-wg0 " in script and " dev ifb0 " in script
 
     def test_a_bulk_change_is_one_batch_per_device_with_the_same_lines(self) -> None:
         actions = self._sessions(PIPELINE_ACTIONS)
@@ -379,12 +379,12 @@ class TestTcBatches:
         after, minors = shaper.apply(actions, reading, {})
         assert len(runner.calls) == 2
         by_device = {
-            "wg0" if " dev wg0 " in script else "ifb0": script for _, script in runner.calls
+            "dl-wg0" if " dev dl-wg0 " in script else "ifb0": script for _, script in runner.calls
         }
-        assert all(" dev ifb0 " not in line for line in by_device["wg0"].splitlines())
+        assert all(" dev ifb0 " not in line for line in by_device["dl-wg0"].splitlines())
         expected_minors: dict[str, int] = {}
         expected = render_tc(
-            [("wg0", "download"), ("ifb0", "upload")],
+            [("dl-wg0", "download"), ("ifb0", "upload")],
             actions,
             TcReading(DeviceReading(ready=True), DeviceReading(ready=True)),
             expected_minors,

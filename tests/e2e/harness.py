@@ -1,8 +1,10 @@
 """End-to-end harness: control plane (Unix socket) + gateway agent + phones in namespaces.
 
     phone namespaces ──bridge 203.0.113.0/24── gateway ns (agent) ──WAN── "internet" ns
-    (wireguard-go, config                       wireguard-go, nft,       HTTP + iperf3 on
-     decoded from the QR code)                  tc, `kswifi gateway run`  198.51.100.2
+    (wireguard-go, config                       wireguard-go, nft,  192.0.2.1  the provider's
+     decoded from the QR code)                  tc, `kswifi gateway run`       router .254;
+                                                                     HTTP + iperf3 behind it
+                                                                     on 198.51.100.2
 
 The control plane runs as `kswifi serve --uds PATH` in the host namespace; the agent reaches
 it through the socket file, so no test traffic leaves the namespaces or loopback.
@@ -27,12 +29,20 @@ from typing import Any
 
 import httpx
 
-from tests.agent.netlab import Lab, import_wg_quick
+from tests.agent.netlab import (
+    SERVER_V4,
+    UAPI_DIR,
+    Lab,
+    gateway_wan,
+    import_wg_quick,
+    provider_network,
+)
 
 KSWIFI = str(Path(sys.executable).with_name("kswifi"))
 WEB = Path(__file__).with_name("web.py")
-SERVER = "198.51.100.2"
-GATEWAY_WAN = "198.51.100.1"
+SERVER = SERVER_V4
+GATEWAY_WAN = "192.0.2.1"
+GATEWAY_WAN_V6 = "2001:db8:1::1"
 GATEWAY_LAN = "203.0.113.1"
 GATEWAY_PORT = 51820
 REGION = "us-east"
@@ -96,6 +106,10 @@ class E2ESystem:
     admin: Person | None = None
     phones: list[Phone] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    agent_env: dict[str, str] = field(default_factory=dict)
+    """Settings for the agent only (`KSWIFI_GATEWAY_*`)."""
+    agent_uid: int | None = None
+    """Run the agent as this unprivileged user with CAP_NET_ADMIN alone (None: as root)."""
 
     # -- processes -----------------------------------------------------------------------
 
@@ -117,6 +131,8 @@ class E2ESystem:
         )
         self.lab.processes.append(self.control)
         wait_for(self._control_answers, 30, "the control plane to answer")
+        if self.agent_uid is not None:  # the agent's user may connect to the socket
+            self.socket.chmod(0o666)
 
     def _control_answers(self) -> bool:
         if not self.socket.exists():
@@ -132,35 +148,67 @@ class E2ESystem:
         self.control.wait(10)
         self.control = None
 
+    def token_file(self, name: str, token: str) -> Path:
+        """The gateway token in a file only its owner reads (never on a command line)."""
+        path = self.data_dir / f"{name}.token"
+        path.write_text(token + "\n")
+        path.chmod(0o600)
+        return path
+
     def start_agent(self) -> None:
         log = (self.data_dir / "agent.log").open("ab")
+        state_dir = self.data_dir / "gateway"
+        token_file = self.token_file("gateway", self.gateway_token)
+        argv = [
+            KSWIFI, "gateway", "run",
+            "--control-url", f"unix:{self.socket}",
+            "--token-file", str(token_file),
+            "--endpoint", f"{GATEWAY_LAN}:{GATEWAY_PORT}",
+            "--wan-interface", self.wan,
+            "--interface", self.wg,
+            "--ifb-interface", self.lab.ifname("ifb"),
+            "--state-dir", str(state_dir),
+            "--userspace-only",
+        ]  # fmt: skip
+        if self.agent_uid is not None:
+            argv = self._unprivileged(argv, state_dir, token_file)
         self.agent = self.lab.popen(
-            self.gw,
-            [
-                KSWIFI,
-                "gateway",
-                "run",
-                "--control-url",
-                f"unix:{self.socket}",
-                "--token",
-                self.gateway_token,
-                "--endpoint",
-                f"{GATEWAY_LAN}:{GATEWAY_PORT}",
-                "--wan-interface",
-                self.wan,
-                "--interface",
-                self.wg,
-                "--ifb-interface",
-                self.lab.ifname("ifb"),
-                "--state-dir",
-                str(self.data_dir / "gateway"),
-                "--userspace-only",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
+            self.gw, argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **self.agent_env}
         )
         wait_for(self._agent_applied, 30, "the agent to configure its interface")
+
+    def _unprivileged(self, argv: list[str], state_dir: Path, token_file: Path) -> list[str]:
+        """`argv` as the shipped systemd unit runs the agent: its own user, CAP_NET_ADMIN and
+        nothing else, its own state directory and /run/wireguard (RuntimeDirectory=).
+
+        In the agent's own mount namespace only, /dev/net/tun gets the mode udev gives it on a
+        standard host (0666; this machine has no udev and leaves it 0600)."""
+        uid = self.agent_uid
+        assert uid is not None
+        root = self.data_dir / "agent-root"
+        runtime = root / "wireguard"
+        root.mkdir(mode=0o755, exist_ok=True)
+        for path in (state_dir, runtime):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, uid, uid)
+        os.chown(token_file, uid, uid)
+        self.data_dir.chmod(0o711)  # the user reaches its files and the control socket
+        # The host's `wg` (the tests' own checks) finds the agent's UAPI socket through a link.
+        UAPI_DIR.mkdir(parents=True, exist_ok=True)
+        link = UAPI_DIR / f"{self.wg}.sock"
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(runtime / f"{self.wg}.sock")
+        drop = (
+            '[ -c "$0/tun" ] || mknod -m 0666 "$0/tun" c 10 200;'
+            ' mount --bind "$0/tun" /dev/net/tun'
+            ' && mount --bind "$0/wireguard" /var/run/wireguard'
+            f" && exec setpriv --reuid {uid} --regid {uid} --clear-groups"
+            " --inh-caps=-all,+net_admin --ambient-caps=-all,+net_admin"
+            ' --bounding-set=-all,+net_admin -- "$@"'
+        )
+        isolate = ["unshare", "--mount", "--propagation", "private", "sh", "-c", drop]
+        return [*isolate, str(root), *argv]
 
     def _agent_applied(self) -> bool:
         try:
@@ -330,8 +378,19 @@ class E2ESystem:
             db.execute("UPDATE gateways SET revision = revision + 1")
 
 
-def build_system(lab: Lab, data_dir: Path) -> E2ESystem:
-    system = E2ESystem(lab=lab, data_dir=data_dir, socket=data_dir / "control.sock")
+def build_system(
+    lab: Lab,
+    data_dir: Path,
+    agent_env: dict[str, str] | None = None,
+    agent_uid: int | None = None,
+) -> E2ESystem:
+    system = E2ESystem(
+        lab=lab,
+        data_dir=data_dir,
+        socket=data_dir / "control.sock",
+        agent_env=agent_env or {},
+        agent_uid=agent_uid,
+    )
     system.env = {
         **os.environ,
         "KSWIFI_DATA_DIR": str(data_dir),
@@ -344,11 +403,10 @@ def build_system(lab: Lab, data_dir: Path) -> E2ESystem:
     system.gw = lab.netns("gw")
     system.inet = lab.netns("inet")
     system.wan = lab.ifname("wan")
-    lab.veth(
-        system.gw, system.wan, f"{GATEWAY_WAN}/24", system.inet, lab.ifname("net"), f"{SERVER}/24"
-    )
-    # Internet packets arrive MTU-sized (a veth would pass 64 KB TSO super-packets).
-    lab.sh(system.inet, ["ip", "link", "set", "dev", lab.ifname("net"), "gso_max_segs", "1"])
+    net = lab.ifname("net")
+    lab.link(system.gw, system.wan, system.inet, net)
+    provider_network(lab, system.inet, net)
+    gateway_wan(lab, system.gw, system.wan, GATEWAY_WAN, GATEWAY_WAN_V6)
     system.bridge = lab.ifname("br")
     lab.sh(system.gw, ["ip", "link", "add", system.bridge, "type", "bridge"])
     lab.sh(system.gw, ["ip", "addr", "add", f"{GATEWAY_LAN}/24", "dev", system.bridge])
@@ -368,14 +426,15 @@ def build_system(lab: Lab, data_dir: Path) -> E2ESystem:
     lab.sh(system.inet, ["nft", "-f", "-"], input_text=accounting)
     # What the gateway really forwarded between its tunnel and the Internet: a chain after the
     # agent's own forward chain (a higher priority number), so packets its quotas dropped
-    # never reach it. `crossed` also counts those (they crossed the Internet link first).
+    # never reach it (downloads: their pass from the download loop to the tunnel). `crossed`
+    # also counts those (they crossed the Internet link first).
     wg, wan = json.dumps(system.wg), json.dumps(system.wan)
     served = f"""table inet e2e {{
   counter served {{ }}
   chain forward {{
     type filter hook forward priority filter + 10;
     iifname {wg} oifname {wan} counter name "served"
-    iifname {wan} oifname {wg} counter name "served"
+    oifname {wg} counter name "served"
   }}
 }}
 """

@@ -3,7 +3,8 @@ is split into leases. Two phones download in parallel: both are served, and toge
 pass the budget.
 
     phone A ── gw A (us-east, agent A) ──┐
-                                         ├── bridge in the "internet" ns: HTTP on 198.51.100.2
+                                         ├── bridge in the "internet" ns (the provider's
+                                         │   router, 192.0.2.254): HTTP on 198.51.100.2
     phone B ── gw B (eu-west, agent B) ──┘
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from kswifi.agent.drivers.nftables import object_name
-from tests.agent.netlab import Lab, import_wg_quick
+from tests.agent.netlab import Lab, gateway_wan, import_wg_quick, provider_network
 
 from .conftest import e2e_skip_reason
 from .harness import KSWIFI, SERVER, WEB, E2ESystem, Person, Phone, decode_qr, wait_for
@@ -71,8 +72,8 @@ class TwoGateways:
                 "run",
                 "--control-url",
                 f"unix:{system.socket}",
-                "--token",
-                gateway.token,
+                "--token-file",
+                str(system.token_file(gateway.name, gateway.token)),
                 "--endpoint",
                 gateway.endpoint,
                 "--wan-interface",
@@ -149,11 +150,10 @@ def build(lab: Lab, data_dir: Path) -> TwoGateways:
     system.inet = inet
     bridge = lab.ifname("ibr")
     lab.sh(inet, ["ip", "link", "add", bridge, "type", "bridge"])
-    lab.sh(inet, ["ip", "addr", "add", f"{SERVER}/24", "dev", bridge])
-    lab.sh(inet, ["ip", "link", "set", bridge, "up"])
+    provider_network(lab, inet, bridge)
     gateways = []
     for index, (region, wan_address, lan_address) in enumerate(
-        [("us-east", "198.51.100.1", "203.0.113.1"), ("eu-west", "198.51.100.3", "203.0.113.129")]
+        [("us-east", "192.0.2.1", "203.0.113.1"), ("eu-west", "192.0.2.3", "203.0.113.129")]
     ):
         ns = lab.netns(f"gw{index}")
         wan, port = lab.ifname(f"wan{index}"), lab.ifname(f"ip{index}")
@@ -161,8 +161,7 @@ def build(lab: Lab, data_dir: Path) -> TwoGateways:
             None,
             ["ip", "link", "add", wan, "netns", ns, "type", "veth", "peer", port, "netns", inet],
         )
-        lab.sh(ns, ["ip", "addr", "add", f"{wan_address}/24", "dev", wan])
-        lab.sh(ns, ["ip", "link", "set", wan, "up"])
+        gateway_wan(lab, ns, wan, wan_address, f"2001:db8:1::{index + 1}")
         # Internet packets arrive MTU-sized (the quota's granularity is one packet).
         lab.sh(inet, ["ip", "link", "set", port, "master", bridge, "gso_max_segs", "1", "up"])
         lan = lab.ifname(f"br{index}")

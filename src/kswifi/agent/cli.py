@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -16,6 +15,7 @@ from kswifi.agent.client import ControlPlaneClient
 from kswifi.agent.config import GatewaySettings
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.drivers.command import CommandRunner
+from kswifi.agent.drivers.loop import DownloadLoop
 from kswifi.agent.drivers.nftables import NftConfig, NftTable
 from kswifi.agent.drivers.tc import TcShaper
 from kswifi.agent.drivers.wireguard import WireguardInterface
@@ -30,6 +30,7 @@ gateway_app = typer.Typer(
 )
 
 REQUIRED_COMMANDS = ("ip", "nft", "tc", "wg", "sysctl")
+CAP_NET_ADMIN = 12
 
 
 @gateway_app.callback()
@@ -66,13 +67,30 @@ def build_dataplane(settings: GatewaySettings) -> KernelDataplane:
         ),
         nft=NftTable(runner, NftConfig(settings.interface, settings.wan_interface)),
         tc=TcShaper(runner, settings.interface, settings.ifb_name),
+        loop=DownloadLoop(
+            runner, settings.wan_interface, settings.interface, table=settings.route_table
+        ),
+        policy=settings.firewall,
     )
+
+
+def effective_capabilities(status: str | None = None) -> int:
+    """The process' effective capability set (`CapEff` of /proc/self/status)."""
+    text = status if status is not None else Path("/proc/self/status").read_text()
+    for line in text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
 
 
 def preflight(settings: GatewaySettings) -> None:
     """Operator mistakes caught before touching anything."""
-    if os.geteuid() != 0:
-        raise _fail("the gateway needs root (it configures WireGuard, nftables and tc)", 1)
+    if not effective_capabilities() & (1 << CAP_NET_ADMIN):
+        raise _fail(
+            "the gateway needs CAP_NET_ADMIN (it configures WireGuard, nftables and tc): run it"
+            " as the shipped systemd unit does (AmbientCapabilities=CAP_NET_ADMIN) or as root",
+            1,
+        )
     missing = [name for name in REQUIRED_COMMANDS if shutil.which(name) is None]
     if missing:
         raise _fail(
@@ -91,7 +109,7 @@ def preflight(settings: GatewaySettings) -> None:
 async def _run(settings: GatewaySettings) -> int:
     client = ControlPlaneClient(
         settings.control_url,
-        settings.token.get_secret_value(),
+        settings.token_value,
         poll_timeout_s=settings.poll_timeout_s,
     )
     try:
@@ -100,7 +118,7 @@ async def _run(settings: GatewaySettings) -> int:
         except AuthenticationError:
             typer.echo(
                 "error: the control plane refused the gateway token "
-                "(check --token / KSWIFI_GATEWAY_TOKEN)",
+                "(check --token-file / KSWIFI_GATEWAY_TOKEN)",
                 err=True,
             )
             return 3
@@ -132,9 +150,11 @@ def run(
     control_url: Annotated[
         str | None, typer.Option(help="http(s)://host[:port] or unix:/path/to.sock")
     ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="Gateway token (or KSWIFI_GATEWAY_TOKEN)")
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the gateway token (or KSWIFI_GATEWAY_TOKEN)"),
     ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     endpoint: Annotated[str | None, typer.Option(help="HOST:PORT phones connect to")] = None,
     wan_interface: Annotated[
         str | None, typer.Option(help="Interface towards the Internet")
@@ -155,10 +175,15 @@ def run(
     log_json: Annotated[bool, typer.Option(help="JSON log lines")] = False,
 ) -> None:
     """Run the gateway agent until SIGINT/SIGTERM (the data plane stays up when it stops)."""
+    if token is not None:
+        raise _fail(
+            "the token is never taken from the command line (every local user can read it"
+            " with ps): use --token-file FILE or KSWIFI_GATEWAY_TOKEN"
+        )
     settings = build_settings(
         {
             "control_url": control_url,
-            "token": token,
+            "token_file": token_file,
             "endpoint": endpoint,
             "wan_interface": wan_interface,
             "interface": interface,

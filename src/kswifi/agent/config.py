@@ -9,6 +9,15 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kswifi.agent.drivers.loop import DEFAULT_ROUTE_TABLE, loop_names
+from kswifi.agent.firewall import (
+    DEFAULT_BLOCKED_PORTS,
+    DEFAULT_MAX_CONNECTIONS,
+    FirewallPolicy,
+    parse_network,
+    parse_port,
+)
+
 # Linux limits interface names to 15 bytes; keep to the characters `ip` accepts everywhere.
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
@@ -26,7 +35,13 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KSWIFI_GATEWAY_", extra="ignore")
 
     control_url: str = Field(description="http(s)://host[:port] or unix:/path/to.sock")
-    token: SecretStr = Field(description="Gateway bearer token from `kswifi admin gateways add`")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Gateway bearer token from `kswifi admin gateways add` (or a token file)",
+    )
+    token_file: Path | None = Field(
+        default=None, description="File holding the gateway token (`--token-file`)"
+    )
     endpoint: str = Field(description="HOST:PORT phones dial (reported to the control plane)")
     wan_interface: str = Field(description="Interface towards the Internet (NAT masquerade)")
     interface: str = Field(default="kswifi0", description="WireGuard interface the agent owns")
@@ -63,6 +78,31 @@ class GatewaySettings(BaseSettings):
     )
     userspace_only: bool = Field(
         default=False, description="Skip the kernel module probe and always use wireguard-go"
+    )
+    blocked_networks: str = Field(
+        default="",
+        description="More networks phones may not reach, comma-separated (non-global ranges"
+        " and the WAN's on-link networks always are)",
+    )
+    allowed_networks: str = Field(
+        default="", description="Networks phones may reach even where blocked, comma-separated"
+    )
+    blocked_ports: str = Field(
+        default=",".join(DEFAULT_BLOCKED_PORTS),
+        description="Outbound ports refused, comma-separated (`tcp/25`, `udp/137`; a bare"
+        " number is TCP); empty: none",
+    )
+    max_connections_per_device: int = Field(
+        default=DEFAULT_MAX_CONNECTIONS,
+        ge=1,
+        description="Connections one device may have open; past it new ones are refused",
+    )
+    route_table: int = Field(
+        default=DEFAULT_ROUTE_TABLE,
+        ge=1,
+        lt=2**31,
+        description="Routing table that sends downloads through the tier shaper before they"
+        " are counted",
     )
 
     @field_validator("interface", "wan_interface")
@@ -112,11 +152,65 @@ class GatewaySettings(BaseSettings):
             raise ValueError("address_v6 must be an IPv6 CIDR such as fd00::1/64")
         return str(interface)
 
+    @field_validator("blocked_networks", "allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        return ",".join(str(parse_network(item)) for item in _items(value))
+
+    @field_validator("blocked_ports")
+    @classmethod
+    def _ports(cls, value: str) -> str:
+        return ",".join(f"{proto}/{port}" for proto, port in map(parse_port, _items(value)))
+
+    @field_validator("route_table")
+    @classmethod
+    def _route_table(cls, value: int) -> int:
+        if value in (253, 254, 255):
+            raise ValueError("253, 254 and 255 are the kernel's default, main and local tables")
+        return value
+
     @model_validator(mode="after")
     def _distinct_interfaces(self) -> GatewaySettings:
-        if self.interface == self.wan_interface:
-            raise ValueError("interface and wan_interface must differ")
+        names = [self.interface, self.wan_interface, self.ifb_name, *loop_names(self.interface)]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                "interface, wan_interface, the IFB device and the download loop"
+                f" ({', '.join(loop_names(self.interface))}) must all differ"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> GatewaySettings:
+        if self.token_file is not None:
+            if self.token is not None:
+                raise ValueError("give the token either in a file or in the environment")
+            try:
+                text = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read token file {self.token_file}: {exc.strerror}"
+                ) from None
+            if not text:
+                raise ValueError(f"token file {self.token_file} is empty")
+            self.token = SecretStr(text)
+        if self.token is None or not self.token.get_secret_value():
+            raise ValueError("a gateway token is needed: --token-file or KSWIFI_GATEWAY_TOKEN")
+        return self
+
+    @property
+    def token_value(self) -> str:
+        assert self.token is not None  # the validator above guarantees it
+        return self.token.get_secret_value()
+
+    @property
+    def firewall(self) -> FirewallPolicy:
+        """The operator's part of the firewall policy."""
+        return FirewallPolicy.build(
+            extra_blocked=_items(self.blocked_networks),
+            allowed=_items(self.allowed_networks),
+            blocked_ports=_items(self.blocked_ports),
+            max_connections=self.max_connections_per_device,
+        )
 
     @property
     def ifb_name(self) -> str:
@@ -129,3 +223,7 @@ class GatewaySettings(BaseSettings):
     def addresses(self) -> list[str]:
         """Default interface addresses when the desired state does not name them."""
         return [a for a in (self.address_v4, self.address_v6) if a]
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kswifi.agent.drivers.command import Runner
+from kswifi.agent.drivers.loop import DownloadLoop, tunnel_networks
 from kswifi.agent.drivers.nftables import NftablesDriver, NftReading
 from kswifi.agent.drivers.tc import TcDriver, TcReading
 from kswifi.agent.drivers.wireguard import (
@@ -22,6 +23,7 @@ from kswifi.agent.drivers.wireguard import (
     WireguardDriver,
     WireguardReading,
 )
+from kswifi.agent.firewall import FirewallPolicy, onlink_networks
 from kswifi.agent.model import ActualState, InterfaceState
 from kswifi.agent.reconcile import (
     Action,
@@ -124,12 +126,16 @@ def session_minors(nft: NftReading, tc: TcReading) -> dict[str, int]:
 
 @dataclass
 class KernelDataplane:
-    """WireGuard, nftables and tc drivers composed; ip forwarding switched on in `prepare`."""
+    """WireGuard, nftables and tc drivers and the download loop composed; forwarding and the
+    firewall are switched on in `prepare`."""
 
     runner: Runner
     wireguard: WireguardDriver
     nft: NftablesDriver
     tc: TcDriver
+    loop: DownloadLoop
+    policy: FirewallPolicy = field(default_factory=FirewallPolicy)
+    """The operator's part of the firewall (the WAN's on-link networks are read here)."""
 
     @property
     def mode(self) -> InterfaceMode | None:
@@ -139,12 +145,21 @@ class KernelDataplane:
         mode = self.wireguard.ensure_interface()
         self.runner(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         self.runner(["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        self.loop.ensure()
         self.tc.ensure_structure()
+        self.refresh_firewall()
         return mode
+
+    def refresh_firewall(self) -> None:
+        """The firewall with the WAN's on-link networks as the kernel has them now."""
+        onlink = onlink_networks(self.runner, self.loop.wan_interface)
+        self.nft.use_policy(self.policy.with_onlink(onlink))
 
     def observe(self) -> Observation:
         wireguard = self.wireguard.read()
+        self.loop.route(tunnel_networks(wireguard.interface.addresses))
         nft = self.nft.read()
+        self.refresh_firewall()
         tc = self.tc.read()
         return Observation(wireguard, nft, tc, session_minors(nft, tc))
 
@@ -160,6 +175,7 @@ class KernelDataplane:
                     action.private_key, action.listen_port, action.addresses
                 )
                 interface = InterfaceState(action.private_key, action.listen_port, action.addresses)
+                self.loop.route(tunnel_networks(action.addresses))
         changes: list[PeerChange] = []
         for action in actions:
             match action:

@@ -1,11 +1,18 @@
-"""nftables driver: per-session quota + counters, address maps, forward filter and NAT.
+"""nftables driver: the gateway firewall, per-session quota + counters, address maps and NAT.
 
 One table, `inet kswifi`. Per session: quota `q-SID` and counters `up-SID` / `dn-SID`; maps
 keyed by device address (`quota4/6`, `up4/6`, `dn4/6`) name the objects, so each packet costs
 one hash lookup whatever the number of sessions. Every reconcile is ONE nf_tables netlink
 batch (the kernel applies it atomically) and every usage read is ONE netlink dump of the
-table's objects (see `nfnetlink` for why not `nft`). The skeleton (table, maps, chains, rules)
-is loaded with one `nft -f -` at start and after each full resync.
+table's objects (see `nfnetlink` for why not `nft`). The skeleton (table, sets, maps, chains,
+rules) is loaded with one `nft -f -` at start and whenever the firewall policy changes.
+
+Accounting rule: a session is billed the IP packets the gateway forwarded for it, headers
+included: uploads after the upload shaper (IFB), downloads after the download shaper (the
+download loop, see `loop`), so a packet a shaper drops is never billed. A fragmented datagram
+is billed once, as the reassembled packet: conntrack reassembles before the counters, so the
+IP headers of its second and later fragments (20 bytes each on IPv4, 48 on IPv6 with the
+fragment header) are not billed.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import json
 import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from kswifi.agent.drivers import nfnetlink
 from kswifi.agent.drivers.command import Runner
+from kswifi.agent.drivers.loop import loop_names
 from kswifi.agent.errors import CommandError, DriverError
+from kswifi.agent.firewall import FirewallPolicy
 from kswifi.agent.model import Direction, SessionObjects
 from kswifi.agent.reconcile import (
     Action,
@@ -89,9 +98,12 @@ class NftConfig:
     interface: str
     wan_interface: str
     table: str = TABLE
+    policy: FirewallPolicy = field(default_factory=FirewallPolicy)
 
 
 class NftablesDriver(Protocol):
+    def use_policy(self, policy: FirewallPolicy) -> None: ...
+
     def read(self) -> NftReading: ...
 
     def read_usage(self) -> NftReading: ...
@@ -101,31 +113,102 @@ class NftablesDriver(Protocol):
     def delete_table(self) -> None: ...
 
 
+CHAINS = (
+    "forward",
+    "from_peer",
+    "from_internet",
+    "to_peer",
+    "untrack",
+    "input",
+    "to_gateway",
+    "refuse",
+    "postrouting",
+)
+CONN_SET_SIZE = 262_144
+"""Devices a gateway tracks connection counts for (dynamic set entries expire with them)."""
+
+
 def render_skeleton(config: NftConfig) -> list[str]:
-    """Table, maps, chains and rules. Chains are flushed and refilled (atomically, in the same
-    batch) so rules never pile up and interface renames take effect."""
+    """Table, sets, maps, chains and rules. Chains and policy sets are flushed and refilled
+    (atomically, in the same batch) so rules never pile up and setting changes take effect."""
     t = f"inet {config.table}"
     wg = json.dumps(config.interface)
     wan = json.dumps(config.wan_interface)
+    entry, exit_ = (json.dumps(name) for name in loop_names(config.interface))
+    policy = config.policy
     lines = [f"add table {t}"]
     for kind in ("quota", "up", "down"):
         target = "quota" if kind == "quota" else "counter"
         for version, key in ((4, "ipv4_addr"), (6, "ipv6_addr")):
             lines.append(f"add map {t} {_MAPS[kind]}{version} {{ type {key} : {target}; }}")
+    policy_sets = {
+        "blocked4": ("ipv4_addr", policy.blocked_v4()),
+        "blocked6": ("ipv6_addr", policy.blocked_v6()),
+        "allowed4": ("ipv4_addr", policy.allowed_v4()),
+        "allowed6": ("ipv6_addr", policy.allowed_v6()),
+    }
+    for name, (key, _) in policy_sets.items():
+        lines.append(f"add set {t} {name} {{ type {key}; flags interval; }}")
+    lines.append(f"add set {t} blocked_ports {{ type inet_proto . inet_service; }}")
+    for version, key in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        lines.append(
+            f"add set {t} conn{version} {{ type {key}; size {CONN_SET_SIZE}; flags dynamic; }}"
+        )
     lines += [
         f"add chain {t} forward {{ type filter hook forward priority filter; policy accept; }}",
-        f"add chain {t} from_peer",
-        f"add chain {t} to_peer",
+        f"add chain {t} untrack {{ type filter hook prerouting priority raw; policy accept; }}",
+        f"add chain {t} input {{ type filter hook input priority filter; policy accept; }}",
         f"add chain {t} postrouting"
         " { type nat hook postrouting priority srcnat; policy accept; }",
     ]
-    lines += [f"flush chain {t} {c}" for c in ("forward", "from_peer", "to_peer", "postrouting")]
+    lines += [f"add chain {t} {c}" for c in ("from_peer", "from_internet", "to_peer")]
+    lines += [f"add chain {t} {c}" for c in ("to_gateway", "refuse")]
+    lines += [f"flush chain {t} {c}" for c in CHAINS]
+    lines += [f"flush set {t} {name}" for name in (*policy_sets, "blocked_ports")]
+    for name, (_, networks) in policy_sets.items():
+        if networks:
+            lines.append(f"add element {t} {name} {{ {', '.join(networks)} }}")
+    if policy.blocked_ports:
+        ports = ", ".join(f"{proto} . {port}" for proto, port in policy.blocked_ports)
+        lines.append(f"add element {t} blocked_ports {{ {ports} }}")
+    limit = policy.max_connections
+    echo4 = "icmp type echo-request fib daddr . iif type local"
+    echo6 = "icmpv6 type echo-request fib daddr . iif type local"
+    rate = policy.echo_per_second
+    over = f"limit rate over {rate}/second burst {2 * rate} packets"
     lines += [
-        # Devices talk to the Internet only: not to each other, not to other interfaces.
-        f"add rule {t} forward iifname {wg} oifname != {wan} drop",
-        f"add rule {t} forward oifname {wg} iifname != {wan} drop",
+        # From a phone: the Internet only. Downloads come in from the WAN once (the stateful
+        # gate), cross the loop's shaper, and are counted on their second pass.
         f"add rule {t} forward iifname {wg} jump from_peer",
-        f"add rule {t} forward oifname {wg} jump to_peer",
+        f"add rule {t} forward iifname {wan} oifname {entry} jump from_internet",
+        f"add rule {t} forward iifname {exit_} oifname {wg} jump to_peer",
+        f"add rule {t} forward oifname {{ {wg}, {entry} }} drop",
+        f"add rule {t} forward iifname {exit_} drop",
+        f"add rule {t} untrack iifname {exit_} notrack",
+        # Refused at once, never black-holed: apps fail fast.
+        f"add rule {t} refuse meta l4proto tcp reject with tcp reset",
+        f"add rule {t} refuse reject with icmpx admin-prohibited",
+        f"add rule {t} from_peer oifname != {wan} jump refuse",
+        f"add rule {t} from_peer ip daddr != @allowed4 ip daddr @blocked4 jump refuse",
+        f"add rule {t} from_peer ip6 daddr != @allowed6 ip6 daddr @blocked6 jump refuse",
+        f"add rule {t} from_peer meta l4proto . th dport @blocked_ports jump refuse",
+        f"add rule {t} from_peer ct state new"
+        f" add @conn4 {{ ip saddr ct count over {limit} }} jump refuse",
+        f"add rule {t} from_peer ct state new"
+        f" add @conn6 {{ ip6 saddr ct count over {limit} }} jump refuse",
+        # Nothing unsolicited reaches a phone, and it is dropped before anything counts it.
+        f"add rule {t} from_internet ct state established,related accept",
+        f"add rule {t} from_internet drop",
+        # The gateway itself answers phones with replies and echo on its tunnel addresses. Echo
+        # is limited before conntrack's shortcut (after one reply, later requests of the same
+        # ping read as an established flow).
+        f"add rule {t} input iifname {wg} jump to_gateway",
+        f"add rule {t} to_gateway {echo4} {over} drop",
+        f"add rule {t} to_gateway {echo6} {over} drop",
+        f"add rule {t} to_gateway {echo4} accept",
+        f"add rule {t} to_gateway {echo6} accept",
+        f"add rule {t} to_gateway ct state established,related accept",
+        f"add rule {t} to_gateway jump refuse",
     ]
     for chain, key, cnt in (("from_peer", "saddr", "up"), ("to_peer", "daddr", "dn")):
         for family, v in (("ip", 4), ("ip6", 6)):
@@ -276,6 +359,14 @@ class NftTable:
         except CommandError as exc:
             raise DriverError(f"nft skeleton of {len(script)} lines failed: {exc.stderr}") from exc
         self.skeleton_loaded = True
+
+    def use_policy(self, policy: FirewallPolicy) -> None:
+        """Enforce `policy` (the operator's settings and the WAN's on-link networks as last
+        read): the skeleton is loaded again unless it already holds exactly this policy."""
+        if policy == self.config.policy and self.skeleton_loaded:
+            return
+        self.config = replace(self.config, policy=policy)
+        self.load_skeleton()
 
     def read(self) -> NftReading:
         """Every session object and the address maps (the full read at start and resync).

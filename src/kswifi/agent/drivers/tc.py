@@ -1,7 +1,8 @@
-"""tc driver: an HTB class per session, download on the WireGuard device, upload via IFB.
+"""tc driver: an HTB class per session, download on the download loop's entry, upload via IFB.
 
-Layout on each shaped device (the WireGuard device matches the destination address, the IFB
-device, fed by an ingress `mirred` redirect from the WireGuard device, the source address):
+Both shapers sit before the counters that bill (see `loop`): the download loop's entry device
+matches the destination address; the IFB device, fed by an ingress `mirred` redirect from the
+WireGuard device, the source address. Layout on each shaped device:
 
     qdisc htb 1: root (unclassified traffic goes to HTB's direct queue, unshaped)
       u32 prio 10 (IPv4) / prio 20 (IPv6): hash the address' last byte into table 10: / 20:
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from kswifi.agent.drivers.command import Runner
+from kswifi.agent.drivers.loop import loop_names
 from kswifi.agent.errors import CommandError, DriverError
 from kswifi.agent.reconcile import (
     Action,
@@ -325,15 +327,20 @@ def parse_device(qdiscs: str, classes_text: str, filters_text: str, side: Side) 
 
 @dataclass
 class TcShaper:
-    """The one real tc driver (shells out to `tc`)."""
+    """The one real tc driver (shells out to `tc`). `interface` is the WireGuard device (its
+    ingress feeds the IFB device); downloads are shaped on the download loop's entry."""
 
     runner: Runner
     interface: str
     ifb_interface: str
     scripts: list[list[str]] = field(default_factory=list, repr=False)
 
+    @property
+    def download_interface(self) -> str:
+        return loop_names(self.interface)[0]
+
     def _devices(self) -> tuple[tuple[str, Side], tuple[str, Side]]:
-        return (self.interface, "download"), (self.ifb_interface, "upload")
+        return (self.download_interface, "download"), (self.ifb_interface, "upload")
 
     def _link_exists(self, name: str) -> bool:
         try:
@@ -353,6 +360,9 @@ class TcShaper:
             self.runner(["ip", "link", "add", "dev", self.ifb_interface, "type", "ifb"])
         # The IFB default queue (32 packets) would drop bursts; HTB leaves inherit this length.
         self.runner(["ip", "link", "set", "dev", self.ifb_interface, "txqueuelen", "1000", "up"])
+        # An agent before the download loop shaped downloads on the WireGuard device itself.
+        if re.search(r"^qdisc htb 1: root", self._qdiscs(self.interface), re.M):
+            self.runner(["tc", "qdisc", "del", "dev", self.interface, "root"])
         for device, side in self._devices():
             reading, root_present = self._read_device(device, side)
             if not reading.ready:
@@ -360,8 +370,7 @@ class TcShaper:
                     with contextlib.suppress(CommandError):
                         self.runner(["tc", "qdisc", "del", "dev", device, "root"])
                 self._batch(device, _skeleton(device, side))
-        qdiscs = self.runner(["tc", "qdisc", "show", "dev", self.interface])
-        if "qdisc ingress ffff:" not in qdiscs:
+        if "qdisc ingress ffff:" not in self._qdiscs(self.interface):
             self._batch(
                 self.interface,
                 [
@@ -370,6 +379,9 @@ class TcShaper:
                     f" match u32 0 0 action mirred egress redirect dev {self.ifb_interface}",
                 ],
             )
+
+    def _qdiscs(self, device: str) -> str:
+        return self.runner(["tc", "qdisc", "show", "dev", device])
 
     def _read_device(self, device: str, side: Side) -> tuple[DeviceReading, bool]:
         """The device's reading and whether a root HTB exists (two `tc -batch` runs: qdiscs and
@@ -430,7 +442,7 @@ class TcShaper:
     def teardown(self) -> None:
         """Remove every qdisc the driver made and the IFB device."""
         for args in (
-            ["tc", "qdisc", "del", "dev", self.interface, "root"],
+            ["tc", "qdisc", "del", "dev", self.download_interface, "root"],
             ["tc", "qdisc", "del", "dev", self.interface, "ingress"],
             ["ip", "link", "del", "dev", self.ifb_interface],
         ):
