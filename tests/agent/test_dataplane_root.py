@@ -12,8 +12,8 @@ from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.reconcile import desired_from_state, diff
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
-from .conftest import GATEWAY_PORT, SERVER_V4, SERVER_V6, Phone, Topology
-from .netlab import steady_rate
+from .conftest import GATEWAY_PORT, Phone, Topology
+from .netlab import SERVER_V4, SERVER_V6, steady_rate
 
 pytestmark = pytest.mark.root
 
