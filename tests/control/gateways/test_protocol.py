@@ -775,6 +775,46 @@ class TestLeases:
         session = await world.get_session(session_id)
         assert (session.used_bytes, session.status) == (1_000_000, "exhausted")
 
+    async def test_a_gateway_that_ran_out_while_budget_is_free_is_topped_up_not_ended(
+        self, client: httpx.AsyncClient, ctx: AppContext, world: World
+    ) -> None:
+        """Seen under load: the first gateway's lowered lease is applied and its bytes are
+        free, but not yet granted to the second, when the first runs out of its share. The
+        session goes on: the free budget tops a gateway up."""
+        first, second = await world.gateway(), await world.gateway()
+        session_id = await world.session(limit_bytes=1_000_000)
+        await world.device(session_id, first.id)
+        await post_heartbeat(
+            client, first, applied_revision=(await fetch_state(client, first)).revision
+        )
+        await world.device(session_id, second.id)
+        await fetch_state(client, second)  # lowers the first gateway's lease to 500 kB
+        lowered = await fetch_state(client, first)
+        await post_heartbeat(client, first, applied_revision=lowered.revision)
+        # The second gateway never came back for its 500 kB: they are free, leased to nobody.
+        await post_usage(
+            client, first, usage_report(1, (session_id, 400_000, 100_000), exhausted=True)
+        )
+        session = await world.get_session(session_id)
+        assert (session.used_bytes, session.status) == (500_000, "active")
+        async with ctx.db.transaction() as db:
+            rows = {
+                lease.gateway_id: lease
+                for lease in await db.scalars(
+                    select(GatewayLease).where(GatewayLease.session_id == session_id)
+                )
+            }
+        reserved = leases.total_reserved(
+            leases.Lease(row.granted_bytes, row.used_bytes, row.held_bytes) for row in rows.values()
+        )
+        assert reserved <= 500_000  # never more than what is left
+        # Both serve what is left; the session then ends exactly at its limit.
+        for gateway in (first, second):
+            await fetch_state(client, gateway)
+        await post_usage(client, second, usage_report(1, (session_id, 500_000, 0), exhausted=True))
+        session = await world.get_session(session_id)
+        assert (session.used_bytes, session.status) == (1_000_000, "exhausted")
+
     async def test_concurrent_top_ups_of_a_shared_session(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:

@@ -99,10 +99,26 @@ class TestRecordUsageBatch:
     ) -> None:
         session = await make_session(plan_code="basic")
         async with ctx.db.transaction() as db:
+            # The flag with the budget free (not leased to any gateway yet): the session
+            # goes on, the gateway is topped up.
             outcomes = await service.record_usage_batch(
                 db,
                 ctx.events,
                 deltas=[UsageDelta(session.id, 0, 0, quota_exhausted=True)],
+                now=utcnow(),
+            )
+        assert [(o.status, o.was_live) for o in outcomes] == [("active", True)]
+        async with ctx.db.transaction() as db:
+            # All but 1,000 bytes are leased to other gateways: no full packet is left here.
+            limit = session.data_limit_bytes
+            outcomes = await service.record_usage_batch(
+                db,
+                ctx.events,
+                deltas=[
+                    UsageDelta(
+                        session.id, 0, 0, quota_exhausted=True, reserved_elsewhere=limit - 1000
+                    )
+                ],
                 now=utcnow(),
             )
         assert [(o.status, o.was_live) for o in outcomes] == [("exhausted", True)]

@@ -880,6 +880,7 @@ async def apply_usage(
                 rx,
                 tx,
                 exhausted and _lease_was_the_remainder(held.get(session_id), locked.id),
+                reserved_elsewhere=_reserved_elsewhere(held.get(session_id), locked.id),
             )
             for session_id, (rx, tx, exhausted) in accepted.items()
             if rx or tx or exhausted
@@ -926,6 +927,13 @@ async def apply_usage(
             protocol.LeaseGrant(session_id=session_id, quota_bytes=quota)
             for session_id, quota in sorted(grants.items())
         ],
+    )
+
+
+def _reserved_elsewhere(held: dict[str, leases.Lease] | None, gateway_id: str) -> int:
+    """Bytes of the session the other gateways may still serve."""
+    return leases.total_reserved(
+        lease for other, lease in (held or {}).items() if other != gateway_id
     )
 
 

@@ -19,6 +19,7 @@ from kswifi.control.events import (
     publish_many_after_commit,
     session_channel,
 )
+from kswifi.control.gateways.leases import PACKET_BYTES
 from kswifi.control.models import LIVE_STATES, DataSession, Plan, UsageRollup, utcnow
 from kswifi.control.sessions import repository
 from kswifi.control.sessions.schemas import SessionOut
@@ -137,6 +138,11 @@ class UsageDelta:
     rx_bytes: int
     tx_bytes: int
     quota_exhausted: bool = False
+    """The gateway's kernel quota dropped a packet and no other gateway holds one's worth."""
+    reserved_elsewhere: int = 0
+    """Bytes of the session other gateways may still serve: with `quota_exhausted`, the
+    session ends only when its budget less these cannot carry a full packet (budget that is
+    free but not yet leased tops the gateway up instead)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ async def record_usage_batch(
     unknown sessions are left out of the result.
     """
     totals: dict[str, tuple[int, int, bool]] = {}
+    elsewhere: dict[str, int] = {}
     for delta in deltas:
         if delta.rx_bytes < 0 or delta.tx_bytes < 0:
             raise ValueError("usage deltas are never negative")
@@ -172,6 +179,9 @@ async def record_usage_batch(
             rx + delta.rx_bytes,
             tx + delta.tx_bytes,
             exhausted or delta.quota_exhausted,
+        )
+        elsewhere[delta.session_id] = max(
+            elsewhere.get(delta.session_id, 0), delta.reserved_elsewhere
         )
     if not totals:
         return []
@@ -202,7 +212,8 @@ async def record_usage_batch(
                         },
                     )
                 )
-        if totals[row.id][2] or row.used_bytes >= row.data_limit_bytes:
+        free = row.data_limit_bytes - row.used_bytes - elsewhere[row.id]
+        if row.used_bytes >= row.data_limit_bytes or (totals[row.id][2] and free < PACKET_BYTES):
             ending.append(row.id)
     await repository.set_warned_percents(db, warned)
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
