@@ -9,6 +9,7 @@ import io
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,10 +28,27 @@ INSTRUCTIONS = [
 ]
 
 
+BLOCKED: list[str] = []
+"""What the pages' Content-Security-Policy refused (it must never be something of ours)."""
+
+
+@pytest.fixture(autouse=True)
+def nothing_refused_by_the_content_security_policy() -> Iterator[None]:
+    BLOCKED.clear()
+    yield
+    assert BLOCKED == [], BLOCKED
+
+
 def new_page(browser: Any, viewport: dict[str, int], base_url: str) -> Page:
     context = browser.new_context(viewport=viewport, base_url=base_url, service_workers="block")
     page: Page = context.new_page()
     page.set_default_timeout(10_000)
+    page.on(
+        "console",
+        lambda message: (
+            BLOCKED.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     return page
 
 

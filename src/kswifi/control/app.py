@@ -23,6 +23,7 @@ from kswifi.control.db import Database
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import KSWiFiError
 from kswifi.control.events import EventBus, InProcessEventBus
+from kswifi.control.http_headers import ResponseHeaders
 from kswifi.control.logging import configure_logging, get_logger
 from kswifi.control.security import SecretBox
 
@@ -229,6 +230,7 @@ def create_app(
     metrics.install(app)  # /metrics and request counters
     _mount_web(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ResponseHeaders)
     return app
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import cast
+
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kswifi.web import auth, console, pages, pwa
 from kswifi.web.deps import LoginRequired, PageNotFound, login_redirect
@@ -20,6 +24,31 @@ def mount(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(PageNotFound, _not_found)
     app.add_exception_handler(auth.CsrfRefused, _csrf_refused)
+    api_errors = app.exception_handlers.get(StarletteHTTPException)
+    if api_errors is not None:
+        handler = cast(ErrorHandler, api_errors)  # the control plane's handlers are async
+        app.add_exception_handler(StarletteHTTPException, _people_get_pages(handler))
+
+
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def _people_get_pages(api_errors: ErrorHandler) -> ErrorHandler:
+    """A browser asking for an unknown path gets the branded 404 page; the API (and any
+    client that does not ask for HTML) keeps the JSON error shape."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        wants_html = "text/html" in request.headers.get("accept", "")
+        if (
+            isinstance(exc, StarletteHTTPException)
+            and exc.status_code == 404
+            and wants_html
+            and not request.url.path.startswith("/api/")
+        ):
+            return await _not_found(request, exc)
+        return await api_errors(request, exc)
+
+    return handler
 
 
 async def _login_required(request: Request, exc: Exception) -> Response:
