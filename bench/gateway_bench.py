@@ -655,6 +655,90 @@ def overrun(speed: int, quota: int) -> dict[str, float]:
         }
 
 
+PROBE = Path(__file__).resolve().parent.parent / "tests" / "e2e" / "probe.py"
+
+
+def probe(ns: str, *args: str) -> dict[str, float]:
+    out = sh(ns, [sys.executable, str(PROBE), *args], timeout=120)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def flood_server(lab: Lab) -> None:
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.inet,
+            sys.executable,
+            str(PROBE),
+            "flood-server",
+            SERVER,
+            "9000",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
+
+
+def flood_billing(speed: int = 10, factor: int = 10, seconds: int = 4) -> dict[str, float]:
+    """Bytes billed (the kernel's counters) against bytes the phone received, under a UDP
+    flood at `factor` times its tier: the shaper drops the excess before the counters."""
+    size = 1200
+    with namespaces() as made:
+        lab = traffic_lab(made)
+        phone_private, psk = generate_private_key(), random_key()
+        dataplane = gateway_with(lab, [phone_spec(phone_private, psk, speed, 10 * 1024**3)])
+        phone_up(lab, 0, phone_private, psk, "100.64.0.2")
+        flood_server(lab)
+        fetch(lab, 10_000)
+        before = dataplane.read_usage().sessions["phone0"]
+        result = probe(
+            lab.phone, "flood", SERVER, "9000", str(seconds), str(speed * factor), str(size)
+        )
+        after = dataplane.read_usage().sessions["phone0"]
+        billed = (after.upload_bytes + after.download_bytes) - (
+            before.upload_bytes + before.download_bytes
+        )
+        delivered = result["datagrams"] * (size + 28) + result["request"] + 28
+        return {"billed": billed, "delivered": delivered, "offered_mbps": speed * factor}
+
+
+def fragment_gap(size: int = 3000, seconds: int = 2) -> dict[str, float]:
+    """What the accounting rule leaves unbilled for fragmented datagrams: bytes that crossed
+    the WAN (every fragment) against the bytes billed for them (each datagram reassembled)."""
+    with namespaces() as made:
+        lab = traffic_lab(made)
+        phone_private, psk = generate_private_key(), random_key()
+        dataplane = gateway_with(lab, [phone_spec(phone_private, psk, 1000, 10 * 1024**3)])
+        phone_up(lab, 0, phone_private, psk, "100.64.0.2")
+        flood_server(lab)
+        fetch(lab, 10_000)
+        wire = f"""table netdev bench_wire {{
+  counter wire {{ }}
+  chain ingress {{
+    type filter hook ingress device "{lab.wan}" priority 0;
+    ip saddr {SERVER} counter name "wire"
+  }}
+}}
+"""
+        sh(lab.gw, ["nft", "-f", "-"], input_text=wire)
+        before = dataplane.read_usage().sessions["phone0"]
+        result = probe(lab.phone, "flood", SERVER, "9000", str(seconds), "2", str(size))
+        after = dataplane.read_usage().sessions["phone0"]
+        counter = json.loads(
+            sh(lab.gw, ["nft", "-j", "list", "counter", "netdev", "bench_wire", "wire"])
+        )
+        found = next(e["counter"] for e in counter["nftables"] if "counter" in e)
+        billed = after.download_bytes - before.download_bytes
+        return {
+            "datagrams": result["datagrams"],
+            "fragments": int(found["packets"]),
+            "wire": int(found["bytes"]),
+            "billed": billed,
+        }
+
+
 def first_byte(count: int, samples: int) -> list[float]:
     """New desired state (one more peer on a gateway holding `count`) -> first HTTP byte
     through it: agent reconcile + profile import on the phone + handshake + request."""
@@ -799,6 +883,28 @@ def render(
                 f"| {speed} Mbit/s | {int(result['counted'])} | {int(result['past'])} |"
                 f" {int(result['short'])} |"
             )
+    if traffic is not None and "flood" in traffic:
+        flood, frag = traffic["flood"], traffic["fragments"]
+        assert isinstance(flood, dict) and isinstance(frag, dict)
+        gap = frag["wire"] - frag["billed"]
+        lines += [
+            "",
+            "Billing what was delivered: the phone's bytes billed (the kernel's counters) against"
+            " the IP bytes it received and sent. Downloads cross the tier's shaper on the"
+            " download loop before they are counted, so what the shaper drops is never billed;"
+            " a fragmented datagram is billed once, reassembled (the IP headers of its later"
+            " fragments are not).",
+            "",
+            "| what | billed | delivered / on the wire | ratio |",
+            "| --- | ---: | ---: | ---: |",
+            f"| UDP flood at {flood['offered_mbps']:.0f} Mbit/s on a 10 Mbit/s tier (4 s)"
+            f" | {int(flood['billed'])} B | {int(flood['delivered'])} B delivered"
+            f" | {flood['billed'] / flood['delivered']:.4f} (target ≤ 1.01) |",
+            f"| {int(frag['datagrams'])} UDP datagrams of 3000 B in {int(frag['fragments'])}"
+            f" IPv4 fragments | {int(frag['billed'])} B | {int(frag['wire'])} B on the wire"
+            f" | {frag['billed'] / frag['wire']:.4f} (gap {gap} B ="
+            f" {100 * gap / frag['wire']:.2f} %: 20 B per later fragment) |",
+        ]
     lines += ["", *notes(count, m, traffic), "", END]
     return "\n".join(lines) + "\n"
 
@@ -854,11 +960,13 @@ def notes(count: int, m: dict[str, float], traffic: dict[str, object] | None) ->
             " tunnel and iperf3 run on them), so every cycle the gateway spends per packet comes"
             f" out of the tunnel's share: {down:.0f} % down,"
             f" {100 * t['gw_up'] / t['bare_up']:.0f} % up in Mbit/s, which moves by ±20 % from"
-            f" round to round on a shared machine.{cost} Under `perf` the gateway's own work is"
-            " about 2 % of the tunnel's CPU in the kswifi nftables chains (interface checks, one"
-            " quota and one counter map lookup per packet) and about 2.5-3 % in tc (per"
-            " direction a root and a child HTB, two hashed u32 lookups; for uploads the ingress"
-            " redirect and the IFB device's queue); the rest is the same in both (conntrack and"
+            f" round to round on a shared machine.{cost} The gateway's own work per packet: the"
+            " kswifi nftables chains (the firewall's interface, destination-set and port checks,"
+            " the per-device connection count on a connection's first packet, one quota and one"
+            " counter map lookup), tc (per direction a root and a child HTB, two hashed u32"
+            " lookups; for uploads the ingress redirect and the IFB device's queue), and for"
+            " downloads the download loop (one veth hop and a second, untracked forward pass, so"
+            " the shaper drops before the counters); the rest is the same in both (conntrack and"
             " NAT, wireguard-go)."
         )
     return out
@@ -917,7 +1025,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"overrun: {over}", flush=True)
         fb = first_byte(args.peers, 20)
         print(f"first byte: {[round(x, 3) for x in fb]}", flush=True)
-        traffic = {"throughput": t, "overrun": over, "first_byte": fb, "rounds": args.rounds}
+        flood = flood_billing()
+        print(f"flood: {flood}", flush=True)
+        fragments = fragment_gap()
+        print(f"fragments: {fragments}", flush=True)
+        traffic = {
+            "throughput": t,
+            "overrun": over,
+            "first_byte": fb,
+            "rounds": args.rounds,
+            "flood": flood,
+            "fragments": fragments,
+        }
     text = render(args.peers, runs, traffic, load_start, os.getloadavg())
     print(text)
     if not args.no_write:

@@ -148,6 +148,21 @@ def refused_at_once(result: dict[str, Any]) -> bool:
     return result["outcome"] in ("refused", "unreachable", "prohibited") and result["seconds"] < 1
 
 
+def refusal(system: E2ESystem, ns: str, kind: str, host: str, port: int) -> dict[str, Any]:
+    """The fastest of up to three tries: each must be refused (a black hole times out), and a
+    healthy tunnel refuses within a second; one lost SYN or reset on a loaded machine costs
+    TCP's retransmission timer (seen: 4.1 s) and is tried again."""
+    best: dict[str, Any] = {}
+    for _ in range(3):
+        result = probe(system, ns, kind, host, str(port))
+        assert result["outcome"] in ("refused", "unreachable", "prohibited"), (host, result)
+        if not best or result["seconds"] < best["seconds"]:
+            best = result
+        if refused_at_once(best):
+            break
+    return best
+
+
 @pytest.fixture(scope="module")
 def phone(gateway: E2ESystem) -> Phone:
     phone = gateway.connect_phone("premium")
@@ -186,9 +201,9 @@ def test_non_global_and_on_link_destinations_are_refused_at_once(
     gateway: E2ESystem, phone: Phone, target: str, port: int, sink: str | None
 ) -> None:
     before = billed(gateway, phone)
-    tcp = probe(gateway, phone.ns, "tcp", target, str(port))
+    tcp = refusal(gateway, phone.ns, "tcp", target, port)
     assert refused_at_once(tcp), tcp
-    udp = probe(gateway, phone.ns, "udp", target, str(port))
+    udp = refusal(gateway, phone.ns, "udp", target, port)
     assert refused_at_once(udp), udp
     if sink is not None:
         assert reached(gateway, sink) == 0, f"{target} was reached"
@@ -205,9 +220,9 @@ def test_the_gateway_answers_phones_only_with_replies_and_echo(
     before = billed(gateway, phone)
     # ...but no phone reaches them, nor anything else on any of its addresses.
     for address in (tunnel_v4, tunnel_v6, GATEWAY_WAN, GATEWAY_WAN_V6):
-        result = probe(gateway, phone.ns, "tcp", address, str(METRICS_PORT))
+        result = refusal(gateway, phone.ns, "tcp", address, METRICS_PORT)
         assert refused_at_once(result), (address, result)
-        result = probe(gateway, phone.ns, "udp", address, "53")
+        result = refusal(gateway, phone.ns, "udp", address, 53)
         assert refused_at_once(result), (address, result)
     for address in (tunnel_v4, tunnel_v6):
         assert probe(gateway, phone.ns, "ping", address, "3")["replies"] == 3
@@ -264,7 +279,8 @@ def test_a_phone_past_its_connection_limit_is_refused_and_others_flow(
     other = gateway.connect_phone("premium")
     held = probe(gateway, busy.ns, "hold", SERVER_V4, "7001", str(CONNECTION_LIMIT + 20))
     assert held["opened"] == CONNECTION_LIMIT, held
-    assert held["failure"]["outcome"] == "refused" and held["failure"]["seconds"] < 1, held
+    # Refused, not black-holed (that would be the 5 s timeout); one SYN retransmission allowed.
+    assert held["failure"]["outcome"] == "refused" and held["failure"]["seconds"] < 3, held
     assert held["first_still_works"] is True
     assert probe(gateway, other.ns, "tcp", SERVER_V4, "7001")["outcome"] == "connected"
     assert gateway.fetch(other, MB)["received"] == MB
@@ -272,7 +288,7 @@ def test_a_phone_past_its_connection_limit_is_refused_and_others_flow(
 
 def test_outbound_smtp_is_closed_other_ports_open(gateway: E2ESystem, phone: Phone) -> None:
     for host in (SERVER_V4, SERVER_V6):
-        result = probe(gateway, phone.ns, "tcp", host, "25")
+        result = refusal(gateway, phone.ns, "tcp", host, 25)
         assert refused_at_once(result), (host, result)
     assert reached(gateway, "smtp4") == reached(gateway, "smtp6") == 0
     assert probe(gateway, phone.ns, "tcp", SERVER_V4, "587")["outcome"] == "connected"
