@@ -69,6 +69,12 @@ class TestSkeleton:
         assert 'add rule inet kswifi from_peer oifname != "eth0" jump refuse' in lines
         assert "add rule inet kswifi refuse meta l4proto tcp reject with tcp reset" in lines
         assert "add rule inet kswifi refuse reject with icmpx admin-prohibited" in lines
+        # A flow's later packets skip the checks its first packet passed.
+        shortcut = lines.index(
+            "add rule inet kswifi from_peer ct state established,related goto upload"
+        )
+        checks = [i for i, line in enumerate(lines) if "from_peer" in line and "@blocked" in line]
+        assert shortcut < min(checks)
         refuse_first = [i for i, line in enumerate(lines) if "jump refuse" in line]
         counting = [i for i, line in enumerate(lines) if "counter name" in line]
         assert max(refuse_first) < min(counting)  # refused packets are never billed

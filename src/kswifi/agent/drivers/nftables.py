@@ -116,6 +116,7 @@ class NftablesDriver(Protocol):
 CHAINS = (
     "forward",
     "from_peer",
+    "upload",
     "from_internet",
     "to_peer",
     "untrack",
@@ -161,7 +162,7 @@ def render_skeleton(config: NftConfig) -> list[str]:
         f"add chain {t} postrouting"
         " { type nat hook postrouting priority srcnat; policy accept; }",
     ]
-    lines += [f"add chain {t} {c}" for c in ("from_peer", "from_internet", "to_peer")]
+    lines += [f"add chain {t} {c}" for c in ("from_peer", "upload", "from_internet", "to_peer")]
     lines += [f"add chain {t} {c}" for c in ("to_gateway", "refuse")]
     lines += [f"flush chain {t} {c}" for c in CHAINS]
     lines += [f"flush set {t} {name}" for name in (*policy_sets, "blocked_ports")]
@@ -189,6 +190,8 @@ def render_skeleton(config: NftConfig) -> list[str]:
         f"add rule {t} refuse meta l4proto tcp reject with tcp reset",
         f"add rule {t} refuse reject with icmpx admin-prohibited",
         f"add rule {t} from_peer oifname != {wan} jump refuse",
+        # A flow's first packet was checked; the rest of it goes straight to the accounting.
+        f"add rule {t} from_peer ct state established,related goto upload",
         f"add rule {t} from_peer ip daddr != @allowed4 ip daddr @blocked4 jump refuse",
         f"add rule {t} from_peer ip6 daddr != @allowed6 ip6 daddr @blocked6 jump refuse",
         f"add rule {t} from_peer meta l4proto . th dport @blocked_ports jump refuse",
@@ -210,7 +213,8 @@ def render_skeleton(config: NftConfig) -> list[str]:
         f"add rule {t} to_gateway ct state established,related accept",
         f"add rule {t} to_gateway jump refuse",
     ]
-    for chain, key, cnt in (("from_peer", "saddr", "up"), ("to_peer", "daddr", "dn")):
+    lines.append(f"add rule {t} from_peer goto upload")
+    for chain, key, cnt in (("upload", "saddr", "up"), ("to_peer", "daddr", "dn")):
         for family, v in (("ip", 4), ("ip6", 6)):
             # The quota counts every packet it sees and matches once over: drop. The counter
             # then counts only what is really forwarded: billing reads the counters.
