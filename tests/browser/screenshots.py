@@ -81,13 +81,12 @@ def _history(live: LiveServer, session_id: str, total_bytes: int, hours: float) 
             at = start + timedelta(hours=hours) * (i + 1) / (steps + 1)
             amount = int(weight * scale)
             async with database.transaction() as db:
-                await sessions_service.record_usage(
+                await sessions_service.record_usage_batch(
                     db,
                     bus,
-                    session_id=session_id,
-                    rx_bytes=amount // 8,
-                    tx_bytes=amount - amount // 8,
-                    quota_exhausted=False,
+                    deltas=[
+                        sessions_service.UsageDelta(session_id, amount // 8, amount - amount // 8)
+                    ],
                     now=at,
                 )
 

@@ -51,11 +51,6 @@ class Gone(KSWiFiError):
     code = "gone"
 
 
-class PayloadTooLarge(KSWiFiError):
-    status_code = 413
-    code = "payload_too_large"
-
-
 class Unprocessable(KSWiFiError):
     status_code = 422
     code = "validation_error"
@@ -66,11 +61,6 @@ class SessionNotUsable(KSWiFiError):
 
     status_code = 409
     code = "session_not_usable"
-
-
-class PaymentRequired(KSWiFiError):
-    status_code = 402
-    code = "payment_required"
 
 
 class TooManyRequests(KSWiFiError):

@@ -12,7 +12,9 @@ from sqlalchemy import select, update
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Unprocessable
 from kswifi.control.gateways import service
+from kswifi.control.geoip import UNKNOWN
 from kswifi.control.models import AddressRelease, DataSession, Device, Gateway, utcnow
+from kswifi.control.regions import service as regions
 from tests.control.gateways.conftest import World
 
 # Which allocation path `_allocate` takes: the gateway row locked first (`allocate_host`), or
@@ -122,12 +124,16 @@ class TestAllocate:
         assert (await world.get_gateway(gateway.id)).next_host_index == 202
 
 
-class TestChooseGateway:
+class TestPlacement:
+    """Where a new device goes when nothing tells where its phone is (see
+    tests/control/regions/test_placement.py for the nearest-region rules)."""
+
     async def _choose(self, ctx: AppContext, region: str | None) -> Gateway:
         async with ctx.db.transaction() as db:
-            return await service.choose_gateway(
-                db, region_code=region, now=utcnow(), settings=ctx.settings
+            placement = await regions.place(
+                db, region=region, client=UNKNOWN, settings=ctx.settings, now=utcnow()
             )
+            return placement.gateway
 
     async def _heartbeat(self, ctx: AppContext, gateway_id: str, seconds_ago: float) -> None:
         async with ctx.db.transaction() as db:
@@ -192,7 +198,7 @@ class TestChooseGateway:
         with pytest.raises(service.NoGatewayAvailable, match="in region 'eu-west'"):
             await self._choose(ctx, "eu-west")
         with pytest.raises(service.NoGatewayAvailable, match="in any region"):
-            await self._choose(ctx, None)
+            await self._choose(ctx, None)  # (no region has a gateway)
 
     async def test_unknown_region(self, ctx: AppContext) -> None:
         with pytest.raises(Unprocessable, match="unknown region"):

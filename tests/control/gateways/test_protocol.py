@@ -20,6 +20,7 @@ from kswifi.control.deps import AppContext
 from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
 from kswifi.control.gateways import leases, repository, service
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
+from kswifi.control.regions import service as regions
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
 from tests.control.gateways.conftest import RegisteredGateway, World
 
@@ -893,9 +894,9 @@ class TestRevisionsAndHealth:
                     .values(is_online=True, last_heartbeat_at=seen)
                 )
         async with ctx.db.transaction() as db:
-            assert await service.mark_offline_gateways(db, now, ctx.settings) == 1
+            assert await regions.mark_offline_gateways(db, ctx.events, now, ctx.settings) == 1
         async with ctx.db.transaction() as db:
-            assert await service.mark_offline_gateways(db, now, ctx.settings) == 0
+            assert await regions.mark_offline_gateways(db, ctx.events, now, ctx.settings) == 0
         assert (await world.get_gateway(fresh.id)).is_online
         assert not (await world.get_gateway(stale.id)).is_online
         assert not (await world.get_gateway(never.id)).is_online

@@ -62,27 +62,17 @@ class TestUsageRules:
         session = await make_session(plan_code="basic")
         limit = session.data_limit_bytes
         async with ctx.db.transaction() as db:
-            after = await service.record_usage(
+            [after] = await service.record_usage_batch(
                 db,
                 ctx.events,
-                session_id=session.id,
-                rx_bytes=limit // 2,
-                tx_bytes=limit // 2 - 1,
-                quota_exhausted=False,
+                deltas=[service.UsageDelta(session.id, limit // 2, limit // 2 - 1)],
                 now=utcnow(),
             )
-            assert after is not None and after.status == "active"
+            assert after.status == "active"
         async with ctx.db.transaction() as db:
-            after = await service.record_usage(
-                db,
-                ctx.events,
-                session_id=session.id,
-                rx_bytes=0,
-                tx_bytes=1,
-                quota_exhausted=False,
-                now=utcnow(),
+            [after] = await service.record_usage_batch(
+                db, ctx.events, deltas=[service.UsageDelta(session.id, 0, 1)], now=utcnow()
             )
-            assert after is not None
             assert after.status == "exhausted"
             assert after.used_bytes == limit
 
@@ -96,13 +86,12 @@ class TestUsageRules:
         session = await make_session(plan_code="basic")
         async with ctx.events.subscribe(session_channel(session.id)) as subscription:
             async with ctx.db.transaction() as db:
-                await service.record_usage(
+                await service.record_usage_batch(
                     db,
                     ctx.events,
-                    session_id=session.id,
-                    rx_bytes=int(0.85 * session.data_limit_bytes),
-                    tx_bytes=0,
-                    quota_exhausted=False,
+                    deltas=[
+                        service.UsageDelta(session.id, int(0.85 * session.data_limit_bytes), 0)
+                    ],
                     now=utcnow(),
                 )
                 assert await subscription.get(0.05) is None  # nothing before commit

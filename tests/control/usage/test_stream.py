@@ -37,14 +37,8 @@ async def _user_id(client: httpx.AsyncClient, user: ApiUser) -> str:
 
 async def _report(ctx: AppContext, session_id: str, num_bytes: int) -> None:
     async with ctx.db.transaction() as db:
-        await sessions.record_usage(
-            db,
-            ctx.events,
-            session_id=session_id,
-            rx_bytes=0,
-            tx_bytes=num_bytes,
-            quota_exhausted=False,
-            now=utcnow(),
+        await sessions.record_usage_batch(
+            db, ctx.events, deltas=[sessions.UsageDelta(session_id, 0, num_bytes)], now=utcnow()
         )
 
 

@@ -811,19 +811,6 @@ async def devices_by_public_key(
     return found
 
 
-async def mark_offline(db: AsyncSession, seen_before: datetime) -> int:
-    result = await db.execute(
-        update(Gateway)
-        .where(
-            Gateway.is_online.is_(True),
-            or_(Gateway.last_heartbeat_at.is_(None), Gateway.last_heartbeat_at < seen_before),
-        )
-        .values(is_online=False)
-        .execution_options(synchronize_session=False)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
 # --- placing a new device: one read, then one write while the gateway row is locked ---------
 
 

@@ -340,39 +340,6 @@ async def gateway_public_info(db: AsyncSession, gateway: Gateway) -> GatewayPubl
 # --- placement and addresses ----------------------------------------------------------------
 
 
-async def choose_gateway(
-    db: AsyncSession,
-    *,
-    region_code: str | None,
-    now: datetime,
-    settings: Settings | None = None,
-) -> Gateway:
-    """The enabled gateway (of the region, if given) with free capacity, least loaded first.
-
-    Online gateways come first, then gateways never seen yet (so a control plane without a
-    running agent can still issue profiles); gateways known to be offline are skipped. Online
-    means a heartbeat within `settings.offline_after_seconds`, or, without settings, the
-    stored flag the worker keeps.
-    """
-    if region_code is not None and await repository.get_region(db, region_code) is None:
-        raise Unprocessable(f"unknown region {region_code!r}", field="region")
-    gateways = await repository.list_enabled(db, region_code)
-    counts = await repository.live_device_counts(db, now)
-    where = f"in region {region_code!r}" if region_code else "in any region"
-    if not gateways:
-        raise NoGatewayAvailable(
-            f"No gateway is available {where}: none is registered and enabled. "
-            "Try another region or try again later."
-        )
-
-    return pick_gateway(
-        [(gateway, counts.get(gateway.id, 0)) for gateway in gateways],
-        now=now,
-        settings=settings,
-        where=where,
-    )
-
-
 def placement_rank(
     gateway: Gateway, load: int, now: datetime, settings: Settings | None
 ) -> tuple[int, float] | None:
@@ -998,13 +965,3 @@ async def record_heartbeat(
             await sessions_service.mark_connected(db, device.session_id, now, bus)
     await db.flush()
     return protocol.HeartbeatAck(ok=True, server_time=now)
-
-
-async def mark_offline_gateways(db: AsyncSession, now: datetime, settings: Settings) -> int:
-    """Gateways silent for longer than the grace period are offline; how many were marked."""
-    count = await repository.mark_offline(
-        db, now - timedelta(seconds=settings.offline_after_seconds)
-    )
-    if count:
-        log.info("gateways_offline", count=count)
-    return count

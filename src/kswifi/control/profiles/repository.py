@@ -205,14 +205,3 @@ async def delete_setup_links(db: AsyncSession, device_ids: Sequence[str]) -> Non
 async def delete_expired_setup_links(db: AsyncSession, now: datetime) -> int:
     result = await db.execute(delete(SetupLink).where(SetupLink.expires_at <= now))
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-async def count_active_devices(db: AsyncSession, session_id: str) -> int:
-    return int(
-        await db.scalar(
-            select(func.count())
-            .select_from(Device)
-            .where(Device.session_id == session_id, Device.status == ACTIVE)
-        )
-        or 0
-    )

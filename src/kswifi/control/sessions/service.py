@@ -237,29 +237,6 @@ async def record_usage_batch(
     ]
 
 
-async def record_usage(
-    db: AsyncSession,
-    bus: EventBus,
-    *,
-    session_id: str,
-    rx_bytes: int,
-    tx_bytes: int,
-    quota_exhausted: bool,
-    now: datetime,
-) -> DataSession | None:
-    """Add a gateway's counted bytes to one session (see `record_usage_batch`); the session as
-    it is now, or None when there is no such session."""
-    outcomes = await record_usage_batch(
-        db,
-        bus,
-        deltas=[UsageDelta(session_id, rx_bytes, tx_bytes, quota_exhausted)],
-        now=now,
-    )
-    if not outcomes:
-        return None
-    return await repository.get(db, session_id, fresh=True)
-
-
 async def end(
     db: AsyncSession, bus: EventBus, session: DataSession, status: str, reason: str, now: datetime
 ) -> None:
