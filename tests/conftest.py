@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from kswifi.control.app import create_app
 from kswifi.control.config import Settings
 from kswifi.control.deps import AppContext
+from kswifi.control.events import InProcessEventBus
 from kswifi.control.migrate import upgrade
 from kswifi.control.security import use_password_hasher
 
@@ -140,7 +141,9 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
+    # Domain tests run on the in-process bus on both databases; the PostgreSQL default
+    # (LISTEN/NOTIFY on the database) is tested with real replicas in tests/scale.
+    application = create_app(settings, events=InProcessEventBus())
     async with application.router.lifespan_context(application):
         yield application
 

@@ -45,11 +45,12 @@ def database() -> Iterator[ScaleDatabase]:
         yield created
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "postgres", "database-only"])
 def cluster(
     request: pytest.FixtureRequest, database: ScaleDatabase, tmp_path: Path
 ) -> Iterator[Cluster]:
-    events_url = REDIS_URL if request.param == "redis" else database.dsn
+    # "database-only": no KSWIFI_EVENTS_URL at all, the default for PostgreSQL.
+    events_url = {"redis": REDIS_URL, "postgres": database.dsn, "database-only": ""}[request.param]
     a = start_replica("a", database, events_url, tmp_path)
     b = start_replica("b", database, events_url, tmp_path)
     try:
@@ -58,7 +59,8 @@ def cluster(
         name = f"gw-{request.param}"
         out = admin_command(
             a.env, "gateways", "add", "--name", name, "--region", "eu-west",
-            "--endpoint", f"203.0.113.{1 if request.param == 'redis' else 2}:51820",
+            "--endpoint",
+            f"203.0.113.{['redis', 'postgres', 'database-only'].index(request.param) + 1}:51820",
         )  # fmt: skip
         yield Cluster(a, b, out.strip().splitlines()[-1])
     finally:

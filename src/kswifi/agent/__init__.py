@@ -1,3 +1,5 @@
 """Gateway agent: turns the control plane's desired state into a real WireGuard data plane."""
 
-AGENT_VERSION = "0.1.0"
+from kswifi import __version__ as AGENT_VERSION  # the one version string
+
+__all__ = ["AGENT_VERSION"]

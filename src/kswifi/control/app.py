@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kswifi import __version__
 from kswifi.control import metrics
-from kswifi.control.api import api_router, page_router
+from kswifi.control.api import api_router, optional_routers, page_router
 from kswifi.control.config import Settings, get_settings
 from kswifi.control.db import Database
 from kswifi.control.deps import AppContext
@@ -226,6 +226,8 @@ def create_app(
     install_error_handlers(app)
     _document_error_shape(app)
     app.include_router(api_router)
+    for router in optional_routers(settings):
+        app.include_router(router, prefix="/api")
     app.include_router(page_router)
     metrics.install(app)  # /metrics and request counters
     _mount_web(app)
@@ -277,11 +279,12 @@ def _document_error_shape(app: FastAPI) -> None:
 
 
 def _make_event_bus(settings: Settings) -> EventBus:
-    if not settings.events_url:
+    url = settings.resolved_events_url
+    if not url:
         return InProcessEventBus()
     from kswifi.control.events_remote import remote_event_bus
 
-    return remote_event_bus(settings.events_url)
+    return remote_event_bus(url)
 
 
 def _mount_web(app: FastAPI) -> None:

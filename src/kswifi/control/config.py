@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL shown in links")
     events_url: str = Field(
-        "", description="Cross-replica events: empty (in-process), redis://…, or postgresql://…"
+        "",
+        description="Cross-replica events: redis://… or postgresql://…; empty: in-process with"
+        " SQLite, LISTEN/NOTIFY on the database itself with PostgreSQL",
     )
     access_token_minutes: int = Field(15, ge=1, le=1440, description="Lifetime of access tokens")
     refresh_token_days: int = Field(30, ge=1, le=365, description="Lifetime of refresh tokens")
@@ -88,6 +90,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_events_url(self) -> str:
+        """Where replicas tell each other what changed: the setting, else the PostgreSQL
+        database itself (two replicas must never miss each other's changes); "" means
+        in-process (SQLite: one process)."""
+        if self.events_url or self.is_sqlite:
+            return self.events_url
+        return self.resolved_database_url
 
     def ensure_secret_key(self) -> str:
         """The secret key, generated and kept in `data_dir/secret_key` on first use."""

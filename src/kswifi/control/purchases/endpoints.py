@@ -18,6 +18,8 @@ from kswifi.control.purchases.schemas import (
 )
 
 router = APIRouter(tags=["purchases"])
+stripe_router = APIRouter(tags=["webhooks"])
+"""Served only when Stripe's webhook secret is set (see `kswifi.control.api`)."""
 
 IdempotencyKey = Annotated[
     str | None,
@@ -64,7 +66,7 @@ async def get_purchase(purchase_id: PurchaseId, db: DbSession, user: CurrentUser
     return await service.get_for_user(db, user.id, purchase_id)
 
 
-@router.post("/purchases/stripe/webhook", response_model=WebhookAck, tags=["webhooks"])
+@stripe_router.post("/purchases/stripe/webhook", response_model=WebhookAck)
 async def stripe_webhook(
     request: Request,
     db: DbSession,
