@@ -43,6 +43,7 @@ from kswifi.control.models import (
     SESSION_STATES,
     DataSession,
     Device,
+    DeviceStatus,
     Gateway,
     Purchase,
     UsageBatch,
@@ -266,7 +267,7 @@ async def database_families(db: AsyncSession, settings: Settings, now: datetime)
         (
             await db.execute(
                 select(Device.gateway_id, func.count())
-                .where(Device.status == "active")
+                .where(Device.status == DeviceStatus.ACTIVE)
                 .group_by(Device.gateway_id)
             )
         ).all()

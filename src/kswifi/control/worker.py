@@ -17,7 +17,7 @@ from datetime import datetime
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import service as gateways
 from kswifi.control.logging import get_logger
-from kswifi.control.models import utcnow
+from kswifi.control.models import SessionStatus, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
@@ -48,7 +48,9 @@ class Worker:
         async with self.ctx.db.transaction() as db:
             due = await sessions.due_for_expiry(db, now)
             for session in due:
-                await sessions.end(db, self.ctx.events, session, "expired", "time_up", now)
+                await sessions.end(
+                    db, self.ctx.events, session, SessionStatus.EXPIRED, "time_up", now
+                )
                 await gateways.bump_for_session(db, session.id, self.ctx.events)
         return len(due)
 

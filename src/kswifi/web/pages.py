@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kswifi.control.db import AFTER_COMMIT
 from kswifi.control.deps import Ctx, DbSession
 from kswifi.control.errors import KSWiFiError, TooManyRequests, Unprocessable
-from kswifi.control.models import DataSession, utcnow
+from kswifi.control.models import LIVE_STATES, DataSession, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.profiles import service as profiles
 from kswifi.control.purchases import service as purchases
@@ -26,11 +26,12 @@ from kswifi.control.purchases.schemas import PurchaseCreate
 from kswifi.control.regions import service as regions
 from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
+from kswifi.control.sessions.service import ENDED_MESSAGES
 from kswifi.control.users import endpoints as user_endpoints
 from kswifi.control.users import service as users
 from kswifi.web import auth, chart, copy
 from kswifi.web.deps import OptionalUser, PageNotFound, RequiredUser, safe_next
-from kswifi.web.templating import ENDED_MESSAGES, render
+from kswifi.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 
@@ -285,7 +286,7 @@ async def session_page(
         "nav": "sessions",
         "s": out,
         "chart": svg,
-        "live": out.status in ("active", "connected"),
+        "live": out.status in LIVE_STATES,
         "notice": _notice(request),
     }
     return render(request, "session.html", context)
@@ -368,7 +369,7 @@ async def setup_page(
         "regions": await _regions(request, db, ctx),
         "copy": copy,
     }
-    if out.status not in ("active", "connected"):
+    if out.status not in LIVE_STATES:
         context["error"] = ENDED_MESSAGES.get(out.status)
     return render(request, "setup.html", context)
 

@@ -10,25 +10,21 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from kswifi.control.models import SessionStatus
 from kswifi.control.sessions import service as sessions
+from kswifi.control.sessions.service import ENDED_MESSAGES
 from kswifi.web import auth
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # What a person reads for each session state (never the technical words).
-STATUS_LABELS = {
-    "active": "Ready to connect",
-    "connected": "Connect Profile Active",
-    "exhausted": "Data used up",
-    "expired": "Expired",
-    "revoked": "Cancelled",
-}
-
-ENDED_MESSAGES = {
-    "exhausted": "This session's data is used up. Buy a new session to keep browsing.",
-    "expired": "This session has expired. Buy a new session to keep browsing.",
-    "revoked": "This session was cancelled.",
+STATUS_LABELS: dict[str, str] = {
+    SessionStatus.ACTIVE: "Ready to connect",
+    SessionStatus.CONNECTED: "Connect Profile Active",
+    SessionStatus.EXHAUSTED: "Data used up",
+    SessionStatus.EXPIRED: "Expired",
+    SessionStatus.REVOKED: "Cancelled",
 }
 
 

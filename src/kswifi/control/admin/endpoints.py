@@ -21,10 +21,9 @@ from kswifi.control.admin.schemas import (
     DailyReport,
     ExtendIn,
     RevokeIn,
-    SessionStatus,
 )
 from kswifi.control.deps import AdminUser, Ctx, DbSession
-from kswifi.control.models import utcnow
+from kswifi.control.models import SessionStatus, utcnow
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

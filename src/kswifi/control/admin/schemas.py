@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SessionStatus = Literal["active", "connected", "exhausted", "expired", "revoked"]
+# The session states an operator filters by (one definition: the model's).
 MAX_EXTEND_DAYS = 365
 MAX_REPORT_DAYS = 366
 

@@ -28,7 +28,7 @@ from kswifi.control.errors import Conflict, Unprocessable
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
 from kswifi.control.logging import get_logger
-from kswifi.control.models import LIVE_STATES, SESSION_STATES, DataSession, User
+from kswifi.control.models import LIVE_STATES, SESSION_STATES, DataSession, SessionStatus, User
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
 
@@ -120,7 +120,7 @@ async def revoke_session(
     status = sessions.effective_status(session, now)
     if session.status not in LIVE_STATES:
         raise SessionAlreadyEnded(f"This session has already ended ({status})", status=status)
-    await sessions.end(db, bus, session, "revoked", "operator", now)
+    await sessions.end(db, bus, session, SessionStatus.REVOKED, "operator", now)
     await gateways.bump_for_session(db, session.id, bus)
     record(
         db,
@@ -147,7 +147,7 @@ async def extend_session(
     if not 1 <= days <= MAX_EXTEND_DAYS:
         raise Unprocessable(f"days: between 1 and {MAX_EXTEND_DAYS}", field="days")
     session, email = await _session_with_owner(db, session_id)
-    if session.status in ("exhausted", "revoked"):
+    if session.status in (SessionStatus.EXHAUSTED, SessionStatus.REVOKED):
         raise SessionAlreadyEnded(
             f"A {session.status} session cannot be extended", status=session.status
         )

@@ -38,6 +38,7 @@ from kswifi.control.models import (
     AddressRelease,
     DataSession,
     Device,
+    DeviceStatus,
     Gateway,
     GatewayLease,
     Region,
@@ -143,7 +144,7 @@ async def taken_blocks(db: AsyncSession) -> list[tuple[str, str]]:
 
 def _live_device_filter(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
     return [
-        Device.status == "active",
+        Device.status == DeviceStatus.ACTIVE,
         DataSession.status.in_(LIVE_STATES),
         or_(DataSession.expires_at.is_(None), DataSession.expires_at > now),
     ]
@@ -213,7 +214,7 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
 def _sessions_carried_by(gateway_id: str) -> Select[Any]:
     return (
         select(Device.session_id)
-        .where(Device.gateway_id == gateway_id, Device.status == "active")
+        .where(Device.gateway_id == gateway_id, Device.status == DeviceStatus.ACTIVE)
         .distinct()
     )
 
@@ -227,8 +228,8 @@ async def other_carriers(db: AsyncSession, gateway_id: str) -> dict[str, set[str
         .join(Device, Device.session_id == other.session_id)
         .where(
             Device.gateway_id == gateway_id,
-            Device.status == "active",
-            other.status == "active",
+            Device.status == DeviceStatus.ACTIVE,
+            other.status == DeviceStatus.ACTIVE,
             other.gateway_id != gateway_id,
         )
         .distinct()
@@ -245,7 +246,7 @@ async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str,
     for chunk in _chunks(carriers):
         rows = await db.execute(
             select(Device.session_id, Device.gateway_id)
-            .where(Device.status == "active", _one_of(db, Device.session_id, chunk))
+            .where(Device.status == DeviceStatus.ACTIVE, _one_of(db, Device.session_id, chunk))
             .distinct()
         )
         for session_id, carrier_id in rows:
@@ -263,7 +264,7 @@ async def other_carriers_of(
         rows = await db.execute(
             select(Device.session_id, Device.gateway_id)
             .where(
-                Device.status == "active",
+                Device.status == DeviceStatus.ACTIVE,
                 Device.gateway_id != gateway_id,
                 _one_of(db, Device.session_id, chunk),
             )
@@ -662,7 +663,7 @@ async def sessions_with_device_on(
 async def gateways_carrying(db: AsyncSession, session_id: str) -> list[str]:
     rows = await db.scalars(
         select(Device.gateway_id)
-        .where(Device.session_id == session_id, Device.status == "active")
+        .where(Device.session_id == session_id, Device.status == DeviceStatus.ACTIVE)
         .distinct()
     )
     return list(rows)
@@ -803,7 +804,7 @@ async def devices_by_public_key(
         rows = await db.scalars(
             select(Device).where(
                 Device.gateway_id == gateway_id,
-                Device.status == "active",
+                Device.status == DeviceStatus.ACTIVE,
                 Device.public_key.in_(chunk),
             )
         )

@@ -7,15 +7,24 @@ from kswifi.control.models.network import (
     AddressRelease,
     AuditEntry,
     Device,
+    DeviceStatus,
     Gateway,
     GatewayLease,
     SetupLink,
     UsageBatch,
 )
-from kswifi.control.models.sessions import LIVE_STATES, SESSION_STATES, DataSession, UsageRollup
+from kswifi.control.models.sessions import (
+    ENDED_STATES,
+    LIVE_STATES,
+    SESSION_STATES,
+    DataSession,
+    SessionStatus,
+    UsageRollup,
+)
 from kswifi.control.models.users import RefreshToken, User
 
 __all__ = [
+    "ENDED_STATES",
     "LIVE_STATES",
     "SESSION_STATES",
     "AddressRelease",
@@ -23,6 +32,7 @@ __all__ = [
     "Base",
     "DataSession",
     "Device",
+    "DeviceStatus",
     "Gateway",
     "GatewayLease",
     "Plan",
@@ -30,6 +40,7 @@ __all__ = [
     "Purchase",
     "RefreshToken",
     "Region",
+    "SessionStatus",
     "SetupLink",
     "UsageBatch",
     "UsageRollup",

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kswifi.control.models.base import UPDATED_TABLE_OPTIONS, Base, new_id, utcnow
+
+
+class DeviceStatus(StrEnum):
+    """A Connect Profile's device: its keys work (`active`) or were retired (`removed`)."""
+
+    ACTIVE = "active"
+    REMOVED = "removed"
 
 
 class Gateway(Base):
@@ -53,7 +61,7 @@ class Device(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"))
     device_name: Mapped[str] = mapped_column(String(64), default="My device")
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | removed
+    status: Mapped[str] = mapped_column(String(16), default=DeviceStatus.ACTIVE.value)
     public_key: Mapped[str] = mapped_column(String(44))
     preshared_key_encrypted: Mapped[str] = mapped_column(String(512))
     private_key_encrypted: Mapped[str | None] = mapped_column(String(512), default=None)

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kswifi.control.models.base import UPDATED_TABLE_OPTIONS, Base, new_id, utcnow
 
-SESSION_STATES = ("active", "connected", "exhausted", "expired", "revoked")
-LIVE_STATES = ("active", "connected")
+
+class SessionStatus(StrEnum):
+    """Where a data session is in its life (stored as its string value)."""
+
+    ACTIVE = "active"
+    """Bought, usable, no handshake yet."""
+    CONNECTED = "connected"
+    """A device of it has connected."""
+    EXHAUSTED = "exhausted"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+SESSION_STATES = tuple(SessionStatus)
+LIVE_STATES = (SessionStatus.ACTIVE, SessionStatus.CONNECTED)
+"""A session a device may draw data from."""
+ENDED_STATES = (SessionStatus.EXHAUSTED, SessionStatus.EXPIRED, SessionStatus.REVOKED)
+"""A session that is over (the one name for this set)."""
 
 
 class DataSession(Base):
@@ -26,7 +43,7 @@ class DataSession(Base):
     purchase_id: Mapped[str] = mapped_column(ForeignKey("purchases.id"), unique=True)
     plan_code: Mapped[str] = mapped_column(String(32))
     plan_name: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.ACTIVE.value)
     data_limit_bytes: Mapped[int] = mapped_column(BigInteger)
     speed_mbps: Mapped[int]
     validity_seconds: Mapped[int] = mapped_column(BigInteger)

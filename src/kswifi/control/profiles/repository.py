@@ -10,11 +10,17 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import DataSession, Device, Gateway, SetupLink
+from kswifi.control.models import (
+    ENDED_STATES,
+    DataSession,
+    Device,
+    DeviceStatus,
+    Gateway,
+    SetupLink,
+)
 
-ACTIVE = "active"
-REMOVED = "removed"
-ENDED_SESSION_STATES = ("exhausted", "expired", "revoked")
+ACTIVE = DeviceStatus.ACTIVE
+REMOVED = DeviceStatus.REMOVED
 
 
 async def serialize_session_profiles(db: AsyncSession, session_id: str) -> None:
@@ -97,7 +103,7 @@ async def devices_of_ended_sessions(db: AsyncSession, now: datetime, limit: int)
         .where(
             Device.status == ACTIVE,
             # A device exists only once its session was activated, so expires_at is set.
-            or_(DataSession.status.in_(ENDED_SESSION_STATES), DataSession.expires_at <= now),
+            or_(DataSession.status.in_(ENDED_STATES), DataSession.expires_at <= now),
         )
         .order_by(Device.id)
         .limit(limit)

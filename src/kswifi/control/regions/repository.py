@@ -8,7 +8,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
-from kswifi.control.models import Device, Gateway, Region
+from kswifi.control.models import Device, DeviceStatus, Gateway, Region
 
 
 async def get(db: AsyncSession, code: str) -> Region | None:
@@ -58,7 +58,7 @@ async def active_devices_on(db: AsyncSession, gateway_ids: list[str]) -> list[tu
         return []
     rows = await db.execute(
         select(Device.gateway_id, Device.session_id, Device.id)
-        .where(Device.gateway_id.in_(gateway_ids), Device.status == "active")
+        .where(Device.gateway_id.in_(gateway_ids), Device.status == DeviceStatus.ACTIVE)
         .order_by(Device.session_id, Device.id)
     )
     return [(gateway_id, session_id, device_id) for gateway_id, session_id, device_id in rows]

@@ -20,14 +20,21 @@ from kswifi.control.events import (
     session_channel,
 )
 from kswifi.control.gateways.leases import PACKET_BYTES
-from kswifi.control.models import LIVE_STATES, DataSession, Plan, UsageRollup, utcnow
+from kswifi.control.models import (
+    ENDED_STATES,
+    LIVE_STATES,
+    DataSession,
+    Plan,
+    SessionStatus,
+    UsageRollup,
+    utcnow,
+)
 from kswifi.control.sessions import repository
 from kswifi.control.sessions.schemas import SessionOut
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 WARNING_PERCENTS = (80, 95)
-ENDED_STATES = ("exhausted", "expired", "revoked")
 
 
 async def create_for_purchase(
@@ -47,7 +54,7 @@ async def create_for_purchase(
         purchase_id=purchase_id,
         plan_code=plan.code,
         plan_name=plan.name,
-        status="active",
+        status=SessionStatus.ACTIVE,
         data_limit_bytes=plan.data_limit_bytes,
         speed_mbps=plan.speed_mbps,
         validity_seconds=plan.validity_days * 86_400,
@@ -85,7 +92,7 @@ async def list_for_user(db: AsyncSession, user_id: str) -> list[DataSession]:
 def effective_status(session: DataSession, now: datetime) -> str:
     """The stored status, or `expired` once the clock has passed a live session's end."""
     if session.status in LIVE_STATES and _time_is_up(session, now):
-        return "expired"
+        return SessionStatus.EXPIRED
     return session.status
 
 
@@ -95,18 +102,23 @@ def _time_is_up(session: DataSession, now: datetime) -> bool:
     return session.activated_at is None and session.activation_deadline <= now
 
 
+ENDED_MESSAGES: dict[str, str] = {
+    SessionStatus.EXHAUSTED: "This session's data is used up. Buy a new session to keep browsing.",
+    SessionStatus.EXPIRED: "This session has expired. Buy a new session to keep browsing.",
+    SessionStatus.REVOKED: "This session was cancelled.",
+}
+"""What a person reads when a session is over (the API's errors and the web pages)."""
+
+
 def ensure_usable(session: DataSession, now: datetime) -> None:
     """Refuse a session that can no longer carry traffic."""
     status = effective_status(session, now)
-    messages = {
-        "exhausted": "This session's data is used up. Buy a new session to keep browsing.",
-        "expired": "This session has expired. Buy a new session to keep browsing.",
-        "revoked": "This session was cancelled.",
-    }
-    if status in messages:
-        raise SessionNotUsable(messages[status], status=status)
+    if status in ENDED_MESSAGES:
+        raise SessionNotUsable(ENDED_MESSAGES[status], status=status)
     if session.used_bytes >= session.data_limit_bytes:
-        raise SessionNotUsable(messages["exhausted"], status="exhausted")
+        raise SessionNotUsable(
+            ENDED_MESSAGES[SessionStatus.EXHAUSTED], status=SessionStatus.EXHAUSTED
+        )
 
 
 def activate_if_needed(session: DataSession, now: datetime) -> None:
@@ -124,8 +136,8 @@ async def mark_connected(
     if session is None:
         return
     session.last_seen_at = now
-    if session.status == "active" and not _time_is_up(session, now):
-        session.status = "connected"
+    if session.status == SessionStatus.ACTIVE and not _time_is_up(session, now):
+        session.status = SessionStatus.CONNECTED
         if bus is not None:
             publish_after_commit(db, bus, session_channel(session.id), usage_facts(session, now))
 
@@ -223,7 +235,7 @@ async def record_usage_batch(
     for session_id in ending:
         session = await repository.get(db, session_id, fresh=True)
         if session is not None:
-            await end(db, bus, session, "exhausted", "data_used_up", now)
+            await end(db, bus, session, SessionStatus.EXHAUSTED, "data_used_up", now)
             ended[session_id] = session.status
     return [
         SessionUsageOutcome(
@@ -275,8 +287,8 @@ async def extend(
     session.expires_at = base + timedelta(days=days)
     if session.activated_at is None:
         session.activated_at = now
-    if session.status == "expired" and session.used_bytes < session.data_limit_bytes:
-        session.status = "active"
+    if session.status == SessionStatus.EXPIRED and session.used_bytes < session.data_limit_bytes:
+        session.status = SessionStatus.ACTIVE
         session.ended_at = None
         session.end_reason = None
     if db is not None and bus is not None:

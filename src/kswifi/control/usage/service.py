@@ -16,11 +16,12 @@ from typing import Any
 
 from kswifi.control.db import Database
 from kswifi.control.events import EventBus, UsageFacts, session_channel
-from kswifi.control.models import DataSession, utcnow
+from kswifi.control.models import ENDED_STATES, DataSession, utcnow
 from kswifi.control.sessions import service as sessions
 from kswifi.control.usage.schemas import UsageHistory, UsagePoint
 
-FINAL_EVENTS = ("exhausted", "expired", "revoked")
+FINAL_EVENTS = ENDED_STATES
+"""A stream ends with the event named after the state that ended its session."""
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 1000
 
