@@ -20,6 +20,9 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import after_commit
+from kswifi.control.logging import get_logger
+
+log = get_logger("kswifi.events")
 
 
 class UsageFacts(NamedTuple):
@@ -206,7 +209,7 @@ def publish_after_commit(db: AsyncSession, bus: EventBus, channel: str, payload:
     """Publish `payload` on `channel` once the current transaction has committed."""
 
     async def _publish() -> None:
-        await bus.publish(channel, payload)
+        await _publish_committed(bus, [(channel, payload)])
 
     after_commit(db, _publish)
 
@@ -217,6 +220,16 @@ def publish_many_after_commit(db: AsyncSession, bus: EventBus, events: Sequence[
         return
 
     async def _publish() -> None:
-        await bus.publish_many(events)
+        await _publish_committed(bus, events)
 
     after_commit(db, _publish)
+
+
+async def _publish_committed(bus: EventBus, events: Sequence[Event]) -> None:
+    """The change is committed: a broker that cannot take its events must not turn the
+    request into an error. Listeners miss a wake-up and catch up (a long-poll times out and
+    reads the database again, a usage stream's next event carries the totals)."""
+    try:
+        await bus.publish_many(events)
+    except Exception as exc:
+        log.warning("events_not_published", events=len(events), error=type(exc).__name__)

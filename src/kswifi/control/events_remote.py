@@ -132,17 +132,51 @@ class RedisEventBus:
             await self._client.aclose()
 
 
+# A connection the server ended (restart, failover, `pg_terminate_backend`): worth a new one.
+_PG_CONNECTION_LOST = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    ConnectionError,
+    OSError,
+)
+
+
 class PostgresEventBus:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.fanout = LocalFanout()
         self._listener: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=4)
-        self._listener = await asyncpg.connect(self.dsn)
-        await self._listener.add_listener(PG_CHANNEL, self._on_notify)
+        await self._listen()
+
+    async def _listen(self) -> None:
+        listener = await asyncpg.connect(self.dsn)
+        await listener.add_listener(PG_CHANNEL, self._on_notify)
+        listener.add_termination_listener(self._on_listener_lost)
+        self._listener = listener
+
+    def _on_listener_lost(self, _connection: Any) -> None:
+        if self._stopping or (self._reconnecting and not self._reconnecting.done()):
+            return
+        log.warning("event_bus_reconnect", backend="postgresql")
+        self._reconnecting = asyncio.get_running_loop().create_task(
+            self._listen_again(), name="kswifi-pg-events"
+        )
+
+    async def _listen_again(self) -> None:
+        """LISTEN again until it works (subscribers stay; what was sent meanwhile is lost)."""
+        while not self._stopping:
+            try:
+                await self._listen()
+                return
+            except _PG_CONNECTION_LOST:
+                await asyncio.sleep(0.5)
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         _number, _, lines = payload.partition("\n")
@@ -170,22 +204,36 @@ class PostgresEventBus:
         if lines:
             payloads.append(_notify_text(len(payloads), lines))
         if len(payloads) == 1:
-            await self._pool.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, payloads[0])
+            await self._notify("SELECT pg_notify($1, $2)", PG_CHANNEL, payloads[0])
         elif payloads:
-            await self._pool.execute(
+            await self._notify(
                 "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
                 PG_CHANNEL,
                 payloads,
             )
 
+    async def _notify(self, statement: str, *args: Any) -> None:
+        """One retry on a connection the server ended: the pool hands out a new one."""
+        assert self._pool is not None
+        try:
+            await self._pool.execute(statement, *args)
+        except _PG_CONNECTION_LOST:
+            await self._pool.execute(statement, *args)
+
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self.fanout.subscription(channel)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_PG_CONNECTION_LOST):
+                await self._reconnecting
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(PG_CHANNEL, self._on_notify)
-            await self._listener.close()
+            with contextlib.suppress(Exception):
+                await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
 

@@ -298,3 +298,59 @@ class TestSubscriptionWaits:
         assert await subscription.receive(0) == {"n": 2}
         assert subscription.drain() == [{"n": 3}, {"n": 4}]
         assert await subscription.receive(0) is None
+
+
+@pytest.mark.postgres
+async def test_the_postgres_bus_survives_its_connections_being_cut() -> None:
+    """PostgreSQL is also the default bus: a restart or failover that ends its connections
+    must not stop events (publishing retries on a new connection, LISTEN comes back)."""
+    import time
+    import uuid
+
+    import asyncpg
+
+    name = f"kswifi_events_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(PG_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+    sender, receiver = PostgresEventBus(dsn), PostgresEventBus(dsn)
+    try:
+        await sender.start()
+        await receiver.start()
+        async with receiver.subscribe("session.cut") as subscription:
+            cut = await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                name,
+            )
+            assert len(cut) >= 3  # both listeners and the sender's pooled connection
+            deadline = time.monotonic() + 10
+            message = None
+            while message is None and time.monotonic() < deadline:
+                await sender.publish("session.cut", {"type": "usage", "used_bytes": 7})
+                message = await subscription.get(0.5)
+            assert message == {"type": "usage", "used_bytes": 7}
+    finally:
+        await sender.stop()
+        await receiver.stop()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_a_broker_failing_after_commit_does_not_fail_the_request(tmp_path: object) -> None:
+    """The change is committed; a lost event is logged, never raised to the client."""
+    from pathlib import Path
+
+    from kswifi.control.db import Database
+    from kswifi.control.events import publish_many_after_commit
+
+    class Unreachable(InProcessEventBus):
+        async def publish_many(self, events: object) -> None:
+            raise ConnectionError("the broker went away")
+
+    assert isinstance(tmp_path, Path)
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'events.db'}")
+    try:
+        async with database.transaction() as db:
+            publish_many_after_commit(db, Unreachable(), [("session.x", {"type": "usage"})])
+    finally:
+        await database.dispose()
