@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
-from kswifi.control.db import Database
+from kswifi.control.db import AFTER_COMMIT, Database
 from kswifi.control.errors import Forbidden, Unauthorized
 from kswifi.control.events import EventBus
 from kswifi.control.models import Gateway, User
@@ -52,6 +52,17 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
 # scope="function": the commit runs before the response is sent, so a failed commit is an error
 # response, never a success the database does not hold.
 DbSession = Annotated[AsyncSession, Depends(get_db, scope="function")]
+
+
+async def abandon(db: AsyncSession) -> None:
+    """Undo the request's writes after a refused action (and drop the events they queued),
+    so a page can answer with the error and still commit nothing.
+
+    ORM objects loaded before are expired afterwards: read what is needed from them first.
+    """
+    db.info.pop(AFTER_COMMIT, None)
+    await db.rollback()
+
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from /api/auth/login")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

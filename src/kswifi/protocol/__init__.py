@@ -1,6 +1,7 @@
 """Wire models shared by the control plane and the gateway agent (a leaf package)."""
 
 from kswifi.protocol.models import (
+    PACKET_BYTES,
     PROTOCOL_VERSION,
     DesiredState,
     GatewayHeartbeat,
@@ -16,6 +17,7 @@ from kswifi.protocol.models import (
 )
 
 __all__ = [
+    "PACKET_BYTES",
     "PROTOCOL_VERSION",
     "DesiredState",
     "GatewayHeartbeat",

@@ -13,6 +13,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 PROTOCOL_VERSION = 1
+PACKET_BYTES = 1500
+"""What one full-size packet counts (an Ethernet-MTU IP packet). A quota or lease with less
+than this left cannot carry one: the kernel quota drops the next full packet."""
 MAX_PEERS = 100_000  # like a usage report's deltas: far above any gateway's capacity
 INT64_MAX = 2**63 - 1  # what the database stores: larger numbers are refused, not a 500
 MAX_DELTA_BYTES = 2**40  # 1 TiB per direction in one report (one second of counting)

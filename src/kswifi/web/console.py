@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from kswifi.control.admin import service as admin
 from kswifi.control.admin.schemas import MAX_EXTEND_DAYS
-from kswifi.control.deps import Ctx, DbSession
+from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.gateways import service as gateways
 from kswifi.control.models import SESSION_STATES, utcnow
@@ -25,7 +25,7 @@ from kswifi.control.plans.schemas import PlanCreate, PlanUpdate
 from kswifi.control.purchases import service as purchases
 from kswifi.control.regions import service as regions
 from kswifi.web.deps import Operator
-from kswifi.web.pages import abandon, form_fields, redirect, say
+from kswifi.web.pages import form_fields, redirect, say
 from kswifi.web.templating import render
 
 router = APIRouter(prefix="/admin", include_in_schema=False)

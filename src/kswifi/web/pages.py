@@ -15,9 +15,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.db import AFTER_COMMIT
-from kswifi.control.deps import Ctx, DbSession
-from kswifi.control.errors import KSWiFiError, TooManyRequests, Unprocessable
+from kswifi.control.deps import Ctx, DbSession, abandon
+from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.models import LIVE_STATES, DataSession, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.profiles import service as profiles
@@ -27,7 +26,6 @@ from kswifi.control.regions import service as regions
 from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
 from kswifi.control.sessions.service import ENDED_MESSAGES
-from kswifi.control.users import endpoints as user_endpoints
 from kswifi.control.users import service as users
 from kswifi.web import auth, chart, copy
 from kswifi.web.deps import OptionalUser, PageNotFound, RequiredUser, safe_next
@@ -42,15 +40,6 @@ async def form_fields(request: Request) -> dict[str, str]:
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
     auth.verify_csrf(request, fields.get(auth.CSRF_FIELD))
     return fields
-
-
-async def abandon(db: AsyncSession) -> None:
-    """Undo the request's writes after a refused action (and drop the events they queued).
-
-    ORM objects loaded before are expired afterwards: read what is needed from them first.
-    """
-    db.info.pop(AFTER_COMMIT, None)
-    await db.rollback()
 
 
 def redirect(request: Request, url: str) -> Response:
@@ -81,12 +70,10 @@ async def signup(request: Request, ctx: Ctx, db: DbSession) -> Response:
     email = fields.get("email", "").strip()
     password = fields.get("password", "")
     next_path = safe_next(fields.get("next"), "/plans")
-    limits = user_endpoints.rate_limits(request, ctx)
-    wait = limits.register_by_address.hit(user_endpoints.client_address(request))
+    limits = users.rate_limits(request.app.state, ctx.settings)
+    address = users.client_address(request.client.host if request.client else None)
     try:
-        if wait is not None:
-            raise TooManyRequests("Too many sign-ups from here; please try again shortly", wait)
-        user = await users.register(db, email, password)
+        user = await users.register_limited(db, limits, address, email, password)
         tokens = await users.issue_tokens(db, ctx.secrets, ctx.settings, user)
     except KSWiFiError as exc:
         await abandon(db)
@@ -110,33 +97,16 @@ async def login(request: Request, ctx: Ctx, db: DbSession) -> Response:
     email = fields.get("email", "").strip()
     password = fields.get("password", "")
     next_path = safe_next(fields.get("next"))
-    limits = user_endpoints.rate_limits(request, ctx)
-    account_key = email.lower()
-    address_key = user_endpoints.client_address(request)
-    waits = [
-        wait
-        for wait in (
-            limits.login_by_account.retry_after(account_key),
-            limits.login_by_address.retry_after(address_key),
-        )
-        if wait is not None
-    ]
+    limits = users.rate_limits(request.app.state, ctx.settings)
+    address = users.client_address(request.client.host if request.client else None)
     try:
-        if waits:
-            raise TooManyRequests(
-                f"Too many failed logins; try again in {max(waits)} seconds", max(waits)
-            )
-        try:
-            tokens = await users.login(db, ctx.secrets, ctx.settings, email, password)
-        except users.InvalidCredentials:
-            limits.login_by_account.record(account_key)
-            limits.login_by_address.record(address_key)
-            raise
+        tokens = await users.login_limited(
+            db, ctx.secrets, ctx.settings, limits, address, email, password
+        )
     except KSWiFiError as exc:
         await abandon(db)
         context = {"nav": "login", "email": email, "next": next_path, "error": say(exc)}
         return render(request, "login.html", context, status_code=exc.status_code)
-    limits.login_by_account.reset(account_key)
     auth.set_login_cookies(request, tokens)
     return redirect(request, next_path)
 
@@ -385,21 +355,15 @@ async def generate(
     device_name = fields.get("device_name", "").strip() or None
     now = utcnow()
     try:
-        generated = await profiles.generate_profile(
+        generated = await profiles.generate_for_request(
             db,
-            secrets=ctx.secrets,
-            settings=ctx.settings,
-            bus=ctx.events,
+            ctx,
             user_id=user_id,
             session_id=session.id,
             region=region,
             device_name=device_name,
-            now=now,
-            client=regions.locate_client(
-                ctx.settings,
-                peer_address=request.client.host if request.client else None,
-                headers=request.headers,
-            ),
+            peer_address=request.client.host if request.client else None,
+            headers=request.headers,
         )
         profile = profiles.to_response(generated, ctx.settings)
     except KSWiFiError as exc:

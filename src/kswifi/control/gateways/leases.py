@@ -22,10 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-PACKET_BYTES = 1500
-"""What one full-size packet counts (an Ethernet-MTU IP packet). A lease with less than this
-left cannot carry one: the kernel quota drops the next full packet."""
-
+from kswifi.protocol import PACKET_BYTES as PACKET_BYTES  # the rules below count in it
 
 IDLE_SECONDS = 60
 """A gateway that served a session nothing for this long is idle: when another gateway of the

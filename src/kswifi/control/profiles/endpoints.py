@@ -22,7 +22,6 @@ from kswifi.control.profiles.schemas import (
     ConnectProfileResponse,
     GenerateConnectRequest,
 )
-from kswifi.control.regions import service as regions
 from kswifi.control.security import utcnow
 
 router = APIRouter(prefix="/connect", tags=["connect profiles"])
@@ -82,21 +81,15 @@ async def generate_connect_profile(
     # Our own transaction instead of `DbSession`: it commits before the QR codes are drawn, so
     # the encoding never holds a row lock (or SQLite's write lock).
     async with ctx.db.transaction() as db:
-        generated = await service.generate_profile(
+        generated = await service.generate_for_request(
             db,
-            secrets=ctx.secrets,
-            settings=ctx.settings,
-            bus=ctx.events,
+            ctx,
             user_id=current_user_id,
             session_id=request.session_id,
             region=request.region,
             device_name=request.device_name,
-            now=utcnow(),
-            client=regions.locate_client(
-                ctx.settings,
-                peer_address=http.client.host if http.client else None,
-                headers=http.headers,
-            ),
+            peer_address=http.client.host if http.client else None,
+            headers=http.headers,
         )
     # A few milliseconds of C and zlib: cheaper on the loop than a hand-off to a thread.
     return service.to_response(generated, ctx.settings)

@@ -8,6 +8,7 @@ after that, showing a profile again means generating it again, which rotates the
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
@@ -15,11 +16,12 @@ from ipaddress import IPv4Address, IPv6Address
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
+from kswifi.control.deps import AppContext
 from kswifi.control.errors import Conflict, Gone, NotFound, TooManyRequests, Unauthorized
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
-from kswifi.control.models import Device, Gateway, new_id
+from kswifi.control.models import Device, Gateway, new_id, utcnow
 from kswifi.control.profiles import qr, repository
 from kswifi.control.profiles.config_render import (
     ClientConfig,
@@ -89,6 +91,33 @@ class OpenedSetupLink:
     device_id: str
     download_token: str
     expires_at: datetime
+
+
+async def generate_for_request(
+    db: AsyncSession,
+    ctx: AppContext,
+    *,
+    user_id: str,
+    session_id: str,
+    region: str | None,
+    device_name: str | None,
+    peer_address: str | None,
+    headers: Mapping[str, str],
+) -> GeneratedProfile:
+    """`generate_profile` as the API and the web pages call it: the app's keys, settings and
+    bus, the client located from its connection (and the trusted proxy headers), now."""
+    return await generate_profile(
+        db,
+        secrets=ctx.secrets,
+        settings=ctx.settings,
+        bus=ctx.events,
+        user_id=user_id,
+        session_id=session_id,
+        region=region,
+        device_name=device_name,
+        now=utcnow(),
+        client=regions.locate_client(ctx.settings, peer_address=peer_address, headers=headers),
+    )
 
 
 async def generate_profile(

@@ -19,7 +19,6 @@ from kswifi.control.events import (
     publish_many_after_commit,
     session_channel,
 )
-from kswifi.control.gateways.leases import PACKET_BYTES
 from kswifi.control.models import (
     ENDED_STATES,
     LIVE_STATES,
@@ -31,6 +30,7 @@ from kswifi.control.models import (
 )
 from kswifi.control.sessions import repository
 from kswifi.control.sessions.schemas import SessionOut
+from kswifi.protocol import PACKET_BYTES
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

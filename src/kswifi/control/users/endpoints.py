@@ -5,53 +5,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response, status
 
 from kswifi.control.deps import Ctx, CurrentUser, DbSession
-from kswifi.control.errors import TooManyRequests
 from kswifi.control.users import service
-from kswifi.control.users.ratelimit import AuthRateLimits
 from kswifi.control.users.schemas import LoginIn, LogoutIn, RefreshIn, RegisterIn, TokenOut, UserOut
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
-_LIMITS_STATE = "kswifi_auth_rate_limits"
-
-
-def rate_limits(request: Request, ctx: Ctx) -> AuthRateLimits:
-    """The app's limiters, created on first use (they live as long as the app)."""
-    limits: AuthRateLimits | None = getattr(request.app.state, _LIMITS_STATE, None)
-    if limits is None:
-        limits = AuthRateLimits.from_settings(ctx.settings)
-        setattr(request.app.state, _LIMITS_STATE, limits)
-    return limits
-
-
-def client_address(request: Request) -> str:
-    """The peer address. X-Forwarded-For is not trusted: any client can write it."""
-    return request.client.host if request.client else "unknown"
-
 
 @router.post("/register", status_code=status.HTTP_201_CREATED)
 async def register(body: RegisterIn, request: Request, ctx: Ctx, db: DbSession) -> UserOut:
-    wait = rate_limits(request, ctx).register_by_address.hit(client_address(request))
-    if wait is not None:
-        raise TooManyRequests("Too many sign-ups from this address; try again shortly", wait)
-    user = await service.register(db, body.email, body.password)
+    limits = service.rate_limits(request.app.state, ctx.settings)
+    address = service.client_address(request.client.host if request.client else None)
+    user = await service.register_limited(db, limits, address, body.email, body.password)
     return UserOut.model_validate(user)
 
 
 @router.post("/login")
 async def login(body: LoginIn, request: Request, ctx: Ctx, db: DbSession) -> TokenOut:
-    limits = rate_limits(request, ctx)
-    address = client_address(request)
-    wait = limits.login_wait(body.email, address)
-    if wait is not None:
-        raise TooManyRequests(f"Too many failed logins; try again in {wait} seconds", wait)
-    try:
-        tokens = await service.login(db, ctx.secrets, ctx.settings, body.email, body.password)
-    except service.InvalidCredentials:
-        limits.login_failed(body.email, address)
-        raise
-    limits.login_succeeded(body.email)
-    return tokens
+    limits = service.rate_limits(request.app.state, ctx.settings)
+    address = service.client_address(request.client.host if request.client else None)
+    return await service.login_limited(
+        db, ctx.secrets, ctx.settings, limits, address, body.email, body.password
+    )
 
 
 @router.post("/refresh")

@@ -9,7 +9,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
-from kswifi.control.errors import Conflict, NotFound, Unauthorized, Unprocessable
+from kswifi.control.errors import Conflict, NotFound, TooManyRequests, Unauthorized, Unprocessable
 from kswifi.control.logging import get_logger
 from kswifi.control.models import RefreshToken, User
 from kswifi.control.models.base import new_id
@@ -22,6 +22,7 @@ from kswifi.control.security import (
     verify_password,
 )
 from kswifi.control.users import repository
+from kswifi.control.users.ratelimit import AuthRateLimits
 from kswifi.control.users.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, TokenOut
 
 log = get_logger("kswifi.control.users")
@@ -186,6 +187,59 @@ async def login(
     user = await authenticate(db, email, password)
     tokens = await issue_tokens(db, secrets, settings, user, now=now)
     log.info("user_logged_in", user_id=user.id)
+    return tokens
+
+
+# --- sign-up and login under the rate limits (one policy for the API and the web pages) ---
+
+_LIMITS_STATE = "kswifi_auth_rate_limits"
+
+
+def rate_limits(state: object, settings: Settings) -> AuthRateLimits:
+    """The app's limiters, kept on the app's state (made on first use, as long-lived as it)."""
+    limits: AuthRateLimits | None = getattr(state, _LIMITS_STATE, None)
+    if limits is None:
+        limits = AuthRateLimits.from_settings(settings)
+        setattr(state, _LIMITS_STATE, limits)
+    return limits
+
+
+def client_address(peer_host: str | None) -> str:
+    """The address a client is limited by: the connection's peer. X-Forwarded-For is not
+    trusted here: any client can write it."""
+    return peer_host or "unknown"
+
+
+async def register_limited(
+    db: AsyncSession, limits: AuthRateLimits, address: str, email: str, password: str
+) -> User:
+    """`register`, refused (429) past the sign-ups one address may make."""
+    wait = limits.register_by_address.hit(address)
+    if wait is not None:
+        raise TooManyRequests("Too many sign-ups from this address; try again shortly", wait)
+    return await register(db, email, password)
+
+
+async def login_limited(
+    db: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    limits: AuthRateLimits,
+    address: str,
+    email: str,
+    password: str,
+) -> TokenOut:
+    """`login`, refused (429) while the account or the address is being guessed; a wrong
+    password counts against both, a right one clears the account."""
+    wait = limits.login_wait(email, address)
+    if wait is not None:
+        raise TooManyRequests(f"Too many failed logins; try again in {wait} seconds", wait)
+    try:
+        tokens = await login(db, secrets, settings, email, password)
+    except InvalidCredentials:
+        limits.login_failed(email, address)
+        raise
+    limits.login_succeeded(email)
     return tokens
 
 
