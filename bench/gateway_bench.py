@@ -41,8 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from kswifi.agent.actions import CreateSession, MapAddress
 from kswifi.agent.config import GatewaySettings
 from kswifi.agent.dataplane import KernelDataplane
+from kswifi.agent.desired import desired_from_state
 from kswifi.agent.drivers.command import CommandRunner
 from kswifi.agent.drivers.loop import DownloadLoop
 from kswifi.agent.drivers.nftables import NftConfig, NftTable, render_batch, render_skeleton
@@ -58,7 +60,7 @@ from kswifi.agent.drivers.tc import (
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.keys import generate_private_key, public_key_of
 from kswifi.agent.main import Agent
-from kswifi.agent.reconcile import CreateSession, MapAddress, desired_from_state, diff
+from kswifi.agent.reconcile import diff
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
 T = TypeVar("T")

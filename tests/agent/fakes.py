@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from kswifi.agent.actions import Action, CreateSession, DeleteSession, apply_actions
 from kswifi.agent.dataplane import Observation
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.drivers.tc import (
@@ -18,7 +19,6 @@ from kswifi.agent.drivers.tc import (
 from kswifi.agent.drivers.wireguard import InterfaceMode, WireguardReading
 from kswifi.agent.errors import ControlPlaneError, DriverError
 from kswifi.agent.model import ActualState, Direction, SessionObjects
-from kswifi.agent.reconcile import Action, CreateSession, DeleteSession, apply_actions
 from kswifi.protocol import (
     DesiredState,
     GatewayHeartbeat,
@@ -32,7 +32,7 @@ from kswifi.protocol import (
 
 @dataclass
 class FakeDataplane:
-    """A kernel that does exactly what the actions say (`reconcile.apply_actions`), with
+    """A kernel that does exactly what the actions say (`actions.apply_actions`), with
     counters the test drives through `count()`. Survives agent restarts like the kernel."""
 
     state: ActualState = field(default_factory=lambda: ActualState(interface=None))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import structlog
 
+from kswifi.agent.actions import AddPeer, RemovePeer, SetQuota
 from kswifi.agent.config import GatewaySettings
 from kswifi.agent.errors import AgentError
 from kswifi.agent.main import Agent
-from kswifi.agent.reconcile import AddPeer, RemovePeer, SetQuota
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
 from .fakes import FakeControlPlane, FakeDataplane, session_objects

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kswifi.agent.dataplane import KernelDataplane
-from kswifi.agent.reconcile import desired_from_state, diff
+from kswifi.agent.desired import desired_from_state
+from kswifi.agent.reconcile import diff
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
 from .conftest import GATEWAY_PORT, Phone, Topology

@@ -8,6 +8,16 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kswifi.agent.actions import (
+    CreateSession,
+    DeleteRate,
+    MapAddress,
+    SetQuota,
+    SetRate,
+    ShapeAddress,
+    UnmapAddress,
+    UnshapeAddress,
+)
 from kswifi.agent.drivers import nfnetlink
 from kswifi.agent.drivers.nfnetlink import ObjectEntry
 from kswifi.agent.drivers.nftables import (
@@ -30,16 +40,6 @@ from kswifi.agent.drivers.tc import (
     parse_device,
     parse_filters,
     render_tc,
-)
-from kswifi.agent.reconcile import (
-    CreateSession,
-    DeleteRate,
-    MapAddress,
-    SetQuota,
-    SetRate,
-    ShapeAddress,
-    UnmapAddress,
-    UnshapeAddress,
 )
 
 CONFIG = NftConfig("kswifi0", "eth0")

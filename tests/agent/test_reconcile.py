@@ -9,17 +9,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kswifi.agent.model import ActualState, InterfaceState, PeerState, SessionObjects
-from kswifi.agent.reconcile import (
+from kswifi.agent.actions import (
     AddPeer,
     ConfigureInterface,
     CreateSession,
     DeleteRate,
     DeleteSession,
-    DesiredTracker,
     MapAddress,
     RemovePeer,
-    Scope,
     SetQuota,
     SetRate,
     ShapeAddress,
@@ -27,10 +24,10 @@ from kswifi.agent.reconcile import (
     UnshapeAddress,
     UpdatePeer,
     apply_actions,
-    desired_from_state,
-    diff,
-    followup_scope,
 )
+from kswifi.agent.desired import DesiredTracker, desired_from_state
+from kswifi.agent.model import ActualState, InterfaceState, PeerState, SessionObjects
+from kswifi.agent.reconcile import Scope, diff, followup_scope
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -20,9 +20,9 @@ from kswifi.agent.drivers.nftables import NftConfig, NftTable
 from kswifi.agent.drivers.tc import TcShaper
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
-from kswifi.agent.logs import configure_logging
 from kswifi.agent.main import Agent
 from kswifi.agent.metrics import AgentMetrics
+from kswifi.logs import configure_logging
 
 gateway_app = typer.Typer(
     help="Run a KSWiFi gateway: WireGuard + nftables quotas + tc speed tiers.",
@@ -197,7 +197,7 @@ def run(
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise _fail(f"--log-level must be debug, info, warning or error, not {log_level!r}")
     preflight(settings)
-    configure_logging(log_level, json_lines=log_json)
+    configure_logging(log_level, json=log_json)
     try:
         code = asyncio.run(_run(settings))
     except AgentError as exc:

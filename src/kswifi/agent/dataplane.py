@@ -13,6 +13,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from kswifi.agent.actions import (
+    Action,
+    AddPeer,
+    ConfigureInterface,
+    CreateSession,
+    DeleteSession,
+    RemovePeer,
+    UpdatePeer,
+    apply_actions,
+)
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.drivers.loop import DownloadLoop, tunnel_networks
 from kswifi.agent.drivers.nftables import NftablesDriver, NftReading
@@ -25,16 +35,6 @@ from kswifi.agent.drivers.wireguard import (
 )
 from kswifi.agent.firewall import FirewallPolicy, onlink_networks
 from kswifi.agent.model import ActualState, InterfaceState
-from kswifi.agent.reconcile import (
-    Action,
-    AddPeer,
-    ConfigureInterface,
-    CreateSession,
-    DeleteSession,
-    RemovePeer,
-    UpdatePeer,
-    apply_actions,
-)
 
 ORPHAN_PREFIX = "#tc:"
 

@@ -21,26 +21,24 @@ from typing import Protocol
 import structlog
 
 from kswifi.agent import AGENT_VERSION
+from kswifi.agent.actions import (
+    Action,
+    AddPeer,
+    CreateSession,
+    DeleteSession,
+    RemovePeer,
+    SetQuota,
+    summarize,
+)
 from kswifi.agent.config import GatewaySettings
 from kswifi.agent.dataplane import Dataplane, Observation
+from kswifi.agent.desired import DesiredTracker
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
 from kswifi.agent.keys import generate_private_key
 from kswifi.agent.metrics import AgentMetrics
 from kswifi.agent.model import InterfaceState
-from kswifi.agent.reconcile import (
-    Action,
-    AddPeer,
-    CreateSession,
-    DeleteSession,
-    DesiredTracker,
-    RemovePeer,
-    Scope,
-    SetQuota,
-    diff,
-    followup_scope,
-    summarize,
-)
+from kswifi.agent.reconcile import Scope, diff, followup_scope
 from kswifi.agent.usage import UsageTracker, write_atomic
 from kswifi.protocol import (
     DesiredState,

@@ -6,15 +6,45 @@ read from the agent's state when Prometheus scrapes, so they are never stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from kswifi.agent.main import Agent
+from kswifi.protocol import DesiredState
+
+
+class _Rates(Protocol):
+    @property
+    def rx_bps(self) -> int: ...
+
+    @property
+    def tx_bps(self) -> int: ...
+
+
+class _Spool(Protocol):
+    def pending(self) -> Sized: ...
+
+
+class WatchedAgent(Protocol):
+    """What the agent's gauges read (the `Agent`, which imports this module)."""
+
+    @property
+    def desired_state(self) -> DesiredState | None: ...
+
+    @property
+    def applied_revision(self) -> int: ...
+
+    @property
+    def control_plane_up(self) -> bool | None: ...
+
+    @property
+    def tracker(self) -> _Spool: ...
+
+    @property
+    def throughput(self) -> _Rates: ...
 
 
 class AgentMetrics:
@@ -45,7 +75,7 @@ class AgentMetrics:
             registry=self.registry,
         )
 
-    def watch(self, agent: Agent) -> None:
+    def watch(self, agent: WatchedAgent) -> None:
         """Add the gauges read from `agent` at scrape time."""
         self.registry.register(_AgentState(agent))
 
@@ -56,7 +86,7 @@ class AgentMetrics:
 
 
 class _AgentState(Collector):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: WatchedAgent) -> None:
         self.agent = agent
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from kswifi.control.config import Settings, get_settings
 from kswifi.control.db import Database
 from kswifi.control.errors import KSWiFiError
-from kswifi.control.logging import configure_logging
 from kswifi.control.security import SecretBox
+from kswifi.logs import configure_logging
 
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.commands.common import fail, run_in_transaction
 from kswifi.control.config import Settings, get_settings
-from kswifi.control.logging import configure_logging
 from kswifi.control.models import Plan
 from kswifi.control.plans import service
 from kswifi.control.plans.schemas import PlanCreate
 from kswifi.control.security import SecretBox
+from kswifi.logs import configure_logging
 
 app = typer.Typer(help="Plans: what customers can buy.", no_args_is_help=True)
 

@@ -24,8 +24,8 @@ from kswifi.control.deps import AppContext
 from kswifi.control.errors import KSWiFiError
 from kswifi.control.events import EventBus, InProcessEventBus
 from kswifi.control.http_headers import ResponseHeaders
-from kswifi.control.logging import configure_logging, get_logger
 from kswifi.control.security import SecretBox
+from kswifi.logs import configure_logging, get_logger
 
 log = get_logger("kswifi.control")
 

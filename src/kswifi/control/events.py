@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import after_commit
-from kswifi.control.logging import get_logger
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.events")
 

@@ -23,7 +23,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from kswifi.control.events import Event, EventBus, LocalFanout, Message, Subscription, UsageFacts
-from kswifi.control.logging import get_logger
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.events")
 # Every event on one broker channel (a replica wants them all anyway). Named apart from the

@@ -16,12 +16,12 @@ from datetime import datetime
 
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import service as gateways
-from kswifi.control.logging import get_logger
 from kswifi.control.models import SessionStatus, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.worker")
 

@@ -27,13 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from kswifi.agent.drivers import nfnetlink
-from kswifi.agent.drivers.command import Runner
-from kswifi.agent.drivers.loop import loop_names
-from kswifi.agent.errors import CommandError, DriverError
-from kswifi.agent.firewall import FirewallPolicy
-from kswifi.agent.model import Direction, SessionObjects
-from kswifi.agent.reconcile import (
+from kswifi.agent.actions import (
     Action,
     CreateSession,
     DeleteSession,
@@ -41,6 +35,12 @@ from kswifi.agent.reconcile import (
     SetQuota,
     UnmapAddress,
 )
+from kswifi.agent.drivers import nfnetlink
+from kswifi.agent.drivers.command import Runner
+from kswifi.agent.drivers.loop import loop_names
+from kswifi.agent.errors import CommandError, DriverError
+from kswifi.agent.firewall import FirewallPolicy
+from kswifi.agent.model import Direction, SessionObjects
 
 TABLE = "kswifi"
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -38,16 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from kswifi.agent.actions import Action, DeleteRate, SetRate, ShapeAddress, UnshapeAddress
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.drivers.loop import loop_names
 from kswifi.agent.errors import CommandError, DriverError
-from kswifi.agent.reconcile import (
-    Action,
-    DeleteRate,
-    SetRate,
-    ShapeAddress,
-    UnshapeAddress,
-)
 
 Side = Literal["download", "upload"]
 MAX_MINOR = 0xFFFE

@@ -27,10 +27,10 @@ from kswifi.control.admin.schemas import (
 from kswifi.control.errors import Conflict, Unprocessable
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import service as gateways
-from kswifi.control.logging import get_logger
 from kswifi.control.models import LIVE_STATES, SESSION_STATES, DataSession, SessionStatus, User
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.admin")
 MAX_PAGE = 500

@@ -27,7 +27,6 @@ from kswifi.control.errors import (
 from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
 from kswifi.control.gateways import ipam, leases, repository
 from kswifi.control.gateways.schemas import GatewayOut
-from kswifi.control.logging import get_logger
 from kswifi.control.models import (
     LIVE_STATES,
     AddressRelease,
@@ -35,6 +34,7 @@ from kswifi.control.models import (
 )
 from kswifi.control.security import SecretBox, hash_token, new_opaque_token
 from kswifi.control.sessions import service as sessions_service
+from kswifi.logs import get_logger
 from kswifi.protocol import models as protocol
 
 log = get_logger("kswifi.control.gateways")

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
 from kswifi.control.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
-from kswifi.control.logging import get_logger
 from kswifi.control.models import Plan, ProviderEvent, Purchase, User, utcnow
 from kswifi.control.plans import service as plans_service
 from kswifi.control.purchases import repository, voucher_codes
@@ -35,6 +34,7 @@ from kswifi.control.purchases.schemas import (
 )
 from kswifi.control.sessions import service as sessions_service
 from kswifi.control.users.ratelimit import SlidingWindowLimiter
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.purchases")
 

@@ -26,7 +26,6 @@ from kswifi.control.events import EventBus, publish_after_commit, session_channe
 from kswifi.control.gateways import service as gateways
 from kswifi.control.gateways.schemas import GatewayOut
 from kswifi.control.geoip import ClientLocation
-from kswifi.control.logging import get_logger
 from kswifi.control.models import Gateway, Region
 from kswifi.control.regions import repository
 from kswifi.control.regions.schemas import (
@@ -36,6 +35,7 @@ from kswifi.control.regions.schemas import (
     RegionStatus,
     RegionUpdate,
 )
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.regions")
 FAR = 3

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
 from kswifi.control.errors import Conflict, NotFound, TooManyRequests, Unauthorized, Unprocessable
-from kswifi.control.logging import get_logger
 from kswifi.control.models import RefreshToken, User
 from kswifi.control.models.base import new_id
 from kswifi.control.security import (
@@ -24,6 +23,7 @@ from kswifi.control.security import (
 from kswifi.control.users import repository
 from kswifi.control.users.ratelimit import AuthRateLimits
 from kswifi.control.users.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, TokenOut
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.users")
 

@@ -13,7 +13,7 @@ import stripe
 
 from kswifi.control.config import Settings
 from kswifi.control.errors import BadRequest, KSWiFiError, ServiceUnavailable
-from kswifi.control.logging import get_logger
+from kswifi.logs import get_logger
 
 log = get_logger("kswifi.purchases.stripe")
 

@@ -1,4 +1,5 @@
-"""Structured logging (structlog): one line per event, secrets never logged."""
+"""Structured logging (structlog) for the control plane and the gateway agent alike: one line
+per event on stderr, secrets never logged (a leaf: imports nothing of kswifi)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class _CurrentStderr(io.TextIOBase):
 
 
 def configure_logging(level: str = "info", json: bool = False) -> None:
+    """Log events at `level` and above as console lines, or JSON lines with `json`."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any = (
         structlog.processors.JSONRenderer()
