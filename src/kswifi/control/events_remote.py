@@ -135,6 +135,7 @@ class RedisEventBus:
 # A connection the server ended (restart, failover, `pg_terminate_backend`): worth a new one.
 _PG_CONNECTION_LOST = (
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a pooled connection left mid-operation by the cut
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     ConnectionError,
@@ -213,11 +214,13 @@ class PostgresEventBus:
             )
 
     async def _notify(self, statement: str, *args: Any) -> None:
-        """One retry on a connection the server ended: the pool hands out a new one."""
+        """One retry on a connection the server ended, on fresh connections (the pool's
+        others were most likely cut too)."""
         assert self._pool is not None
         try:
             await self._pool.execute(statement, *args)
         except _PG_CONNECTION_LOST:
+            await self._pool.expire_connections()
             await self._pool.execute(statement, *args)
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
