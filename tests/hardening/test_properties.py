@@ -34,8 +34,8 @@ from sqlalchemy import select
 
 from kswifi.agent.usage import UsageTracker
 from kswifi.control.deps import AppContext
+from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import ipam
-from kswifi.control.gateways import service as gateways
 from kswifi.control.models import DataSession, Device, Gateway, utcnow
 from kswifi.control.profiles.config_render import parse_config
 from kswifi.control.profiles.mobileconfig import build_mobileconfig
@@ -82,7 +82,7 @@ async def test_allocation_never_hands_out_an_address_twice(
         elif op == "release" and held:
             index = sorted(held)[argument % len(held)]
             async with ctx.db.transaction() as db:
-                await gateways.release_host(db, gateway.id, index, now)
+                await gateway_addresses.release_host(db, gateway.id, index, now)
             del held[index]
             cooling[index] = now
         elif op == "allocate":
@@ -90,8 +90,10 @@ async def test_allocation_never_hands_out_an_address_twice(
                 async with ctx.db.transaction() as db:
                     locked = await db.get(Gateway, gateway.id)
                     assert locked is not None
-                    index, v4, v6 = await gateways.allocate_host(db, locked, ctx.settings, now)
-            except gateways.AddressPoolExhausted:
+                    index, v4, v6 = await gateway_addresses.allocate_host(
+                        db, locked, ctx.settings, now
+                    )
+            except gateway_addresses.AddressPoolExhausted:
                 reusable = [i for i, t in cooling.items() if now - t >= timedelta(seconds=COOLDOWN)]  # type: ignore[operator]
                 never_used = set(range(2, blocks.max_host_index + 1)) - set(held) - set(cooling)
                 assert not reusable and not never_used, (held, cooling)
@@ -138,7 +140,7 @@ async def test_usage_is_billed_exactly_once_through_resets_crashes_and_replays(
         locked = await db.get(Gateway, gateway.id)
         session = await db.get(DataSession, session_id)
         assert locked is not None and session is not None
-        index, v4, v6 = await gateways.allocate_host(db, locked, ctx.settings, utcnow())
+        index, v4, v6 = await gateway_addresses.allocate_host(db, locked, ctx.settings, utcnow())
         db.add(
             Device(
                 session_id=session_id,

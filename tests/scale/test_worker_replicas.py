@@ -16,6 +16,7 @@ from kswifi.control.config import Settings
 from kswifi.control.db import Database
 from kswifi.control.deps import AppContext
 from kswifi.control.events import InProcessEventBus
+from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import service as gateways
 from kswifi.control.models import DataSession, Device, Gateway, Plan, Purchase, User, utcnow
 from kswifi.control.security import SecretBox
@@ -160,7 +161,9 @@ async def test_two_workers_take_a_silent_gateway_offline_once_and_tell_each_sess
             row = await db.get(DataSession, session_id)
             assert row is not None
             row.activation_deadline = utcnow() + timedelta(days=1)  # live, not due
-            host, ipv4, ipv6 = await gateways.allocate_host(db, gateway, ctx.settings, utcnow())
+            host, ipv4, ipv6 = await gateway_addresses.allocate_host(
+                db, gateway, ctx.settings, utcnow()
+            )
             db.add(
                 Device(
                     session_id=session_id,

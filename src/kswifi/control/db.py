@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import ARRAY, String, bindparam, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 AFTER_COMMIT = "kswifi_after_commit"
 
@@ -126,3 +127,35 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# --- query helpers shared by the repositories ---------------------------------------------------
+
+INSERT_CHUNK = 1000
+"""Rows per multi-row INSERT."""
+IN_CHUNK = 5000
+"""Values per `IN (...)` list (SQLite binds at most 32,766 parameters per statement)."""
+
+
+def chunks(values: Iterable[str]) -> list[list[str]]:
+    """Distinct values, sorted, in slices that fit in one `IN (...)`."""
+    ordered = sorted(set(values))
+    return [ordered[start : start + IN_CHUNK] for start in range(0, len(ordered), IN_CHUNK)]
+
+
+def is_postgresql(db: AsyncSession) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
+
+
+def one_of(db: AsyncSession, column: Any, values: list[str]) -> ColumnElement[bool]:
+    """`column IN (values)`. On PostgreSQL `column IN (SELECT unnest(:array))`: one bound array,
+    so the statement is compiled and planned once, not once per list length; and a semi-join
+    that uses the column's index (`= ANY(:array)` of a generic plan compares every row of the
+    table with every value)."""
+    if is_postgresql(db):
+        # Its text cannot hold a NUL: such a value (from a gateway) matches no row, and would
+        # not even bind.
+        values = [value for value in values if "\x00" not in value]
+        array = bindparam(None, values, type_=ARRAY(String), unique=True)
+        return cast(ColumnElement[bool], column.in_(select(func.unnest(array))))
+    return cast(ColumnElement[bool], column.in_(values))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from kswifi.control.deps import AppContext
-from kswifi.control.gateways import service as gateways
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import SessionStatus, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service as regions
@@ -51,7 +51,7 @@ class Worker:
                 await sessions.end(
                     db, self.ctx.events, session, SessionStatus.EXPIRED, "time_up", now
                 )
-                await gateways.bump_for_session(db, session.id, self.ctx.events)
+                await gateway_desired.bump_for_session(db, session.id, self.ctx.events)
         return len(due)
 
     async def mark_offline_gateways(self, now: datetime) -> int:

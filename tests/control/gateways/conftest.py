@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
+from kswifi.control.gateways import addresses as gateway_addresses
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.gateways import service
 from kswifi.control.models import DataSession, Device, Gateway, Plan, Purchase, User, utcnow
 
@@ -137,7 +139,7 @@ class World:
             gateway = await db.get(Gateway, gateway_id)
             session = await db.get(DataSession, session_id)
             assert gateway is not None and session is not None
-            host_index, ipv4, ipv6 = await service.allocate_host(
+            host_index, ipv4, ipv6 = await gateway_addresses.allocate_host(
                 db, gateway, self.ctx.settings, now
             )
             device = Device(
@@ -152,7 +154,7 @@ class World:
             )
             db.add(device)
             await db.flush()
-            await service.bump_revision(db, [gateway_id], self.ctx.events)
+            await gateway_desired.bump_revision(db, [gateway_id], self.ctx.events)
             return MadeDevice(
                 device.id, session_id, gateway_id, public_key, preshared_key, host_index, ipv4, ipv6
             )

@@ -11,9 +11,11 @@ from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Unprocessable
+from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import service
 from kswifi.control.geoip import UNKNOWN
 from kswifi.control.models import AddressRelease, DataSession, Device, Gateway, utcnow
+from kswifi.control.regions import placement
 from kswifi.control.regions import service as regions
 from tests.control.gateways.conftest import World
 
@@ -27,13 +29,13 @@ async def _allocate(ctx: AppContext, gateway_id: str, when: object = None) -> tu
     now = when or utcnow()
     async with ctx.db.transaction() as db:
         if _path["name"] == "allocate_host_and_bump":
-            host = await service.allocate_host_and_bump(
+            host = await gateway_addresses.allocate_host_and_bump(
                 db, gateway_id, ctx.settings, now, ctx.events
             )  # type: ignore[arg-type]
             return host.host_index, host.ipv4, host.ipv6
         gateway = await db.get(Gateway, gateway_id)
         assert gateway is not None
-        return await service.allocate_host(db, gateway, ctx.settings, now)  # type: ignore[arg-type]
+        return await gateway_addresses.allocate_host(db, gateway, ctx.settings, now)  # type: ignore[arg-type]
 
 
 class TestAllocate:
@@ -72,7 +74,7 @@ class TestAllocate:
         for _ in range(3):
             await _allocate(ctx, gateway.id, now)  # 2, 3, 4
         async with ctx.db.transaction() as db:
-            await service.release_host(db, gateway.id, 3, now)
+            await gateway_addresses.release_host(db, gateway.id, 3, now)
         assert (await _allocate(ctx, gateway.id, now))[0] == 5  # still cooling down
         later = now + timedelta(seconds=ctx.settings.address_cooldown_seconds + 1)
         assert (await _allocate(ctx, gateway.id, later))[0] == 3
@@ -86,8 +88,8 @@ class TestAllocate:
         for _ in range(4):
             await _allocate(ctx, gateway.id)  # 2..5
         async with ctx.db.transaction() as db:
-            await service.release_host(db, gateway.id, 5, earlier)
-            await service.release_host(db, gateway.id, 3, earlier)
+            await gateway_addresses.release_host(db, gateway.id, 5, earlier)
+            await gateway_addresses.release_host(db, gateway.id, 3, earlier)
         assert (await _allocate(ctx, gateway.id))[0] == 3
         assert (await _allocate(ctx, gateway.id))[0] == 5
 
@@ -95,7 +97,7 @@ class TestAllocate:
         gateway = await world.gateway()
         async with ctx.db.transaction() as db:
             with pytest.raises(ValueError, match="not a device address"):
-                await service.release_host(db, gateway.id, 1, utcnow())
+                await gateway_addresses.release_host(db, gateway.id, 1, utcnow())
 
     async def test_pool_exhaustion_is_a_clear_error(self, ctx: AppContext, world: World) -> None:
         ctx.settings.address_pool_v4_prefix = 29  # 6 usable: the gateway and 5 devices
@@ -103,8 +105,8 @@ class TestAllocate:
         indexes = [(await _allocate(ctx, gateway.id))[0] for _ in range(5)]
         assert indexes == [2, 3, 4, 5, 6]
         async with ctx.db.transaction() as db:
-            await service.release_host(db, gateway.id, 4, utcnow())
-        with pytest.raises(service.AddressPoolExhausted) as raised:
+            await gateway_addresses.release_host(db, gateway.id, 4, utcnow())
+        with pytest.raises(gateway_addresses.AddressPoolExhausted) as raised:
             await _allocate(ctx, gateway.id)
         assert raised.value.code == "address_pool_exhausted"
         assert raised.value.status_code == 503
@@ -155,7 +157,7 @@ class TestPlacement:
         full = await world.gateway("full", capacity=1)
         session_id = await world.session()
         await world.device(session_id, full.id)
-        with pytest.raises(service.NoGatewayAvailable) as raised:
+        with pytest.raises(placement.NoGatewayAvailable) as raised:
             await self._choose(ctx, "eu-west")
         assert raised.value.code == "no_gateway_available"
         assert raised.value.status_code == 503
@@ -185,7 +187,7 @@ class TestPlacement:
             await db.execute(
                 update(Gateway).where(Gateway.id == never_seen.id).values(is_enabled=False)
             )
-        with pytest.raises(service.NoGatewayAvailable, match="full or offline"):
+        with pytest.raises(placement.NoGatewayAvailable, match="full or offline"):
             await self._choose(ctx, "eu-west")
 
     async def test_any_region_when_none_is_given(self, ctx: AppContext, world: World) -> None:
@@ -195,9 +197,9 @@ class TestPlacement:
         assert (await self._choose(ctx, None)).id == empty.id
 
     async def test_no_gateway_at_all(self, ctx: AppContext) -> None:
-        with pytest.raises(service.NoGatewayAvailable, match="in region 'eu-west'"):
+        with pytest.raises(placement.NoGatewayAvailable, match="in region 'eu-west'"):
             await self._choose(ctx, "eu-west")
-        with pytest.raises(service.NoGatewayAvailable, match="in any region"):
+        with pytest.raises(placement.NoGatewayAvailable, match="in any region"):
             await self._choose(ctx, None)  # (no region has a gateway)
 
     async def test_unknown_region(self, ctx: AppContext) -> None:

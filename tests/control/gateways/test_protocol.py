@@ -18,7 +18,8 @@ from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
-from kswifi.control.gateways import leases, repository, service
+from kswifi.control.gateways import desired as gateway_desired
+from kswifi.control.gateways import ingest, leases, repository
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.control.regions import service as regions
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
@@ -267,7 +268,7 @@ class TestLongPoll:
         waiting = asyncio.create_task(fetch_state(client, gateway, since=revision))
         await asyncio.sleep(0.2)
         async with ctx.db.transaction() as db:
-            await service.bump_revision(db, [other.id], ctx.events)
+            await gateway_desired.bump_revision(db, [other.id], ctx.events)
         await asyncio.sleep(0.3)
         assert not waiting.done()
         assert (await waiting).revision == revision
@@ -287,7 +288,7 @@ class TestLongPoll:
         await asyncio.wait_for(world.gateway(), 2)
         assert time.monotonic() - started < 1.5
         async with ctx.db.transaction() as db:
-            await service.bump_revision(db, [gateway.id], ctx.events)
+            await gateway_desired.bump_revision(db, [gateway.id], ctx.events)
         states = await asyncio.wait_for(asyncio.gather(*waiters), 2)
         assert {state.revision for state in states} == {revision + 1}
 
@@ -537,7 +538,7 @@ class TestUsage:
             async with ctx.db.transaction() as db:
                 stored = await db.get(Gateway, gateway.id)
                 assert stored is not None
-                await service.apply_usage(db, bus, stored, report, utcnow())
+                await ingest.apply_usage(db, bus, stored, report, utcnow())
                 assert published == []  # nothing before commit
             assert [[channel for channel, _ in events] for events in published] == [
                 [session_channel(sid) for sid in session_ids]
@@ -861,7 +862,7 @@ class TestRevisionsAndHealth:
             g.id: (await world.get_gateway(g.id)).revision for g in (first, second, bystander)
         }
         async with ctx.db.transaction() as db:
-            bumped = await service.bump_for_session(db, session_id, ctx.events)
+            bumped = await gateway_desired.bump_for_session(db, session_id, ctx.events)
         assert bumped == {first.id: before[first.id] + 1, second.id: before[second.id] + 1}
         assert (await world.get_gateway(bystander.id)).revision == before[bystander.id]
 
@@ -872,11 +873,11 @@ class TestRevisionsAndHealth:
         async with ctx.events.subscribe(gateway_channel(gateway.id)) as subscription:
             with pytest.raises(RuntimeError):
                 async with ctx.db.transaction() as db:
-                    await service.bump_revision(db, [gateway.id], ctx.events)
+                    await gateway_desired.bump_revision(db, [gateway.id], ctx.events)
                     raise RuntimeError("rolled back")
             assert await subscription.get(0.2) is None
             async with ctx.db.transaction() as db:
-                await service.bump_revision(db, [gateway.id], ctx.events)
+                await gateway_desired.bump_revision(db, [gateway.id], ctx.events)
             assert await subscription.get(1) == {"type": "revision", "revision": 2}
 
     async def test_mark_offline(self, ctx: AppContext, world: World) -> None:

@@ -17,6 +17,7 @@ from kswifi.control.config import get_settings
 from kswifi.control.db import Database
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Conflict, Unprocessable
+from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import service
 from kswifi.control.models import AuditEntry, Gateway
 from kswifi.control.security import hash_token
@@ -123,7 +124,7 @@ class TestRegister:
         ctx.settings.address_pool_v4 = "100.64.0.0/15"
         await _register(ctx, name="a")
         await _register(ctx, name="b")
-        with pytest.raises(service.AddressPoolExhausted, match="no free /16"):
+        with pytest.raises(gateway_addresses.AddressPoolExhausted, match="no free /16"):
             await _register(ctx, name="c")
 
     async def _assert_no_gateways(self, ctx: AppContext) -> None:

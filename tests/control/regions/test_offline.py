@@ -10,7 +10,8 @@ from sqlalchemy import select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.events import session_channel
-from kswifi.control.gateways import service as gateways
+from kswifi.control.gateways import addresses as gateway_addresses
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import AddressRelease, DataSession, Device, Gateway, utcnow
 from kswifi.control.worker import Worker
 from tests.conftest import ApiUser
@@ -49,7 +50,7 @@ async def _silence(ctx: AppContext, gateway_id: str) -> None:
 
 async def _peers(ctx: AppContext, gateway_id: str) -> list[str]:
     async with ctx.db.transaction() as db:
-        state = await gateways.desired_state(db, ctx.secrets, gateway_id, utcnow())
+        state = await gateway_desired.desired_state(db, ctx.secrets, gateway_id, utcnow())
     return [peer.session_id for peer in state.peers]
 
 
@@ -95,7 +96,9 @@ class TestGatewayOffline:
         bystander = await make_session(user_id=session.user_id, plan_code="basic")
         async with ctx.db.transaction() as db:
             for name, target in (("phone", gateway), ("tablet", gateway), ("laptop", other)):
-                host, ipv4, ipv6 = await gateways.allocate_host(db, target, ctx.settings, utcnow())
+                host, ipv4, ipv6 = await gateway_addresses.allocate_host(
+                    db, target, ctx.settings, utcnow()
+                )
                 db.add(
                     Device(
                         session_id=session.id,

@@ -26,7 +26,7 @@ from kswifi.control.admin.schemas import (
 )
 from kswifi.control.errors import Conflict, Unprocessable
 from kswifi.control.events import EventBus
-from kswifi.control.gateways import service as gateways
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import LIVE_STATES, SESSION_STATES, DataSession, SessionStatus, User
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
@@ -121,7 +121,7 @@ async def revoke_session(
     if session.status not in LIVE_STATES:
         raise SessionAlreadyEnded(f"This session has already ended ({status})", status=status)
     await sessions.end(db, bus, session, SessionStatus.REVOKED, "operator", now)
-    await gateways.bump_for_session(db, session.id, bus)
+    await gateway_desired.bump_for_session(db, session.id, bus)
     record(
         db,
         actor=actor.email,
@@ -154,7 +154,7 @@ async def extend_session(
     before = session.expires_at
     await sessions.extend(session, days, now, db=db, bus=bus)
     await db.flush()
-    await gateways.bump_for_session(db, session.id, bus)  # new expiry in the desired state
+    await gateway_desired.bump_for_session(db, session.id, bus)  # new expiry in the desired state
     record(
         db,
         actor=actor.email,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
 from kswifi.control.errors import Unauthorized
 from kswifi.control.events import Subscription, gateway_channel
-from kswifi.control.gateways import service
+from kswifi.control.gateways import desired, ingest, lease_ledger, service
 from kswifi.control.gateways.schemas import GatewayCreate, GatewayCreated, GatewayOut
 from kswifi.control.security import utcnow
 from kswifi.protocol import models as protocol
@@ -105,12 +105,12 @@ async def get_desired_state(
     async with ctx.events.subscribe(gateway_channel(gateway_id)) as subscription:
         if since is not None:
             async with ctx.db.transaction() as db:
-                revision = await service.current_revision(db, gateway_id)
-                undelivered = await service.has_undelivered_holds(db, gateway_id)
+                revision = await desired.current_revision(db, gateway_id)
+                undelivered = await desired.has_undelivered_holds(db, gateway_id)
             if since == revision and not undelivered:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
     async with ctx.db.transaction() as db:
-        state = await service.desired_state(db, ctx.secrets, gateway_id, utcnow(), ctx.events)
+        state = await desired.desired_state(db, ctx.secrets, gateway_id, utcnow(), ctx.events)
     # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
     return Response(state.model_dump_json(), media_type="application/json")
 
@@ -132,7 +132,7 @@ async def post_usage(
     report: protocol.UsageReport, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> Response:
     """Apply a usage batch once; a replayed sequence answers `duplicate: true`."""
-    ack = await service.apply_usage(db, ctx.events, gateway, report, utcnow())
+    ack = await ingest.apply_usage(db, ctx.events, gateway, report, utcnow())
     # Serialized once by pydantic-core: a grant per session of the report, not re-validated.
     return Response(ack.model_dump_json(), media_type="application/json")
 
@@ -149,4 +149,4 @@ async def post_leases(
     request: protocol.LeaseRequest, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.LeaseResponse:
     """Top up the gateway's leases of sessions it carries; never more than remains."""
-    return await service.grant_leases(db, gateway, request.session_ids, utcnow(), ctx.events)
+    return await lease_ledger.grant_leases(db, gateway, request.session_ids, utcnow(), ctx.events)

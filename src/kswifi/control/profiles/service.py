@@ -19,6 +19,8 @@ from kswifi.control.config import Settings
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Conflict, Gone, NotFound, TooManyRequests, Unauthorized
 from kswifi.control.events import EventBus
+from kswifi.control.gateways import addresses as gateway_addresses
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
 from kswifi.control.models import Device, Gateway, new_id, utcnow
@@ -170,10 +172,10 @@ async def generate_profile(
             placement = await regions.place_away_from(
                 db, gateway, region=region, client=client or UNKNOWN, settings=settings, now=now
             )
-            await gateways.release_host(db, gateway.id, device.host_index, now)
+            await gateway_addresses.release_host(db, gateway.id, device.host_index, now)
             moved_from.append(gateway.id)
             gateway = placement.gateway
-            device.host_index, device.ipv4, device.ipv6 = await gateways.allocate_host(
+            device.host_index, device.ipv4, device.ipv6 = await gateway_addresses.allocate_host(
                 db, gateway, settings, now
             )
             device.gateway_id = gateway.id
@@ -187,7 +189,7 @@ async def generate_profile(
         await repository.delete_setup_links(db, [device.id])
         sessions.activate_if_needed(session, now)
         await db.flush()
-        await gateways.bump_revision(db, [gateway.id, *moved_from], bus)
+        await gateway_desired.bump_revision(db, [gateway.id, *moved_from], bus)
         dns_servers = (await gateways.gateway_public_info(db, gateway)).dns_servers
         device_id, ipv4, ipv6 = device.id, device.ipv4, device.ipv6
         new_device: dict[str, object] | None = None
@@ -211,7 +213,7 @@ async def generate_profile(
         preshared_key_encrypted = secrets.encrypt(str(preshared_key))
         # Last, because the gateway row stays locked from here to the commit: the address and
         # the revision bump in one statement, then the device and its setup link in one more.
-        host = await gateways.allocate_host_and_bump(db, gateway.id, settings, now, bus)
+        host = await gateway_addresses.allocate_host_and_bump(db, gateway.id, settings, now, bus)
         device_id, ipv4, ipv6 = new_id(), host.ipv4, host.ipv6
         new_device = {
             "id": device_id,
@@ -495,10 +497,10 @@ async def _remove_devices(
     for device in devices:
         device.status = repository.REMOVED
         device.removed_at = now
-        await gateways.release_host(db, device.gateway_id, device.host_index, now)
+        await gateway_addresses.release_host(db, device.gateway_id, device.host_index, now)
     await repository.delete_setup_links(db, [device.id for device in devices])
     await db.flush()
-    await gateways.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)
+    await gateway_desired.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)
 
 
 async def release_devices_of_ended_sessions(

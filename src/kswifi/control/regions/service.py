@@ -27,6 +27,7 @@ from kswifi.control.gateways import service as gateways
 from kswifi.control.gateways.schemas import GatewayOut
 from kswifi.control.geoip import ClientLocation
 from kswifi.control.models import Gateway, Region
+from kswifi.control.regions import placement as placement_rules
 from kswifi.control.regions import repository
 from kswifi.control.regions.schemas import (
     AdminRegionOut,
@@ -377,11 +378,11 @@ async def place(
         where = f"in region {region!r}"
         candidates = [(row.gateway, row.load) for row in rows if row.gateway is not None]
         if not candidates:
-            raise gateways.NoGatewayAvailable(
+            raise placement_rules.NoGatewayAvailable(
                 f"No gateway is available {where}: none is registered and enabled. "
                 "Try another region or try again later."
             )
-        gateway = gateways.pick_gateway(candidates, now=now, settings=settings, where=where)
+        gateway = placement_rules.pick_gateway(candidates, now=now, settings=settings, where=where)
         return Placement(gateway, region, "requested", None, rows[0].region)
 
     regions: dict[str, Region] = {}
@@ -390,7 +391,7 @@ async def place(
         regions.setdefault(row.region.code, row.region)
         if row.gateway is None:
             continue
-        rank = gateways.placement_rank(row.gateway, row.load, now, settings)
+        rank = placement_rules.placement_rank(row.gateway, row.load, now, settings)
         if rank is None:
             continue
         key = (*rank, row.gateway.name)
@@ -412,7 +413,7 @@ async def place(
         ) == continent_distance(client.continent, ranked[0].continent):
             return Placement(gateway, candidate.code, "nearest", None, candidate)
         return Placement(gateway, candidate.code, "fallback", nearest, candidate)
-    raise gateways.NoGatewayAvailable(
+    raise placement_rules.NoGatewayAvailable(
         "No gateway is available in any region right now: every gateway is full or offline. "
         "Try again later."
     )
@@ -441,7 +442,10 @@ async def place_away_from(
     target = region or current.region_code
     try:
         placement = await place(db, region=target, client=client, settings=settings, now=now)
-    except (gateways.NoGatewayAvailable, Unprocessable):  # none left there, or region retired
+    except (
+        placement_rules.NoGatewayAvailable,
+        Unprocessable,
+    ):  # none left there, or region retired
         if region is not None:
             raise
         placement = await place(db, region=None, client=client, settings=settings, now=now)

@@ -1,0 +1,141 @@
+"""A gateway's desired state (peers, leases, interface) and its revisions."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.errors import (
+    NotFound,
+)
+from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
+from kswifi.control.gateways import ipam, lease_ledger, lease_repository, repository, service
+from kswifi.control.security import SecretBox
+from kswifi.protocol import models as protocol
+
+
+async def bump_revision(
+    db: AsyncSession, gateway_ids: Iterable[str], bus: EventBus
+) -> dict[str, int]:
+    """New desired-state revisions; their long-polls wake once this transaction commits."""
+    ids = sorted(set(gateway_ids))  # a stable order: concurrent bumps lock rows alike
+    revisions = await repository.bump_revisions(db, ids)
+    for gateway_id, revision in revisions.items():
+        publish_after_commit(
+            db, bus, gateway_channel(gateway_id), {"type": "revision", "revision": revision}
+        )
+    return revisions
+
+
+async def bump_for_session(db: AsyncSession, session_id: str, bus: EventBus) -> dict[str, int]:
+    """Bump every gateway carrying an active device of the session (its peers changed)."""
+    return await bump_revision(db, await repository.gateways_carrying(db, session_id), bus)
+
+
+async def current_revision(db: AsyncSession, gateway_id: str) -> int:
+    gateway = await service.get(db, gateway_id)
+    return gateway.revision
+
+
+async def has_undelivered_holds(db: AsyncSession, gateway_id: str) -> bool:
+    """Whether a lease of the gateway was lowered and its desired state has not said so yet
+    (a long-poll answers at once: the bytes are free only once the gateway applied it)."""
+    return await lease_repository.has_undelivered_holds(db, gateway_id)
+
+
+async def desired_state(
+    db: AsyncSession,
+    secrets: SecretBox,
+    gateway_id: str,
+    now: datetime,
+    bus: EventBus | None = None,
+) -> protocol.DesiredState:
+    """What the gateway must carry now: its interface and one peer per active device of a
+    live session, each with the gateway's cumulative lease of that session.
+
+    A state that lowers one of its leases (or changes any of its grants) comes with a new
+    revision: the gateway reports that revision applied, and only then are the bytes of a
+    lowered lease free for other gateways.
+    """
+    gateway = await repository.lock(db, gateway_id)  # leases change: see `repository.lock`
+    if gateway is None:
+        raise NotFound("No such gateway")
+    next_revision = gateway.revision + 1
+    delivered_holds = await lease_repository.stamp_holds(db, gateway.id, next_revision)
+    blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
+    peer_rows = await repository.live_peers(db, gateway.id, now)
+    own_leases = [
+        lease_repository.LeaseRow(
+            gateway.id,
+            row.session_id,
+            row.lease_granted_bytes,
+            row.lease_used_bytes,
+            row.lease_held_bytes or 0,
+            row.lease_served_at,
+        )
+        for row in peer_rows
+        if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
+    ]
+    stored = {row.session_id: row.granted_bytes for row in own_leases}
+    quotas = await lease_ledger.refresh(
+        db,
+        gateway.id,
+        {row.session_id: (row.data_limit_bytes, row.used_bytes) for row in peer_rows},
+        carriers=await repository.other_carriers(db, gateway.id),
+        rows=own_leases
+        + await lease_repository.other_leases_of_sessions_carried_by(db, gateway.id),
+        now=now,
+        bus=bus,
+        delivered_revision=next_revision,
+    )
+    # A first lease of a new peer comes with the revision that added the peer.
+    changed = [
+        (stored[sid], quota) for sid, quota in quotas.items() if stored.get(sid, quota) != quota
+    ]
+    lowered = any(quota < before for before, quota in changed)
+    if delivered_holds or changed:
+        await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
+        gateway.revision = next_revision
+    # Built without re-validation: every value comes from our own checked writes, and a
+    # gateway with 10,000 peers polls this often.
+    peers = [
+        protocol.PeerSpec.model_construct(
+            public_key=row.public_key,
+            preshared_key=_decrypt_cached(secrets, row.preshared_key_encrypted),
+            allowed_ips=[ipam.host_cidr(row.ipv4), ipam.host_cidr(row.ipv6)],
+            session_id=row.session_id,
+            quota_bytes=quotas[row.session_id],
+            speed_mbps=row.speed_mbps,
+            expires_at=row.expires_at,
+        )
+        for row in peer_rows
+    ]
+    interface = protocol.GatewayInterface(
+        private_key=secrets.decrypt(gateway.private_key_encrypted),
+        public_key=gateway.public_key,
+        listen_port=gateway.listen_port,
+        addresses=blocks.interface_addresses(),
+    )
+    return protocol.DesiredState.model_construct(
+        revision=gateway.revision,
+        interface=interface,
+        peers=peers,
+        report_applied=bool(delivered_holds or lowered),
+    )
+
+
+_PLAINTEXT_CACHE_SIZE = 200_000
+_PLAINTEXTS: weakref.WeakKeyDictionary[SecretBox, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def _decrypt_cached(secrets: SecretBox, ciphertext: str) -> str:
+    cache = _PLAINTEXTS.setdefault(secrets, {})
+    plaintext = cache.get(ciphertext)
+    if plaintext is None:
+        if len(cache) >= _PLAINTEXT_CACHE_SIZE:
+            cache.clear()
+        plaintext = cache[ciphertext] = secrets.decrypt(ciphertext)
+    return plaintext

@@ -1,0 +1,161 @@
+"""Usage intake: a gateway's usage report, billed once, in one straight line (sessions, then
+the gateway's lease rows, then any new grants)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from kswifi.control.errors import (
+    Unauthorized,
+)
+from kswifi.control.events import EventBus
+from kswifi.control.gateways import desired, lease_ledger, lease_repository, leases, repository
+from kswifi.control.models import (
+    LIVE_STATES,
+    Gateway,
+)
+from kswifi.control.sessions import service as sessions_service
+from kswifi.logs import get_logger
+from kswifi.protocol import models as protocol
+
+log = get_logger("kswifi.control.gateways")
+
+
+async def apply_usage(
+    db: AsyncSession,
+    bus: EventBus,
+    gateway: Gateway,
+    report: protocol.UsageReport,
+    now: datetime,
+) -> protocol.UsageAck:
+    """Apply one usage batch exactly once: a replayed or older sequence changes nothing."""
+    locked = await repository.lock(db, gateway.id)  # one batch of a gateway at a time
+    if locked is None:
+        raise Unauthorized("Gateway token is not valid")
+    if report.sequence <= locked.last_usage_sequence:
+        return protocol.UsageAck(
+            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
+        )
+    totals: dict[str, tuple[int, int, bool]] = {}
+    for delta in report.deltas:
+        known = totals.get(delta.session_id)
+        totals[delta.session_id] = (
+            (delta.rx_bytes, delta.tx_bytes, delta.quota_exhausted)
+            if known is None
+            else (
+                known[0] + delta.rx_bytes,
+                known[1] + delta.tx_bytes,
+                known[2] or delta.quota_exhausted,
+            )
+        )
+    # A device that left the gateway (revoked, rotated onto another one) may have been served
+    # bytes just before: a gateway that ever held a lease of the session may bill it. Sessions
+    # it never carried stay refused.
+    carried = await repository.accept_usage_batch(
+        db,
+        locked,
+        sequence=report.sequence,
+        received_at=now,
+        served={session_id: rx + tx for session_id, (rx, tx, _) in totals.items()},
+    )
+    if carried is None:
+        return protocol.UsageAck(
+            accepted=False, duplicate=True, last_sequence=locked.last_usage_sequence
+        )
+    if len(carried) < len(totals):
+        refused = sorted(set(totals) - carried)
+        log.warning(
+            "usage_refused_not_carried",
+            gateway_id=locked.id,
+            sequence=report.sequence,
+            session_ids=refused[:20],
+            refused_count=len(refused),
+        )
+    accepted = {session_id: totals[session_id] for session_id in sorted(carried)}
+
+    flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
+    held = (
+        lease_ledger.leases_by_session(await lease_repository.leases_of(db, flagged))
+        if flagged
+        else {}
+    )
+    if flagged:  # the kernel dropped the phone's packets: in use, even if nothing was served
+        await lease_repository.mark_served(db, locked.id, flagged, now)
+    outcomes = await sessions_service.record_usage_batch(
+        db,
+        bus,
+        deltas=[
+            sessions_service.UsageDelta(
+                session_id,
+                rx,
+                tx,
+                exhausted and _lease_was_the_remainder(held.get(session_id), locked.id),
+                reserved_elsewhere=_reserved_elsewhere(held.get(session_id), locked.id),
+            )
+            for session_id, (rx, tx, exhausted) in accepted.items()
+            if rx or tx or exhausted
+        ],
+        now=now,
+    )
+    ended: list[str] = []
+    live: dict[str, sessions_service.SessionUsageOutcome] = {}
+    for outcome in outcomes:
+        if outcome.status in LIVE_STATES:
+            live[outcome.session_id] = outcome
+        elif outcome.was_live:
+            ended.append(outcome.session_id)
+    # Every accepted session gets its lease row (empty if new), served bytes counted; with it,
+    # as for a desired state, the other carriers and leases of the live ones (usually none).
+    lease_usage = await lease_repository.add_lease_usage(
+        db,
+        locked.id,
+        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
+        now,
+        others_of=live,
+    )
+
+    bumped: set[str] = set()
+    for session_id in ended:
+        bumped.update(await repository.gateways_carrying(db, session_id))
+    if ended:
+        bumped.add(locked.id)
+        await desired.bump_revision(db, bumped, bus)
+    grants = await lease_ledger.refresh(
+        db,
+        locked.id,
+        {session_id: (s.data_limit_bytes, s.used_bytes) for session_id, s in live.items()},
+        carriers=lease_usage.other_carriers,
+        rows=[row for row in lease_usage.own if row.session_id in live] + lease_usage.others,
+        now=now,
+        bus=bus,
+    )
+    return protocol.UsageAck(
+        accepted=True,
+        duplicate=False,
+        last_sequence=report.sequence,
+        leases=[
+            protocol.LeaseGrant(session_id=session_id, quota_bytes=quota)
+            for session_id, quota in sorted(grants.items())
+        ],
+    )
+
+
+def _reserved_elsewhere(held: dict[str, leases.Lease] | None, gateway_id: str) -> int:
+    """Bytes of the session the other gateways may still serve."""
+    return leases.total_reserved(
+        lease for other, lease in (held or {}).items() if other != gateway_id
+    )
+
+
+def _lease_was_the_remainder(held: dict[str, leases.Lease] | None, gateway_id: str) -> bool:
+    """Whether a gateway's kernel saying "quota exhausted" means the SESSION is exhausted: only
+    when no other gateway holds enough of the session for a full packet. A gateway whose lease
+    is a share (or nothing: the rest is leased elsewhere) only used up that share; it asks for
+    more, and the session goes on on the other gateways. Each gateway's quota ends at most one
+    packet short of its lease, so a shared session ends at most that short per gateway."""
+    others = (held or {}).items()
+    return all(
+        lease.reserved_bytes < leases.PACKET_BYTES for other, lease in others if other != gateway_id
+    )
