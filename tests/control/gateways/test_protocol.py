@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 
+from kswifi.control import db as control_db
 from kswifi.control.deps import AppContext
 from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
 from kswifi.control.gateways import desired as gateway_desired
-from kswifi.control.gateways import ingest, leases, repository
+from kswifi.control.gateways import ingest, leases
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.control.regions import service as regions
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
@@ -550,7 +551,7 @@ class TestUsage:
     async def test_large_reports_are_queried_in_chunks(
         self, client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(repository, "_IN_CHUNK", 2)
+        monkeypatch.setattr(control_db, "IN_CHUNK", 2)
         gateway = await world.gateway()
         session_ids = [await world.session(limit_bytes=10_000) for _ in range(5)]
         devices = [await world.device(session_id, gateway.id) for session_id in session_ids]

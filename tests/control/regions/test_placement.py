@@ -6,11 +6,11 @@ import pytest
 
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Unprocessable
-from kswifi.control.gateways.service import NoGatewayAvailable
 from kswifi.control.geoip import UNKNOWN, ClientLocation, locate_country
 from kswifi.control.models import Gateway, Region, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service
+from kswifi.control.regions.placement import NoGatewayAvailable
 from kswifi.control.regions.service import Placement
 from tests.control.conftest import MakeSession
 from tests.control.regions.conftest import AddGateway

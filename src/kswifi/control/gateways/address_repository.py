@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.audit import add_audit as add_audit  # the domain's audit writer
+from kswifi.control.db import is_postgresql
 
 # Rows per INSERT and ids per IN (...): far below the databases' bound-parameter limits.
 from kswifi.control.models import (
@@ -147,7 +148,7 @@ async def take_host_and_bump(
     under the row lock of the UPDATE. The caller checks the index against the blocks (past
     the end: roll back). None when there is no such gateway."""
     params: dict[str, Any] = {"gateway_id": gateway_id, "reusable_before": reusable_before}
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgresql(db):
         row = (await db.execute(_TAKE_AND_BUMP_PG, params)).one_or_none()
         if row is None:
             return None

@@ -114,7 +114,7 @@ async def ensure_leases(db: AsyncSession, pairs: Iterable[tuple[str, str]], now:
     ordered = sorted(set(pairs))  # one order: no lock cycles
     if not ordered:
         return
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgresql(db):
         await db.execute(
             _PG_ENSURE_LEASES,
             {

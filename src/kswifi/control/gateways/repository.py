@@ -83,7 +83,7 @@ async def lock_registrations(db: AsyncSession) -> None:
     """Serialize gateway registrations (rare operator actions) so two never carve the same
     blocks: a transaction-scoped advisory lock on PostgreSQL; SQLite transactions already are
     serialized."""
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgresql(db):
         await db.execute(select(func.pg_advisory_xact_lock(_REGISTRATION_LOCK_KEY)))
 
 

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.db import is_postgresql
 from kswifi.control.models import (
     ENDED_STATES,
     DataSession,
@@ -146,7 +147,7 @@ async def insert_device_and_link(
     gateway row lock until the commit, so every round trip here counts), two on SQLite.
     `device` has a value for every column of `devices`, `link` for every column of
     `setup_links` but `device_id`."""
-    if db.get_bind().dialect.name == "postgresql":
+    if is_postgresql(db):
         params = {**device, **{f"link_{name}": link[name] for name in _LINK_COLUMNS}}
         await db.execute(_INSERT_DEVICE_AND_LINK, params)
         return

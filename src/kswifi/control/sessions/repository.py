@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.db import id_list_text
+from kswifi.control.db import id_list_text, is_postgresql
 from kswifi.control.models import LIVE_STATES, DataSession, UsageRollup
 from kswifi.control.models.base import UTCDateTime
 
@@ -34,10 +34,6 @@ _BATCH_CHUNK = 500
 
 def _chunked(values: Sequence[str]) -> list[Sequence[str]]:
     return [values[start : start + _BATCH_CHUNK] for start in range(0, len(values), _BATCH_CHUNK)]
-
-
-def _is_postgresql(db: AsyncSession) -> bool:
-    return db.get_bind().dialect.name == "postgresql"
 
 
 async def get(
@@ -133,7 +129,7 @@ async def add_usage_batch(
     if not ids:
         return rows
     bucket = now.replace(second=0, microsecond=0)
-    if _is_postgresql(db):
+    if is_postgresql(db):
         ids, id_text = id_list_text(ids)
         if not ids:
             return rows
@@ -235,7 +231,7 @@ async def add_to_rollups(
     chunk (safe under concurrent ingest; rows in id order, one session once)."""
     if not amounts:
         return
-    if _is_postgresql(db):
+    if is_postgresql(db):
         ordered = sorted(amounts)
         await db.execute(
             _PG_ADD_TO_ROLLUPS,
@@ -251,7 +247,7 @@ async def add_to_rollups(
         {"session_id": session_id, "bucket_start": bucket_start, "rx_bytes": rx, "tx_bytes": tx}
         for session_id, rx, tx in sorted(amounts)
     ]
-    insert = postgresql_insert if _is_postgresql(db) else sqlite_insert
+    insert = postgresql_insert if is_postgresql(db) else sqlite_insert
     table = cast(Table, UsageRollup.__table__)
     for start in range(0, len(rows), _BATCH_CHUNK):
         statement = insert(table).values(rows[start : start + _BATCH_CHUNK])
