@@ -755,16 +755,7 @@ class TestLeases:
     async def test_usage_on_both_gateways_ends_the_session_exactly_at_its_limit(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:
-        first, second = await world.gateway(), await world.gateway()
-        session_id = await world.session(limit_bytes=1_000_000)
-        await world.device(session_id, first.id)
-        await post_heartbeat(
-            client, first, applied_revision=(await fetch_state(client, first)).revision
-        )
-        await world.device(session_id, second.id)
-        await fetch_state(client, second)  # lowers the first gateway's lease to 500 kB
-        lowered = await fetch_state(client, first)
-        await post_heartbeat(client, first, applied_revision=lowered.revision)
+        first, second, session_id = await _one_session_on_two_gateways(client, world)
         assert (await fetch_state(client, second)).peers[0].quota_bytes == 500_000
         # Each serves its whole lease, flagged exhausted by its kernel quota.
         await post_usage(
@@ -784,16 +775,7 @@ class TestLeases:
         """Seen under load: the first gateway's lowered lease is applied and its bytes are
         free, but not yet granted to the second, when the first runs out of its share. The
         session goes on: the free budget tops a gateway up."""
-        first, second = await world.gateway(), await world.gateway()
-        session_id = await world.session(limit_bytes=1_000_000)
-        await world.device(session_id, first.id)
-        await post_heartbeat(
-            client, first, applied_revision=(await fetch_state(client, first)).revision
-        )
-        await world.device(session_id, second.id)
-        await fetch_state(client, second)  # lowers the first gateway's lease to 500 kB
-        lowered = await fetch_state(client, first)
-        await post_heartbeat(client, first, applied_revision=lowered.revision)
+        first, second, session_id = await _one_session_on_two_gateways(client, world)
         # The second gateway never came back for its 500 kB: they are free, leased to nobody.
         await post_usage(
             client, first, usage_report(1, (session_id, 400_000, 100_000), exhausted=True)
@@ -902,3 +884,21 @@ class TestRevisionsAndHealth:
         assert (await world.get_gateway(fresh.id)).is_online
         assert not (await world.get_gateway(stale.id)).is_online
         assert not (await world.get_gateway(never.id)).is_online
+
+
+async def _one_session_on_two_gateways(
+    client: httpx.AsyncClient, world: World
+) -> tuple[RegisteredGateway, RegisteredGateway, str]:
+    """A 1 MB session on a first gateway, then a second: the first applied its lease lowered
+    to 500 kB (the other 500 kB are the second's to ask for)."""
+    first, second = await world.gateway(), await world.gateway()
+    session_id = await world.session(limit_bytes=1_000_000)
+    await world.device(session_id, first.id)
+    await post_heartbeat(
+        client, first, applied_revision=(await fetch_state(client, first)).revision
+    )
+    await world.device(session_id, second.id)
+    await fetch_state(client, second)  # lowers the first gateway's lease to 500 kB
+    lowered = await fetch_state(client, first)
+    await post_heartbeat(client, first, applied_revision=lowered.revision)
+    return first, second, session_id

@@ -355,7 +355,8 @@ class TcShaper:
         # The IFB default queue (32 packets) would drop bursts; HTB leaves inherit this length.
         self.runner(["ip", "link", "set", "dev", self.ifb_interface, "txqueuelen", "1000", "up"])
         # An agent before the download loop shaped downloads on the WireGuard device itself.
-        if re.search(r"^qdisc htb 1: root", self._qdiscs(self.interface), re.M):
+        tunnel_qdiscs = self._qdiscs(self.interface)
+        if re.search(r"^qdisc htb 1: root", tunnel_qdiscs, re.M):
             self.runner(["tc", "qdisc", "del", "dev", self.interface, "root"])
         for device, side in self._devices():
             reading, root_present = self._read_device(device, side)
@@ -364,7 +365,7 @@ class TcShaper:
                     with contextlib.suppress(CommandError):
                         self.runner(["tc", "qdisc", "del", "dev", device, "root"])
                 self._batch(device, _skeleton(device, side))
-        if "qdisc ingress ffff:" not in self._qdiscs(self.interface):
+        if "qdisc ingress ffff:" not in tunnel_qdiscs:
             self._batch(
                 self.interface,
                 [
