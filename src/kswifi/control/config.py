@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("./var")
+
+# Names these settings had when they shared the agent's KSWIFI_GATEWAY_ prefix: still read,
+# with a warning, so an operator's old environment keeps working through the upgrade.
+DEPRECATED_NAMES = {
+    "KSWIFI_GATEWAY_POOL_V4": "address_pool_v4",
+    "KSWIFI_GATEWAY_POOL_V4_PREFIX": "address_pool_v4_prefix",
+    "KSWIFI_GATEWAY_POOL_V6": "address_pool_v6",
+    "KSWIFI_GATEWAY_CAPACITY": "default_gateway_capacity",
+    "KSWIFI_GATEWAY_OFFLINE_SECONDS": "offline_after_seconds",
+}
 
 
 class Settings(BaseSettings):
@@ -75,6 +88,24 @@ class Settings(BaseSettings):
     metrics_token: SecretStr = Field(
         SecretStr(""), description="Bearer token /metrics asks for; empty: /metrics is open"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for old, field in DEPRECATED_NAMES.items():
+            value = os.environ.get(old)
+            if value is None:
+                continue
+            new = f"KSWIFI_{field.upper()}"
+            if field in data:
+                message = f"{old} is ignored: {new} is set (remove {old})"
+            else:
+                data = {**data, field: value}
+                message = f"{old} is deprecated: rename it to {new}"
+            warnings.warn(message, FutureWarning, stacklevel=2)
+        return data
 
     @field_validator("data_dir")
     @classmethod
