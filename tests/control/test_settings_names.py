@@ -29,7 +29,8 @@ def test_old_names_still_read_with_a_warning(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.default_gateway_capacity == 12
     assert settings.offline_after_seconds == 45
     messages = [str(w.message) for w in caught]
-    assert "KSWIFI_GATEWAY_CAPACITY is deprecated: rename it to KSWIFI_DEFAULT_GATEWAY_CAPACITY" in messages
+    expected = "KSWIFI_GATEWAY_CAPACITY is deprecated: rename it to KSWIFI_DEFAULT_GATEWAY_CAPACITY"
+    assert expected in messages
     assert len(messages) == 5
 
 
