@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kswifi.control.gateways.leases import (
+from kswifi.control.gateways.leases.rules import (
     Lease,
     fair_share,
     plan_session_leases,

@@ -20,7 +20,8 @@ from kswifi.control import db as control_db
 from kswifi.control.deps import AppContext
 from kswifi.control.events import Event, InProcessEventBus, gateway_channel, session_channel
 from kswifi.control.gateways import desired as gateway_desired
-from kswifi.control.gateways import ingest, leases
+from kswifi.control.gateways import ingest
+from kswifi.control.gateways.leases import rules as leases
 from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
 from kswifi.control.regions import service as regions
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport

@@ -12,7 +12,7 @@ from kswifi.control.errors import (
     NotFound,
 )
 from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
-from kswifi.control.gateways import ipam, lease_ledger, lease_repository, repository, service
+from kswifi.control.gateways import ipam, leases, repository, service
 from kswifi.control.security import SecretBox
 from kswifi.protocol import models as protocol
 
@@ -40,12 +40,6 @@ async def current_revision(db: AsyncSession, gateway_id: str) -> int:
     return gateway.revision
 
 
-async def has_undelivered_holds(db: AsyncSession, gateway_id: str) -> bool:
-    """Whether a lease of the gateway was lowered and its desired state has not said so yet
-    (a long-poll answers at once: the bytes are free only once the gateway applied it)."""
-    return await lease_repository.has_undelivered_holds(db, gateway_id)
-
-
 async def desired_state(
     db: AsyncSession,
     secrets: SecretBox,
@@ -64,39 +58,11 @@ async def desired_state(
     if gateway is None:
         raise NotFound("No such gateway")
     next_revision = gateway.revision + 1
-    delivered_holds = await lease_repository.stamp_holds(db, gateway.id, next_revision)
     blocks = ipam.GatewayBlocks.parse(gateway.ipv4_pool, gateway.ipv6_pool)
     peer_rows = await repository.live_peers(db, gateway.id, now)
-    own_leases = [
-        lease_repository.LeaseRow(
-            gateway.id,
-            row.session_id,
-            row.lease_granted_bytes,
-            row.lease_used_bytes,
-            row.lease_held_bytes or 0,
-            row.lease_served_at,
-        )
-        for row in peer_rows
-        if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
-    ]
-    stored = {row.session_id: row.granted_bytes for row in own_leases}
-    quotas = await lease_ledger.refresh(
-        db,
-        gateway.id,
-        {row.session_id: (row.data_limit_bytes, row.used_bytes) for row in peer_rows},
-        carriers=await repository.other_carriers(db, gateway.id),
-        rows=own_leases
-        + await lease_repository.other_leases_of_sessions_carried_by(db, gateway.id),
-        now=now,
-        bus=bus,
-        delivered_revision=next_revision,
-    )
-    # A first lease of a new peer comes with the revision that added the peer.
-    changed = [
-        (stored[sid], quota) for sid, quota in quotas.items() if stored.get(sid, quota) != quota
-    ]
-    lowered = any(quota < before for before, quota in changed)
-    if delivered_holds or changed:
+    lease_state = await leases.for_desired_state(db, gateway.id, next_revision, peer_rows, now, bus)
+    quotas = lease_state.quotas
+    if lease_state.new_revision:
         await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
         gateway.revision = next_revision
     # Built without re-validation: every value comes from our own checked writes, and a
@@ -123,7 +89,7 @@ async def desired_state(
         revision=gateway.revision,
         interface=interface,
         peers=peers,
-        report_applied=bool(delivered_holds or lowered),
+        report_applied=lease_state.report_applied,
     )
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response, status
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
 from kswifi.control.errors import Unauthorized
 from kswifi.control.events import Subscription, gateway_channel
-from kswifi.control.gateways import desired, ingest, lease_ledger, service
+from kswifi.control.gateways import desired, ingest, leases, service
 from kswifi.control.gateways.schemas import GatewayCreate, GatewayCreated, GatewayOut
 from kswifi.control.security import utcnow
 from kswifi.protocol import models as protocol
@@ -106,7 +106,7 @@ async def get_desired_state(
         if since is not None:
             async with ctx.db.transaction() as db:
                 revision = await desired.current_revision(db, gateway_id)
-                undelivered = await desired.has_undelivered_holds(db, gateway_id)
+                undelivered = await leases.has_undelivered_holds(db, gateway_id)
             if since == revision and not undelivered:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
     async with ctx.db.transaction() as db:
@@ -149,4 +149,4 @@ async def post_leases(
     request: protocol.LeaseRequest, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.LeaseResponse:
     """Top up the gateway's leases of sessions it carries; never more than remains."""
-    return await lease_ledger.grant_leases(db, gateway, request.session_ids, utcnow(), ctx.events)
+    return await leases.grant(db, gateway, request.session_ids, utcnow(), ctx.events)

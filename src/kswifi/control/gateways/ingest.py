@@ -11,7 +11,7 @@ from kswifi.control.errors import (
     Unauthorized,
 )
 from kswifi.control.events import EventBus
-from kswifi.control.gateways import desired, lease_ledger, lease_repository, leases, repository
+from kswifi.control.gateways import desired, leases, repository
 from kswifi.control.models import (
     LIVE_STATES,
     Gateway,
@@ -76,13 +76,7 @@ async def apply_usage(
     accepted = {session_id: totals[session_id] for session_id in sorted(carried)}
 
     flagged = [session_id for session_id, (_, _, exhausted) in accepted.items() if exhausted]
-    held = (
-        lease_ledger.leases_by_session(await lease_repository.leases_of(db, flagged))
-        if flagged
-        else {}
-    )
-    if flagged:  # the kernel dropped the phone's packets: in use, even if nothing was served
-        await lease_repository.mark_served(db, locked.id, flagged, now)
+    exhaustion = await leases.note_exhausted(db, locked.id, flagged, now)
     outcomes = await sessions_service.record_usage_batch(
         db,
         bus,
@@ -91,8 +85,8 @@ async def apply_usage(
                 session_id,
                 rx,
                 tx,
-                exhausted and _lease_was_the_remainder(held.get(session_id), locked.id),
-                reserved_elsewhere=_reserved_elsewhere(held.get(session_id), locked.id),
+                exhausted and exhaustion.ends_session(session_id),
+                reserved_elsewhere=exhaustion.reserved_elsewhere(session_id),
             )
             for session_id, (rx, tx, exhausted) in accepted.items()
             if rx or tx or exhausted
@@ -106,30 +100,21 @@ async def apply_usage(
             live[outcome.session_id] = outcome
         elif outcome.was_live:
             ended.append(outcome.session_id)
-    # Every accepted session gets its lease row (empty if new), served bytes counted; with it,
-    # as for a desired state, the other carriers and leases of the live ones (usually none).
-    lease_usage = await lease_repository.add_lease_usage(
-        db,
-        locked.id,
-        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
-        now,
-        others_of=live,
-    )
-
     bumped: set[str] = set()
     for session_id in ended:
         bumped.update(await repository.gateways_carrying(db, session_id))
     if ended:
         bumped.add(locked.id)
         await desired.bump_revision(db, bumped, bus)
-    grants = await lease_ledger.refresh(
+    # Every accepted session's lease counts what was served (a new one gets its row); the
+    # live ones are topped up.
+    grants = await leases.record_served(
         db,
         locked.id,
+        {session_id: rx + tx for session_id, (rx, tx, _) in accepted.items()},
         {session_id: (s.data_limit_bytes, s.used_bytes) for session_id, s in live.items()},
-        carriers=lease_usage.other_carriers,
-        rows=[row for row in lease_usage.own if row.session_id in live] + lease_usage.others,
-        now=now,
-        bus=bus,
+        now,
+        bus,
     )
     return protocol.UsageAck(
         accepted=True,
@@ -139,23 +124,4 @@ async def apply_usage(
             protocol.LeaseGrant(session_id=session_id, quota_bytes=quota)
             for session_id, quota in sorted(grants.items())
         ],
-    )
-
-
-def _reserved_elsewhere(held: dict[str, leases.Lease] | None, gateway_id: str) -> int:
-    """Bytes of the session the other gateways may still serve."""
-    return leases.total_reserved(
-        lease for other, lease in (held or {}).items() if other != gateway_id
-    )
-
-
-def _lease_was_the_remainder(held: dict[str, leases.Lease] | None, gateway_id: str) -> bool:
-    """Whether a gateway's kernel saying "quota exhausted" means the SESSION is exhausted: only
-    when no other gateway holds enough of the session for a full packet. A gateway whose lease
-    is a share (or nothing: the rest is leased elsewhere) only used up that share; it asks for
-    more, and the session goes on on the other gateways. Each gateway's quota ends at most one
-    packet short of its lease, so a shared session ends at most that short per gateway."""
-    others = (held or {}).items()
-    return all(
-        lease.reserved_bytes < leases.PACKET_BYTES for other, lease in others if other != gateway_id
     )

@@ -21,11 +21,11 @@ from kswifi.control.errors import (
     Unauthorized,
     Unprocessable,
 )
-from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
+from kswifi.control.events import EventBus
 from kswifi.control.gateways import (
     addresses,
     ipam,
-    lease_repository,
+    leases,
     placement_repository,
     repository,
 )
@@ -352,18 +352,10 @@ async def record_heartbeat(
     gateway.tx_bps = heartbeat.tx_bps
     advanced = heartbeat.applied_revision > gateway.applied_revision
     gateway.applied_revision = heartbeat.applied_revision
-    # A hold waits for a revision newer than any applied when it was stamped: only a newer
-    # applied revision can release one.
-    freed = (
-        await lease_repository.release_holds(db, gateway.id, heartbeat.applied_revision)
-        if advanced
-        else []
-    )
-    if freed and bus is not None:
-        # Bytes this gateway gave back are free now: its co-carriers fetch their top-ups.
-        carriers = await repository.carriers_of(db, freed)
-        for other_id in sorted(set().union(*carriers.values()) - {gateway.id}):
-            publish_after_commit(db, bus, gateway_channel(other_id), {"type": "leases"})
+    if advanced:
+        # A hold waits for a revision newer than any applied when it was stamped: only a
+        # newer applied revision can release one.
+        await leases.release_holds(db, gateway.id, heartbeat.applied_revision, bus)
     if not gateway.is_online:
         log.info("gateway_online", gateway_id=gateway.id, name=gateway.name)
     gateway.is_online = True
