@@ -1,4 +1,4 @@
-"""Periodic jobs of the control plane: expiry, offline gateways, ended devices, old tokens.
+"""Periodic jobs of the control plane: expiry, offline gateways, old setup links and tokens.
 
 Each job is one short transaction and safe to run on several replicas at once: expiry claims
 its rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite has one writer anyway), and the
@@ -31,8 +31,8 @@ class JobSchedule:
     """How often each job runs, in seconds."""
 
     expire_sessions: float = 1.0
+    hand_over_devices: float = 1.0
     mark_offline_gateways: float = 5.0
-    release_devices: float = 10.0
     purge_setup_links: float = 60.0
     purge_refresh_tokens: float = 3600.0
 
@@ -48,20 +48,23 @@ class Worker:
         async with self.ctx.db.transaction() as db:
             due = await sessions.due_for_expiry(db, now)
             for session in due:
-                await sessions.end(
+                moved = await sessions.end(
                     db, self.ctx.events, session, SessionStatus.EXPIRED, "time_up", now
                 )
-                await gateway_desired.bump_for_session(db, session.id, self.ctx.events)
+                await gateway_desired.bump_revision(db, moved, self.ctx.events)
         return len(due)
+
+    async def hand_over_devices(self, now: datetime) -> int:
+        """Devices left drawing from a session that ended move on (see `handover`)."""
+        async with self.ctx.db.transaction() as db:
+            moved = await sessions.hand_over_pending(db, now)
+            await gateway_desired.bump_revision(db, moved, self.ctx.events)
+        return len(moved)
 
     async def mark_offline_gateways(self, now: datetime) -> int:
         """Silent gateways go offline; their devices' usage streams are told."""
         async with self.ctx.db.transaction() as db:
             return await regions.mark_offline_gateways(db, self.ctx.events, now, self.ctx.settings)
-
-    async def release_devices(self, now: datetime) -> int:
-        async with self.ctx.db.transaction() as db:
-            return await profiles.release_devices_of_ended_sessions(db, now, self.ctx.events)
 
     async def purge_setup_links(self, now: datetime) -> int:
         """Expired setup links still hold an encrypted config: delete them."""
@@ -78,8 +81,8 @@ class Worker:
         clock = time.monotonic()
         for name in (
             "expire_sessions",
+            "hand_over_devices",
             "mark_offline_gateways",
-            "release_devices",
             "purge_setup_links",
             "purge_refresh_tokens",
         ):

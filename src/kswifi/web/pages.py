@@ -200,7 +200,9 @@ async def checkout(
             payment_method=method,
             voucher_code=voucher if method == "voucher" else None,
         )
-        result = await purchases.buy(db, ctx.settings, user=user, data=data, idempotency_key=key)
+        result = await purchases.buy(
+            db, ctx.settings, user=user, data=data, idempotency_key=key, bus=ctx.events
+        )
     except (KSWiFiError, ValidationError) as exc:
         await abandon(db)
         context.update(error=say(exc), voucher_code=voucher)

@@ -27,7 +27,13 @@ from kswifi.control.admin.schemas import (
 from kswifi.control.errors import Conflict, Unprocessable
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import desired as gateway_desired
-from kswifi.control.models import LIVE_STATES, SESSION_STATES, DataSession, SessionStatus, User
+from kswifi.control.models import (
+    SESSION_STATES,
+    USABLE_STATES,
+    DataSession,
+    SessionStatus,
+    User,
+)
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
 from kswifi.logs import get_logger
@@ -118,10 +124,10 @@ async def revoke_session(
     """End a live session now; its gateways drop the peers and its owner's page says so."""
     session, email = await _session_with_owner(db, session_id)
     status = sessions.effective_status(session, now)
-    if session.status not in LIVE_STATES:
+    if session.status not in USABLE_STATES:
         raise SessionAlreadyEnded(f"This session has already ended ({status})", status=status)
-    await sessions.end(db, bus, session, SessionStatus.REVOKED, "operator", now)
-    await gateway_desired.bump_for_session(db, session.id, bus)
+    moved = await sessions.end(db, bus, session, SessionStatus.REVOKED, "operator", now)
+    await gateway_desired.bump_revision(db, moved, bus)
     record(
         db,
         actor=actor.email,
@@ -152,9 +158,9 @@ async def extend_session(
             f"A {session.status} session cannot be extended", status=session.status
         )
     before = session.expires_at
-    await sessions.extend(session, days, now, db=db, bus=bus)
+    changed = await sessions.extend(session, days, now, db=db, bus=bus)
     await db.flush()
-    await gateway_desired.bump_for_session(db, session.id, bus)  # new expiry in the desired state
+    await gateway_desired.bump_revision(db, changed, bus)  # new expiry in the desired state
     record(
         db,
         actor=actor.email,

@@ -18,21 +18,21 @@ from kswifi.protocol import models as protocol
 
 
 async def bump_revision(
-    db: AsyncSession, gateway_ids: Iterable[str], bus: EventBus
+    db: AsyncSession, gateway_ids: Iterable[str], bus: EventBus | None
 ) -> dict[str, int]:
-    """New desired-state revisions; their long-polls wake once this transaction commits."""
+    """New desired-state revisions; their long-polls wake once this transaction commits
+    (without a bus, at their next poll)."""
     ids = sorted(set(gateway_ids))  # a stable order: concurrent bumps lock rows alike
+    if not ids:
+        return {}
     revisions = await repository.bump_revisions(db, ids)
     for gateway_id, revision in revisions.items():
+        if bus is None:
+            break
         publish_after_commit(
             db, bus, gateway_channel(gateway_id), {"type": "revision", "revision": revision}
         )
     return revisions
-
-
-async def bump_for_session(db: AsyncSession, session_id: str, bus: EventBus) -> dict[str, int]:
-    """Bump every gateway carrying an active device of the session (its peers changed)."""
-    return await bump_revision(db, await repository.gateways_carrying(db, session_id), bus)
 
 
 async def current_revision(db: AsyncSession, gateway_id: str) -> int:

@@ -100,11 +100,12 @@ async def apply_usage(
             live[outcome.session_id] = outcome
         elif outcome.was_live:
             ended.append(outcome.session_id)
-    bumped: set[str] = set()
-    for session_id in ended:
-        bumped.update(await repository.gateways_carrying(db, session_id))
+    # Sessions that ended (their devices moved on) or started their clock (the desired state
+    # now carries their end): the gateways whose peers changed.
+    bumped = set().union(*(outcome.gateway_ids for outcome in outcomes))
     if ended:
         bumped.add(locked.id)
+    if bumped:
         await desired.bump_revision(db, bumped, bus)
     # Every accepted session's lease counts what was served (a new one gets its row); the
     # live ones are topped up.

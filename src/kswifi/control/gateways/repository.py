@@ -206,7 +206,8 @@ async def other_carriers(db: AsyncSession, gateway_id: str) -> dict[str, set[str
     )
     carriers: dict[str, set[str]] = {}
     for session_id, carrier_id in rows:
-        carriers.setdefault(session_id, set()).add(carrier_id)
+        if session_id is not None:
+            carriers.setdefault(session_id, set()).add(carrier_id)
     return carriers
 
 
@@ -220,7 +221,8 @@ async def carriers_of(db: AsyncSession, session_ids: Iterable[str]) -> dict[str,
             .distinct()
         )
         for session_id, carrier_id in rows:
-            carriers[session_id].add(carrier_id)
+            if session_id is not None:
+                carriers[session_id].add(carrier_id)
     return carriers
 
 
@@ -241,7 +243,8 @@ async def other_carriers_of(
             .distinct()
         )
         for session_id, carrier_id in rows:
-            carriers.setdefault(session_id, set()).add(carrier_id)
+            if session_id is not None:
+                carriers.setdefault(session_id, set()).add(carrier_id)
     return carriers
 
 
@@ -291,17 +294,8 @@ async def sessions_with_device_on(
             .where(Device.gateway_id == gateway_id, one_of(db, Device.session_id, chunk))
             .distinct()
         )
-        found.update(rows)
+        found.update(session_id for session_id in rows if session_id is not None)
     return found
-
-
-async def gateways_carrying(db: AsyncSession, session_id: str) -> list[str]:
-    rows = await db.scalars(
-        select(Device.gateway_id)
-        .where(Device.session_id == session_id, Device.status == DeviceStatus.ACTIVE)
-        .distinct()
-    )
-    return list(rows)
 
 
 async def bump_revisions(db: AsyncSession, gateway_ids: Sequence[str]) -> dict[str, int]:

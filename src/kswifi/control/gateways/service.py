@@ -374,7 +374,7 @@ async def record_heartbeat(
         if previous is not None and handshake_at <= previous:
             continue
         device.last_handshake_at = handshake_at
-        if previous is None:
+        if previous is None and device.session_id is not None:
             await sessions_service.mark_connected(db, device.session_id, now, bus)
     await db.flush()
     return protocol.HeartbeatAck(ok=True, server_time=now)

@@ -48,7 +48,9 @@ class Gateway(Base):
 
 
 class Device(Base):
-    """One Connect Profile: a WireGuard peer of a session on a gateway. `id` is `connect_id`."""
+    """One Connect Profile: a person's device, a WireGuard peer on a gateway for as long as
+    the person keeps it. `id` is `connect_id`. `session_id` is the session it draws data from
+    now (None: no usable session, or beyond the current one's device limit: the garden)."""
 
     __tablename__ = "devices"
     __table_args__ = (
@@ -57,13 +59,17 @@ class Device(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    session_id: Mapped[str] = mapped_column(ForeignKey("data_sessions.id"), index=True)
+    session_id: Mapped[str | None] = mapped_column(
+        ForeignKey("data_sessions.id"), index=True, default=None
+    )
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"))
     device_name: Mapped[str] = mapped_column(String(64), default="My device")
     status: Mapped[str] = mapped_column(String(16), default=DeviceStatus.ACTIVE.value)
     public_key: Mapped[str] = mapped_column(String(44))
     preshared_key_encrypted: Mapped[str] = mapped_column(String(512))
+    # Kept (encrypted) so the person can show the same profile again without new keys; None
+    # for profiles made before it was kept (showing those again rotates their keys).
     private_key_encrypted: Mapped[str | None] = mapped_column(String(512), default=None)
     host_index: Mapped[int] = mapped_column(BigInteger)
     ipv4: Mapped[str] = mapped_column(String(64))

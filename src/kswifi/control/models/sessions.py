@@ -14,10 +14,12 @@ from kswifi.control.models.base import UPDATED_TABLE_OPTIONS, Base, new_id, utcn
 class SessionStatus(StrEnum):
     """Where a data session is in its life (stored as its string value)."""
 
+    QUEUED = "queued"
+    """Bought while another session is current: waits its turn (oldest purchase first)."""
     ACTIVE = "active"
-    """Bought, usable, no handshake yet."""
+    """Current (the person's devices draw from it), no traffic yet."""
     CONNECTED = "connected"
-    """A device of it has connected."""
+    """Current, and a device of it has connected."""
     EXHAUSTED = "exhausted"
     EXPIRED = "expired"
     REVOKED = "revoked"
@@ -28,6 +30,8 @@ LIVE_STATES = (SessionStatus.ACTIVE, SessionStatus.CONNECTED)
 """A session a device may draw data from."""
 ENDED_STATES = (SessionStatus.EXHAUSTED, SessionStatus.EXPIRED, SessionStatus.REVOKED)
 """A session that is over (the one name for this set)."""
+USABLE_STATES = (SessionStatus.QUEUED, *LIVE_STATES)
+"""A session with data still to give: current or waiting its turn."""
 
 
 class DataSession(Base):
@@ -53,6 +57,8 @@ class DataSession(Base):
     tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     activation_deadline: Mapped[datetime]
+    # The clock starts at the first byte through a gateway: until then both are None (and the
+    # session ends at `activation_deadline` if never used).
     activated_at: Mapped[datetime | None] = mapped_column(default=None)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)

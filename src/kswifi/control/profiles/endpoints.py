@@ -75,9 +75,10 @@ async def generate_connect_profile(
     ctx: Ctx,
     http: Request,
 ) -> ConnectProfileResponse:
-    """Generate a KSWiFi Connect Profile for a data session (200 OK, also when the call rotates
-    the keys of an existing device of the same name). Extra fields such as `data_limit_mb`
-    are ignored: the response carries the session's own limit."""
+    """Generate the KSWiFi Connect Profile of one of your devices, installed once: asking
+    again with the same device name shows it again (same keys) unless `rotate` is set. Extra
+    fields such as `data_limit_mb` are ignored: the response carries the session's own
+    limit."""
     # Our own transaction instead of `DbSession`: it commits before the QR codes are drawn, so
     # the encoding never holds a row lock (or SQLite's write lock).
     async with ctx.db.transaction() as db:
@@ -90,6 +91,7 @@ async def generate_connect_profile(
             device_name=request.device_name,
             peer_address=http.client.host if http.client else None,
             headers=http.headers,
+            rotate=request.rotate,
         )
     # A few milliseconds of C and zlib: cheaper on the loop than a hand-off to a thread.
     return service.to_response(generated, ctx.settings)
@@ -98,7 +100,7 @@ async def generate_connect_profile(
 @router.get("/profiles", response_model=ConnectProfileList)
 async def list_connect_profiles(user_id: CurrentUserId, db: DbSession) -> ConnectProfileList:
     """The caller's active Connect Profiles (devices), newest first."""
-    return await service.list_profiles(db, user_id)
+    return await service.list_profiles(db, user_id, utcnow())
 
 
 @router.get(
@@ -109,7 +111,7 @@ async def list_connect_profiles(user_id: CurrentUserId, db: DbSession) -> Connec
 async def get_connect_profile(
     connect_id: ConnectId, user_id: CurrentUserId, db: DbSession
 ) -> ConnectProfileOut:
-    return await service.get_profile(db, user_id, connect_id)
+    return await service.get_profile(db, user_id, connect_id, utcnow())
 
 
 @router.delete(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import is_postgresql
 from kswifi.control.models import (
-    ENDED_STATES,
     DataSession,
     Device,
     DeviceStatus,
@@ -22,39 +20,6 @@ from kswifi.control.models import (
 
 ACTIVE = DeviceStatus.ACTIVE
 REMOVED = DeviceStatus.REMOVED
-
-
-async def serialize_session_profiles(db: AsyncSession, session_id: str) -> None:
-    """Hold a per-session lock until the transaction ends, so two generate calls for one
-    session see each other's devices (device limit, same device name).
-
-    PostgreSQL: a transaction-scoped advisory lock. It conflicts with nothing but itself, so it
-    cannot deadlock with usage ingestion, which locks gateway rows before session rows.
-    SQLite: every transaction already holds the database's write lock (BEGIN IMMEDIATE).
-    """
-    if db.get_bind().dialect.name != "postgresql":
-        return
-    await db.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(session_id)})
-
-
-def _lock_key(session_id: str) -> int:
-    key = int.from_bytes(hashlib.sha256(f"profiles:{session_id}".encode()).digest()[:8], "big")
-    return key - (1 << 64) if key >= 1 << 63 else key
-
-
-_SESSION = select(DataSession).where(DataSession.id == bindparam("session_id"))
-_SESSION_WITH_LOCK = _SESSION.add_columns(func.pg_advisory_xact_lock(bindparam("lock_key")))
-
-
-async def session_with_profiles_lock(db: AsyncSession, session_id: str) -> DataSession | None:
-    """The session, read by the statement that takes `serialize_session_profiles`'s lock (one
-    round trip instead of two). Its devices must be read after this statement: they are not
-    part of its snapshot."""
-    if db.get_bind().dialect.name != "postgresql":
-        return await db.scalar(_SESSION, {"session_id": session_id})
-    params = {"session_id": session_id, "lock_key": _lock_key(session_id)}
-    row = (await db.execute(_SESSION_WITH_LOCK, params)).first()
-    return row[0] if row is not None else None
 
 
 async def get_device(
@@ -71,48 +36,42 @@ async def get_device(
     )
 
 
-_ACTIVE_DEVICES_OF_SESSION = (
-    select(Device)
-    .where(Device.session_id == bindparam("session_id"), Device.status == ACTIVE)
-    .order_by(Device.created_at, Device.id)
-)
+async def active_devices_of_user(db: AsyncSession, user_id: str) -> list[Device]:
+    """The person's installed devices, first installed first (read after their lock)."""
+    rows = await db.scalars(
+        select(Device)
+        .where(Device.user_id == user_id, Device.status == ACTIVE)
+        .order_by(Device.created_at, Device.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
 
 
-async def active_devices_of_session(db: AsyncSession, session_id: str) -> list[Device]:
-    return list(await db.scalars(_ACTIVE_DEVICES_OF_SESSION, {"session_id": session_id}))
+async def session_of_device(db: AsyncSession, device_id: str) -> DataSession | None:
+    """The session the device draws from now (None: the garden)."""
+    return await db.scalar(
+        select(DataSession)
+        .join(Device, Device.session_id == DataSession.id)
+        .where(Device.id == device_id)
+    )
 
 
-async def list_for_user(db: AsyncSession, user_id: str) -> list[tuple[Device, Gateway]]:
+async def list_for_user(
+    db: AsyncSession, user_id: str
+) -> list[tuple[Device, Gateway, DataSession | None]]:
+    """The person's installed devices with their gateway and the session each draws from."""
     rows = await db.execute(
-        select(Device, Gateway)
+        select(Device, Gateway, DataSession)
         .join(Gateway, Gateway.id == Device.gateway_id)
+        .outerjoin(DataSession, DataSession.id == Device.session_id)
         .where(Device.user_id == user_id, Device.status == ACTIVE)
         .order_by(Device.created_at.desc(), Device.id)
     )
-    return [(row[0], row[1]) for row in rows]
+    return [(row[0], row[1], row[2]) for row in rows]
 
 
 async def get_gateway(db: AsyncSession, gateway_id: str) -> Gateway | None:
     return await db.get(Gateway, gateway_id)
-
-
-async def devices_of_ended_sessions(db: AsyncSession, now: datetime, limit: int) -> list[Device]:
-    """Active devices whose session ended, or whose session's time is up."""
-    rows = await db.scalars(
-        select(Device)
-        .join(DataSession, DataSession.id == Device.session_id)
-        .where(
-            Device.status == ACTIVE,
-            # A device exists only once its session was activated, so expires_at is set.
-            or_(DataSession.status.in_(ENDED_STATES), DataSession.expires_at <= now),
-        )
-        .order_by(Device.id)
-        .limit(limit)
-        # Replicas running this job at once take disjoint rows (PostgreSQL; SQLite has one
-        # writer anyway).
-        .with_for_update(of=Device, skip_locked=True)
-    )
-    return list(rows)
 
 
 _devices = cast(Table, Device.__table__)

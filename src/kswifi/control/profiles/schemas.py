@@ -35,7 +35,12 @@ class GenerateConnectRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="A session of yours to draw from; default: your current or next session",
+    )
     region: str | None = Field(
         None,
         min_length=1,
@@ -46,9 +51,12 @@ class GenerateConnectRequest(BaseModel):
     device_name: DeviceName | None = Field(
         None,
         description=(
-            "Names the phone; generating again with the same name rotates that device's keys"
-            f" and keeps its address. Default: {DEFAULT_DEVICE_NAME!r}"
+            "Names the phone; generating again with the same name shows that device's profile"
+            f" again (same keys, same address). Default: {DEFAULT_DEVICE_NAME!r}"
         ),
+    )
+    rotate: bool = Field(
+        False, description="Give the named device new keys (its installed profile stops working)"
     )
 
 
@@ -58,7 +66,10 @@ class ConnectProfileResponse(BaseModel):
     success: Literal[True] = True
     connect_id: str = Field(description="The device's id (a Connect Profile)")
     profile_qr: str = Field(description="PNG data URI of the wg-quick config as a QR code")
-    session_id: str
+    session_id: str | None = Field(
+        description="The session the device draws from (or will, once it is its turn); null: "
+        "no session to draw from (the device reaches only the shop)"
+    )
     data_limit_mb: int = Field(description="The session's data limit (1 GB = 1024 MB)")
     profile_type: Literal["kswifi_connect"] = "kswifi_connect"
     setup_instructions: list[str]
@@ -70,7 +81,16 @@ class ConnectProfileResponse(BaseModel):
         "gateway) or the device moved off an offline gateway",
     )
     gateway: str = Field(description="Name of the gateway that carries the device")
-    expires_at: datetime | None = Field(description="When the session's validity ends")
+    expires_at: datetime | None = Field(
+        description="When the session's validity ends; null until it starts, at the phone's "
+        "first connection"
+    )
+    state: Literal["active", "waiting", "garden"] = Field(
+        "active",
+        description="`active`: draws from a session; `waiting`: beyond the session's device "
+        "limit; `garden`: no session (reaches only the shop)",
+    )
+    rotated: bool = Field(False, description="The device got new keys with this call")
     setup_url: str = Field(description="Single-use setup page for the phone, valid 10 minutes")
     config_url: str = Field(description="KSWiFi-Connect.conf download (signed, short-lived)")
     mobileconfig_url: str = Field(description="Apple profile download (signed, short-lived)")
@@ -81,7 +101,8 @@ class ConnectProfileOut(BaseModel):
     """One of the caller's Connect Profiles (no key material)."""
 
     connect_id: str
-    session_id: str
+    session_id: str | None = Field(description="The session it draws from now; null: none")
+    state: Literal["active", "waiting", "garden"]
     device_name: str
     region: str
     gateway: str

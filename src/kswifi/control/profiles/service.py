@@ -17,13 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
 from kswifi.control.deps import AppContext
-from kswifi.control.errors import Conflict, Gone, NotFound, TooManyRequests, Unauthorized
+from kswifi.control.errors import (
+    Conflict,
+    Gone,
+    NotFound,
+    SessionNotUsable,
+    TooManyRequests,
+    Unauthorized,
+)
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
-from kswifi.control.models import Device, Gateway, new_id, utcnow
+from kswifi.control.models import DataSession, Device, Gateway, new_id, utcnow
 from kswifi.control.profiles import qr, repository
 from kswifi.control.profiles.config_render import (
     ClientConfig,
@@ -58,6 +65,12 @@ class DeviceLimitReached(Conflict):
     code = "device_limit_reached"
 
 
+MAX_PROFILES_PER_PERSON = 10
+"""Devices one person may have installed (each holds an address on a gateway); how many draw
+data at once is the current session's device limit."""
+NO_SESSION_MESSAGE = "You have no data session. Buy one to set up a device."
+
+
 class DeviceInOtherRegion(Conflict):
     code = "device_in_other_region"
 
@@ -68,7 +81,7 @@ class GeneratedProfile:
     secrets in it live only for this response."""
 
     connect_id: str
-    session_id: str
+    session_id: str | None  # the session it draws from (or will); None: none to draw from
     data_limit_bytes: int
     session_expires_at: datetime | None
     region: str
@@ -79,6 +92,7 @@ class GeneratedProfile:
     setup_expires_at: datetime
     rotated: bool
     region_note: str | None = None  # why the region is not the nearest, or the move
+    state: str = "active"  # see `device_state`
 
 
 @dataclass(frozen=True)
@@ -100,11 +114,12 @@ async def generate_for_request(
     ctx: AppContext,
     *,
     user_id: str,
-    session_id: str,
+    session_id: str | None,
     region: str | None,
     device_name: str | None,
     peer_address: str | None,
     headers: Mapping[str, str],
+    rotate: bool = False,
 ) -> GeneratedProfile:
     """`generate_profile` as the API and the web pages call it: the app's keys, settings and
     bus, the client located from its connection (and the trusted proxy headers), now."""
@@ -119,6 +134,7 @@ async def generate_for_request(
         device_name=device_name,
         now=utcnow(),
         client=regions.locate_client(ctx.settings, peer_address=peer_address, headers=headers),
+        rotate=rotate,
     )
 
 
@@ -129,46 +145,52 @@ async def generate_profile(
     settings: Settings,
     bus: EventBus,
     user_id: str,
-    session_id: str,
+    session_id: str | None,
     region: str | None,
     device_name: str | None,
     now: datetime,
     client: ClientLocation | None = None,
+    rotate: bool = False,
 ) -> GeneratedProfile:
-    """A new device on a gateway of the region (none asked: the region nearest to `client`),
-    or new keys for the session's device of that name (same gateway and address; the old keys
-    leave the gateway's desired state). A device whose gateway went offline or was disabled
-    moves to a healthy gateway (of its region when there is one) with a new address."""
-    # The session and the per-session lock in one statement; its devices after the lock.
-    session = await repository.session_with_profiles_lock(db, session_id)
-    if session is None or session.user_id != user_id:
-        raise NotFound("No such session")  # someone else's answers like a missing one
-    wait = _generations.hit(session.id)
+    """The person's device of that name, installed once: a new one goes on a gateway of the
+    region (none asked: the region nearest to `client`); an installed one is shown again with
+    the same keys, or new keys with `rotate` (same gateway and address; the old keys leave the
+    gateway's desired state). A device whose gateway went offline or was disabled moves to a
+    healthy gateway (of its region when there is one) with a new address and new keys.
+
+    Which session the device draws from is the person's current one (see
+    `sessions.handover`): `session_id` only checks that the named session is theirs and
+    usable. A new device needs a current or queued session."""
+    await sessions.lock_person(db, user_id)  # before any of the person's rows
+    wait = _generations.hit(user_id)
     if wait is not None:
         raise TooManyRequests(
-            f"Too many Connect Codes for this session; try again in {wait} seconds", wait
+            f"Too many Connect Codes in a minute; try again in {wait} seconds", wait
         )
-    sessions.ensure_usable(session, now)
+    usable = await sessions.usable_sessions(db, user_id, now)
+    named = None
+    if session_id is not None:
+        named = await sessions.get_for_user(db, user_id, session_id)
+        sessions.ensure_usable(named, now)
     name = device_name or DEFAULT_DEVICE_NAME
-    devices = await repository.active_devices_of_session(db, session.id)
+    devices = await repository.active_devices_of_user(db, user_id)
     existing = next((device for device in devices if device.device_name == name), None)
 
-    keypair = generate_keypair()
-    preshared_key = generate_preshared_key()
     region_note: str | None = None
     moved_from: list[str] = []
     if existing is not None:
         gateway = await repository.get_gateway(db, existing.gateway_id)
         if gateway is None:  # pragma: no cover - foreign key
             raise NotFound("No such gateway")
-        usable = regions.gateway_usable(gateway, now, settings)
-        if usable and region is not None and region != gateway.region_code:
+        usable_gateway = regions.gateway_usable(gateway, now, settings)
+        if usable_gateway and region is not None and region != gateway.region_code:
             raise DeviceInOtherRegion(
                 f"The device {name!r} is set up for region {gateway.region_code}. "
                 "Remove it first to set it up in another region."
             )
         device = existing
-        if not usable:
+        rotated = rotate or not usable_gateway or device.private_key_encrypted is None
+        if not usable_gateway:
             placement = await regions.place_away_from(
                 db, gateway, region=region, client=client or UNKNOWN, settings=settings, now=now
             )
@@ -183,24 +205,37 @@ async def generate_profile(
                 f"Your previous gateway was not responding; this device now uses {gateway.name}"
                 f" in {gateway.region_code}. Scan this new code: the old one no longer works."
             )
-        device.public_key = str(keypair.public_key)
-        device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
-        device.rotated_at = now
-        await repository.delete_setup_links(db, [device.id])
-        sessions.activate_if_needed(session, now)
+        if rotated:
+            private_key, preshared_key = generate_keypair().private_key, generate_preshared_key()
+            device.public_key = str(private_key.public_key())
+            device.private_key_encrypted = secrets.encrypt(str(private_key))
+            device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
+            device.rotated_at = now
+            await repository.delete_setup_links(db, [device.id])
+        else:
+            assert device.private_key_encrypted is not None
+            private_key = WireguardKey.from_base64(secrets.decrypt(device.private_key_encrypted))
+            preshared_key = WireguardKey.from_base64(
+                secrets.decrypt(device.preshared_key_encrypted)
+            )
         await db.flush()
-        await gateway_desired.bump_revision(db, [gateway.id, *moved_from], bus)
+        if rotated:
+            await gateway_desired.bump_revision(db, [gateway.id, *moved_from], bus)
         dns_servers = (await gateways.gateway_public_info(db, gateway)).dns_servers
         device_id, ipv4, ipv6 = device.id, device.ipv4, device.ipv6
         new_device: dict[str, object] | None = None
     else:
-        if len(devices) >= session.max_devices:
+        if not usable and named is None:
+            raise SessionNotUsable(NO_SESSION_MESSAGE, status="none")
+        if len(devices) >= MAX_PROFILES_PER_PERSON:
             raise DeviceLimitReached(
-                f"This session allows {session.max_devices} "
-                f"device{'s' if session.max_devices != 1 else ''} and all are set up. "
-                "Remove one, or generate again with the same device name to renew it.",
-                max_devices=session.max_devices,
+                f"You have {MAX_PROFILES_PER_PERSON} devices set up. Remove one first, or "
+                "generate again with the name of one to show it again.",
+                max_devices=MAX_PROFILES_PER_PERSON,
             )
+        rotated = False
+        keypair = generate_keypair()
+        private_key, preshared_key = keypair.private_key, generate_preshared_key()
         placement = await regions.place(
             db, region=region, client=client or UNKNOWN, settings=settings, now=now
         )
@@ -210,21 +245,20 @@ async def generate_profile(
             if placement.region is not None
             else (await gateways.gateway_public_info(db, gateway)).dns_servers
         )
-        preshared_key_encrypted = secrets.encrypt(str(preshared_key))
         # Last, because the gateway row stays locked from here to the commit: the address and
         # the revision bump in one statement, then the device and its setup link in one more.
         host = await gateway_addresses.allocate_host_and_bump(db, gateway.id, settings, now, bus)
         device_id, ipv4, ipv6 = new_id(), host.ipv4, host.ipv6
         new_device = {
             "id": device_id,
-            "session_id": session.id,
+            "session_id": None,  # the hand-over below says which
             "user_id": user_id,
             "gateway_id": gateway.id,
             "device_name": name,
             "status": repository.ACTIVE,
             "public_key": str(keypair.public_key),
-            "preshared_key_encrypted": preshared_key_encrypted,
-            "private_key_encrypted": None,
+            "preshared_key_encrypted": secrets.encrypt(str(preshared_key)),
+            "private_key_encrypted": secrets.encrypt(str(private_key)),
             "host_index": host.host_index,
             "ipv4": ipv4,
             "ipv6": ipv6,
@@ -233,12 +267,9 @@ async def generate_profile(
             "last_handshake_at": None,
             "removed_at": None,
         }
-        sessions.activate_if_needed(session, now)
 
     config_text = render_config(
-        _client_config(
-            settings, gateway, dns_servers, ipv4, ipv6, keypair.private_key, preshared_key
-        )
+        _client_config(settings, gateway, dns_servers, ipv4, ipv6, private_key, preshared_key)
     )
     setup_token = new_opaque_token()
     setup_expires_at = now + SETUP_LINK_TTL
@@ -262,20 +293,33 @@ async def generate_profile(
             "used_at": None,
         }
         await repository.insert_device_and_link(db, new_device, link)
+    moved = await sessions.hand_over(db, user_id, now)
+    await gateway_desired.bump_revision(db, moved - {gateway.id} if new_device else moved, bus)
+    drawn = await repository.session_of_device(db, device_id)
+    shown = drawn or named or (usable[0] if usable else None)
     return GeneratedProfile(
         connect_id=device_id,
-        session_id=session.id,
-        data_limit_bytes=session.data_limit_bytes,
-        session_expires_at=session.expires_at,
+        session_id=shown.id if shown is not None else None,
+        data_limit_bytes=shown.data_limit_bytes if shown is not None else 0,
+        session_expires_at=shown.expires_at if shown is not None else None,
         region=gateway.region_code,
         gateway_name=gateway.name,
         config_text=config_text,
         setup_token=setup_token,
         download_token=issue_download_token(secrets, device_id, token_hash, setup_expires_at),
         setup_expires_at=setup_expires_at,
-        rotated=existing is not None,
+        rotated=rotated,
         region_note=region_note,
+        state=device_state(drawn, bool(usable)),
     )
+
+
+def device_state(drawn: DataSession | None, has_usable: bool) -> str:
+    """`active`: the device draws from a session; `waiting`: the person has a session but
+    this device is beyond its device limit; `garden`: no usable session at all."""
+    if drawn is not None:
+        return "active"
+    return "waiting" if has_usable else "garden"
 
 
 def _client_config(
@@ -332,6 +376,8 @@ def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfi
         region_note=generated.region_note,
         gateway=generated.gateway_name,
         expires_at=generated.session_expires_at,
+        state=generated.state,
+        rotated=generated.rotated,
         profile_qr_svg=profile_qr_svg,
         **links(settings, generated.connect_id, generated.setup_token, generated.download_token),
     )
@@ -427,8 +473,8 @@ async def open_setup_link(
     device = await repository.get_device(db, link.device_id)
     if device is None or device.status != repository.ACTIVE:
         raise Gone("This Connect Profile was removed.")
-    session = await sessions.get(db, device.session_id)
-    sessions.ensure_usable(session, now)
+    # Installing works with or without a session: a device without one is in the garden,
+    # where the phone can still reach the shop.
     return OpenedSetupLink(
         device_id=device.id,
         download_token=issue_download_token(secrets, device.id, token_hash, link.expires_at),
@@ -446,27 +492,35 @@ async def _own_active_device(db: AsyncSession, user_id: str, device_id: str) -> 
     return device
 
 
-async def list_profiles(db: AsyncSession, user_id: str) -> ConnectProfileList:
+async def list_profiles(db: AsyncSession, user_id: str, now: datetime) -> ConnectProfileList:
+    has_usable = bool(await sessions.usable_sessions(db, user_id, now))
     return ConnectProfileList(
         profiles=[
-            _to_out(device, gateway)
-            for device, gateway in await repository.list_for_user(db, user_id)
+            _to_out(device, gateway, drawn, has_usable)
+            for device, gateway, drawn in await repository.list_for_user(db, user_id)
         ]
     )
 
 
-async def get_profile(db: AsyncSession, user_id: str, device_id: str) -> ConnectProfileOut:
+async def get_profile(
+    db: AsyncSession, user_id: str, device_id: str, now: datetime
+) -> ConnectProfileOut:
     device = await _own_active_device(db, user_id, device_id)
     gateway = await repository.get_gateway(db, device.gateway_id)
     if gateway is None:  # pragma: no cover - foreign key
         raise NotFound("No such Connect Profile")
-    return _to_out(device, gateway)
+    drawn = await repository.session_of_device(db, device.id)
+    has_usable = bool(await sessions.usable_sessions(db, user_id, now))
+    return _to_out(device, gateway, drawn, has_usable)
 
 
-def _to_out(device: Device, gateway: Gateway) -> ConnectProfileOut:
+def _to_out(
+    device: Device, gateway: Gateway, drawn: DataSession | None, has_usable: bool
+) -> ConnectProfileOut:
     return ConnectProfileOut(
         connect_id=device.id,
-        session_id=device.session_id,
+        session_id=drawn.id if drawn is not None else None,
+        state=device_state(drawn, has_usable),
         device_name=device.device_name,
         region=gateway.region_code,
         gateway=gateway.name,
@@ -480,15 +534,14 @@ def _to_out(device: Device, gateway: Gateway) -> ConnectProfileOut:
 async def remove_profile(
     db: AsyncSession, bus: EventBus, *, user_id: str, device_id: str, now: datetime
 ) -> None:
-    """The owner removes a device: it leaves its gateway, its address cools down for reuse."""
-    device = await _own_active_device(db, user_id, device_id)
-    # Same order as generate (session, then device): a rotation and a removal of one device
-    # never interleave, and two removals never release one address twice.
-    await repository.serialize_session_profiles(db, device.session_id)
-    locked = await repository.get_device(db, device.id, for_update=True)
-    if locked is None or locked.status != repository.ACTIVE:
+    """The owner removes a device: it leaves its gateway, its address cools down for reuse,
+    and a device of theirs waiting beyond the session's device limit takes its place."""
+    await sessions.lock_person(db, user_id)  # as generate: the person first, then the device
+    locked = await repository.get_device(db, device_id, for_update=True)
+    if locked is None or locked.user_id != user_id or locked.status != repository.ACTIVE:
         raise NotFound("No such Connect Profile")
     await _remove_devices(db, bus, [locked], now)
+    await gateway_desired.bump_revision(db, await sessions.hand_over(db, user_id, now), bus)
 
 
 async def _remove_devices(
@@ -501,17 +554,6 @@ async def _remove_devices(
     await repository.delete_setup_links(db, [device.id for device in devices])
     await db.flush()
     await gateway_desired.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)
-
-
-async def release_devices_of_ended_sessions(
-    db: AsyncSession, now: datetime, bus: EventBus, *, batch_size: int = 1000
-) -> int:
-    """Worker job: devices of exhausted, expired or revoked sessions are removed and their
-    addresses released. Returns how many devices were removed (at most `batch_size`)."""
-    devices = await repository.devices_of_ended_sessions(db, now, batch_size)
-    if devices:
-        await _remove_devices(db, bus, devices, now)
-    return len(devices)
 
 
 async def purge_expired_setup_links(db: AsyncSession, now: datetime) -> int:

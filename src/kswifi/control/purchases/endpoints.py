@@ -50,7 +50,7 @@ async def create_purchase(
 ) -> PurchaseOut:
     """Buy a plan: 201 paid (voucher, dev) or pending with a `checkout_url` (stripe)."""
     result = await service.buy(
-        db, ctx.settings, user=user, data=body, idempotency_key=idempotency_key
+        db, ctx.settings, user=user, data=body, idempotency_key=idempotency_key, bus=ctx.events
     )
     response.status_code = 201 if result.created else 200
     return result.purchase
@@ -76,7 +76,7 @@ async def stripe_webhook(
     """Stripe's events; only a body whose signature verifies is acted on (else 400)."""
     payload = await request.body()
     return await service.handle_stripe_webhook(
-        db, ctx.settings, payload=payload, signature=stripe_signature
+        db, ctx.settings, payload=payload, signature=stripe_signature, bus=ctx.events
     )
 
 

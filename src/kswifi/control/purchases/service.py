@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.config import Settings
 from kswifi.control.errors import Conflict, Forbidden, NotFound, TooManyRequests, Unprocessable
+from kswifi.control.events import EventBus
+from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import Plan, ProviderEvent, Purchase, User, utcnow
 from kswifi.control.plans import service as plans_service
 from kswifi.control.purchases import repository, voucher_codes
@@ -106,6 +108,7 @@ async def buy(
     data: PurchaseCreate,
     idempotency_key: str | None = None,
     now: datetime | None = None,
+    bus: EventBus | None = None,
 ) -> PurchaseResult:
     """Buy a plan with a voucher (paid at once), Stripe (pending until its webhook) or dev."""
     now = now or utcnow()
@@ -157,9 +160,9 @@ async def buy(
         if not spent:  # someone else's redemption committed first
             raise VoucherUsed("This voucher has already been used")
         purchase.provider_ref = voucher_code
-        session_id = await _pay_now(db, settings, purchase, plan, now)
+        session_id = await _pay_now(db, settings, purchase, plan, now, bus)
     elif data.payment_method == "dev" or purchase.amount_cents == 0:
-        session_id = await _pay_now(db, settings, purchase, plan, now)
+        session_id = await _pay_now(db, settings, purchase, plan, now, bus)
     else:
         checkout = await stripe_checkout.create_checkout_session(
             settings, _checkout_request(settings, purchase, plan, user)
@@ -235,12 +238,30 @@ async def _replay(db: AsyncSession, earlier: Purchase, data: PurchaseCreate) -> 
 
 
 async def _pay_now(
-    db: AsyncSession, settings: Settings, purchase: Purchase, plan: Plan, now: datetime
+    db: AsyncSession,
+    settings: Settings,
+    purchase: Purchase,
+    plan: Plan,
+    now: datetime,
+    bus: EventBus | None,
 ) -> str:
     purchase.status = "paid"
     purchase.paid_at = now
     await db.flush()
-    session = await sessions_service.create_for_purchase(
+    return await _new_session(db, settings, purchase, plan, now, bus)
+
+
+async def _new_session(
+    db: AsyncSession,
+    settings: Settings,
+    purchase: Purchase,
+    plan: Plan,
+    now: datetime,
+    bus: EventBus | None,
+) -> str:
+    """The paid purchase's session; a person's devices waiting in the garden draw from it at
+    once (their gateways are told)."""
+    new = await sessions_service.create_for_purchase(
         db,
         user_id=purchase.user_id,
         purchase_id=purchase.id,
@@ -248,7 +269,8 @@ async def _pay_now(
         activation_days=settings.activation_days,
         now=now,
     )
-    return session.id
+    await gateway_desired.bump_revision(db, new.gateway_ids, bus)
+    return new.session.id
 
 
 def _checkout_request(
@@ -281,6 +303,7 @@ async def handle_stripe_webhook(
     payload: bytes,
     signature: str | None,
     now: datetime | None = None,
+    bus: EventBus | None = None,
 ) -> WebhookAck:
     """Fulfil from a verified Stripe event; an event seen before changes nothing."""
     now = now or utcnow()
@@ -305,7 +328,7 @@ async def handle_stripe_webhook(
         log.warning("stripe_checkout_unknown", event_id=event_id, checkout_id=checkout.get("id"))
         return WebhookAck()
     if kind in STRIPE_PAID_EVENTS and checkout.get("payment_status") in STRIPE_SETTLED:
-        await _fulfil_checkout(db, settings, purchase, checkout, event_id, now)
+        await _fulfil_checkout(db, settings, purchase, checkout, event_id, now, bus)
     elif kind in STRIPE_FAILED_EVENTS and await repository.mark_failed(db, purchase.id):
         log.info("purchase_failed", purchase_id=purchase.id, event_id=event_id, kind=kind)
     return WebhookAck()
@@ -325,6 +348,7 @@ async def _fulfil_checkout(
     checkout: dict[str, Any],
     event_id: str,
     now: datetime,
+    bus: EventBus | None,
 ) -> None:
     amount, currency = checkout.get("amount_total"), str(checkout.get("currency") or "")
     if amount != purchase.amount_cents or currency.upper() != purchase.currency:
@@ -340,18 +364,11 @@ async def _fulfil_checkout(
         log.info("purchase_already_settled", purchase_id=purchase.id, event_id=event_id)
         return
     plan = await plans_service.get_by_id(db, purchase.plan_id)
-    session = await sessions_service.create_for_purchase(
-        db,
-        user_id=purchase.user_id,
-        purchase_id=purchase.id,
-        plan=plan,
-        activation_days=settings.activation_days,
-        now=now,
-    )
+    session_id = await _new_session(db, settings, purchase, plan, now, bus)
     log.info(
         "purchase_paid",
         purchase_id=purchase.id,
-        session_id=session.id,
+        session_id=session_id,
         event_id=event_id,
         provider="stripe",
     )

@@ -52,8 +52,10 @@ async def claim_silent_gateways(
     return [(gateway_id, name, region) for gateway_id, name, region in rows]
 
 
-async def active_devices_on(db: AsyncSession, gateway_ids: list[str]) -> list[tuple[str, str, str]]:
-    """(gateway id, session id, device id) of every active device on the gateways."""
+async def active_devices_on(
+    db: AsyncSession, gateway_ids: list[str]
+) -> list[tuple[str, str | None, str]]:
+    """(gateway id, session id or None, device id) of every active device on the gateways."""
     if not gateway_ids:
         return []
     rows = await db.execute(

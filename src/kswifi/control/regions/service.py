@@ -484,7 +484,8 @@ async def mark_offline_gateways(
     region_names = {region.code: region.name for region in await repository.list_all(db)}
     affected: dict[tuple[str, str], list[str]] = {}
     for gateway_id, session_id, device_id in await repository.active_devices_on(db, list(names)):
-        affected.setdefault((gateway_id, session_id), []).append(device_id)
+        if session_id is not None:  # a device in the garden has no usage stream to tell
+            affected.setdefault((gateway_id, session_id), []).append(device_id)
     for (gateway_id, session_id), device_ids in affected.items():
         name, region = names[gateway_id]
         publish_after_commit(

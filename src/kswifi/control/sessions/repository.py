@@ -14,6 +14,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     or_,
     select,
     text,
@@ -22,9 +23,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from kswifi.control.db import id_list_text, is_postgresql
-from kswifi.control.models import LIVE_STATES, DataSession, UsageRollup
+from kswifi.control.models import (
+    LIVE_STATES,
+    USABLE_STATES,
+    DataSession,
+    Device,
+    DeviceStatus,
+    UsageRollup,
+)
 from kswifi.control.models.base import UTCDateTime
 
 # Sessions per statement of a batch: a few bound parameters each, far below both databases'
@@ -266,3 +275,86 @@ async def rollups(db: AsyncSession, session_id: str, since: datetime | None) -> 
     if since is not None:
         statement = statement.where(UsageRollup.bucket_start >= since)
     return list(await db.scalars(statement.order_by(UsageRollup.bucket_start)))
+
+
+# --- which session each of a person's devices draws from (see `handover`) -----------------
+
+
+async def usable_sessions_of_user(db: AsyncSession, user_id: str) -> list[DataSession]:
+    """The person's current and queued sessions, oldest purchase first."""
+    rows = await db.scalars(
+        select(DataSession)
+        .where(DataSession.user_id == user_id, DataSession.status.in_(USABLE_STATES))
+        .order_by(DataSession.created_at, DataSession.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+async def active_devices_of_user(db: AsyncSession, user_id: str) -> list[Device]:
+    """The person's installed devices, first installed first."""
+    rows = await db.scalars(
+        select(Device)
+        .where(Device.user_id == user_id, Device.status == DeviceStatus.ACTIVE)
+        .order_by(Device.created_at, Device.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+async def not_started(db: AsyncSession, session_ids: Sequence[str]) -> list[DataSession]:
+    """Those of the sessions whose clock has not started (no byte went through yet)."""
+    if not session_ids:
+        return []
+    rows = await db.scalars(
+        select(DataSession)
+        .where(DataSession.id.in_(session_ids), DataSession.activated_at.is_(None))
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+async def gateways_carrying(db: AsyncSession, session_id: str) -> list[str]:
+    """Gateways with an installed device drawing from the session."""
+    rows = await db.scalars(
+        select(Device.gateway_id)
+        .where(Device.session_id == session_id, Device.status == DeviceStatus.ACTIVE)
+        .distinct()
+    )
+    return list(rows)
+
+
+async def users_needing_handover(db: AsyncSession, now: datetime, limit: int) -> list[str]:
+    """People with an installed device drawing from a session that can no longer carry it,
+    or with devices all in the garden and a current or queued session."""
+    drawing = aliased(Device)
+    stale = (
+        select(Device.user_id)
+        .join(DataSession, DataSession.id == Device.session_id)
+        .where(
+            Device.status == DeviceStatus.ACTIVE,
+            or_(
+                DataSession.status.not_in(LIVE_STATES),
+                DataSession.expires_at <= now,
+                DataSession.used_bytes >= DataSession.data_limit_bytes,
+            ),
+        )
+    )
+    waiting = (
+        select(Device.user_id)
+        .join(DataSession, DataSession.user_id == Device.user_id)
+        .where(
+            Device.status == DeviceStatus.ACTIVE,
+            Device.session_id.is_(None),
+            ~exists().where(
+                drawing.user_id == Device.user_id,
+                drawing.status == DeviceStatus.ACTIVE,
+                drawing.session_id.is_not(None),
+            ),
+            DataSession.status.in_(USABLE_STATES),
+            or_(DataSession.expires_at.is_(None), DataSession.expires_at > now),
+            DataSession.used_bytes < DataSession.data_limit_bytes,
+        )
+    )
+    rows = await db.scalars(stale.union(waiting).limit(limit))
+    return sorted(rows)

@@ -28,13 +28,22 @@ from kswifi.control.models import (
     UsageRollup,
     utcnow,
 )
-from kswifi.control.sessions import repository
+from kswifi.control.sessions import handover, repository
 from kswifi.control.sessions.schemas import SessionOut
 from kswifi.protocol import PACKET_BYTES
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 WARNING_PERCENTS = (80, 95)
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """A session just bought, and the gateways whose peers it changed (a person without a
+    usable session is back online: their devices draw from it)."""
+
+    session: DataSession
+    gateway_ids: frozenset[str]
 
 
 async def create_for_purchase(
@@ -45,16 +54,19 @@ async def create_for_purchase(
     plan: Plan,
     activation_days: int,
     now: datetime | None = None,
-) -> DataSession:
-    """A paid session with the plan's limits copied: later plan edits never change it."""
+) -> NewSession:
+    """A paid session with the plan's limits copied: later plan edits never change it. It is
+    `queued` behind a session that can still carry traffic, else current at once."""
     now = now or utcnow()
+    await handover.lock_person(db, user_id)
+    others = await repository.usable_sessions_of_user(db, user_id)
     session = DataSession(
         user_id=user_id,
         plan_id=plan.id,
         purchase_id=purchase_id,
         plan_code=plan.code,
         plan_name=plan.name,
-        status=SessionStatus.ACTIVE,
+        status=handover.first_status(others, now),
         data_limit_bytes=plan.data_limit_bytes,
         speed_mbps=plan.speed_mbps,
         validity_seconds=plan.validity_days * 86_400,
@@ -67,7 +79,9 @@ async def create_for_purchase(
     )
     db.add(session)
     await db.flush()
-    return session
+    moved = await handover.hand_over(db, user_id, now)
+    assert moved is not None  # waited for
+    return NewSession(session, moved.gateway_ids)
 
 
 async def get(db: AsyncSession, session_id: str) -> DataSession:
@@ -121,11 +135,13 @@ def ensure_usable(session: DataSession, now: datetime) -> None:
         )
 
 
-def activate_if_needed(session: DataSession, now: datetime) -> None:
-    """The first Connect Profile starts the validity period."""
+def start_clock(session: DataSession, now: datetime) -> None:
+    """The session's first byte went through a gateway: its validity period starts."""
     if session.activated_at is None:
         session.activated_at = now
         session.expires_at = now + timedelta(seconds=session.validity_seconds)
+        if session.status == SessionStatus.ACTIVE:
+            session.status = SessionStatus.CONNECTED
 
 
 async def mark_connected(
@@ -167,6 +183,9 @@ class SessionUsageOutcome:
     was_live: bool
     used_bytes: int
     data_limit_bytes: int
+    gateway_ids: frozenset[str] = frozenset()
+    """Gateways whose peers changed: it ended and its devices moved on, or its clock started
+    with this batch (their desired state now carries its end)."""
 
 
 async def record_usage_batch(
@@ -231,12 +250,25 @@ async def record_usage_batch(
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
     publish_many_after_commit(db, bus, events)
 
+    changed: dict[str, frozenset[str]] = {}
+    started = [
+        row.id
+        for row in rows
+        if row.expires_at is None and row.status in LIVE_STATES and sum(totals[row.id][:2]) > 0
+    ]
+    for first_use in await repository.not_started(db, started):
+        start_clock(first_use, now)
+        changed[first_use.id] = frozenset(await repository.gateways_carrying(db, first_use.id))
+        publish_after_commit(db, bus, session_channel(first_use.id), usage_facts(first_use, now))
     ended: dict[str, str] = {}
     for session_id in ending:
         session = await repository.get(db, session_id, fresh=True)
         if session is not None:
-            await end(db, bus, session, SessionStatus.EXHAUSTED, "data_used_up", now)
+            moved = await end(
+                db, bus, session, SessionStatus.EXHAUSTED, "data_used_up", now, wait=False
+            )
             ended[session_id] = session.status
+            changed[session_id] = changed.get(session_id, frozenset()) | moved
     return [
         SessionUsageOutcome(
             session_id=row.id,
@@ -244,19 +276,29 @@ async def record_usage_batch(
             was_live=row.status in LIVE_STATES,
             used_bytes=row.used_bytes,
             data_limit_bytes=row.data_limit_bytes,
+            gateway_ids=changed.get(row.id, frozenset()),
         )
         for row in rows
     ]
 
 
 async def end(
-    db: AsyncSession, bus: EventBus, session: DataSession, status: str, reason: str, now: datetime
-) -> None:
-    """End a live session for good; its peers leave the gateways' desired state."""
+    db: AsyncSession,
+    bus: EventBus,
+    session: DataSession,
+    status: str,
+    reason: str,
+    now: datetime,
+    *,
+    wait: bool = True,
+) -> frozenset[str]:
+    """End a current or queued session for good. Its devices move on to the person's next
+    session (or the garden): the gateways whose peers changed, for their desired state.
+    Without `wait`, see `handover.hand_over` (the gateways carrying it are still named)."""
     if status not in ENDED_STATES:
         raise ValueError(f"{status!r} is not an ending state")
-    if session.status not in LIVE_STATES:
-        return
+    if session.status not in (*LIVE_STATES, SessionStatus.QUEUED):
+        return frozenset()
     session.status = status
     session.end_reason = reason
     session.ended_at = now
@@ -267,6 +309,15 @@ async def end(
         session_channel(session.id),
         {"type": status, "session_id": session.id, "reason": reason, **usage_fields(session)},
     )
+    carrying = frozenset(await repository.gateways_carrying(db, session.id))
+    moved = await handover.hand_over(db, session.user_id, now, wait=wait)
+    if moved is None:
+        return carrying
+    if moved.promoted is not None:
+        publish_after_commit(
+            db, bus, session_channel(moved.promoted.id), usage_facts(moved.promoted, now)
+        )
+    return carrying | moved.gateway_ids
 
 
 async def extend(
@@ -276,23 +327,58 @@ async def extend(
     *,
     db: AsyncSession | None = None,
     bus: EventBus | None = None,
-) -> None:
-    """Operator extension: more validity (an expired session comes back to life).
+) -> frozenset[str]:
+    """Operator extension: more validity (an expired session comes back to life, and takes
+    its turn again: oldest purchase first).
 
-    With `db` and `bus`, open usage streams get the new end time once it is committed.
+    With `db` and `bus`, open usage streams get the new end time once it is committed; with
+    `db`, the gateways whose desired state changed.
     """
     if days <= 0:
         raise ValueError("days must be positive")
-    base = max(session.expires_at or now, now)
-    session.expires_at = base + timedelta(days=days)
-    if session.activated_at is None:
-        session.activated_at = now
+    if session.expires_at is None:  # its clock has not started: more time to start it
+        session.activation_deadline = max(session.activation_deadline, now) + timedelta(days=days)
+    else:
+        session.expires_at = max(session.expires_at, now) + timedelta(days=days)
     if session.status == SessionStatus.EXPIRED and session.used_bytes < session.data_limit_bytes:
         session.status = SessionStatus.ACTIVE
         session.ended_at = None
         session.end_reason = None
-    if db is not None and bus is not None:
+    if db is None:
+        return frozenset()
+    carrying = await repository.gateways_carrying(db, session.id)
+    moved = await handover.hand_over(db, session.user_id, now)
+    assert moved is not None  # waited for
+    if bus is not None:
         publish_after_commit(db, bus, session_channel(session.id), usage_facts(session, now))
+    return frozenset(carrying) | moved.gateway_ids
+
+
+async def hand_over_pending(db: AsyncSession, now: datetime) -> frozenset[str]:
+    """Worker job, see `handover.hand_over_pending`."""
+    return await handover.hand_over_pending(db, now)
+
+
+async def hand_over(db: AsyncSession, user_id: str, now: datetime) -> frozenset[str]:
+    """After a person's devices changed (one set up or removed): which session each draws
+    from; the gateways whose peers changed."""
+    moved = await handover.hand_over(db, user_id, now)
+    assert moved is not None  # waited for
+    return moved.gateway_ids
+
+
+async def lock_person(db: AsyncSession, user_id: str) -> None:
+    await handover.lock_person(db, user_id)
+
+
+async def usable_sessions(db: AsyncSession, user_id: str, now: datetime) -> list[DataSession]:
+    """The person's current session (if any) first, then the queued ones, oldest first."""
+    usable = [
+        session
+        for session in await repository.usable_sessions_of_user(db, user_id)
+        if session.status == SessionStatus.QUEUED or handover.can_carry(session, now)
+    ]
+    return sorted(usable, key=lambda session: session.status == SessionStatus.QUEUED)
 
 
 async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> list[DataSession]:

@@ -16,6 +16,17 @@ async def get_user(db: AsyncSession, user_id: str) -> User | None:
     return await db.get(User, user_id)
 
 
+async def lock_user(db: AsyncSession, user_id: str, *, wait: bool = True) -> User | None:
+    """The user's row, locked to the end of the transaction (SQLite: one writer anyway);
+    without `wait`, None when another transaction holds it."""
+    return await db.scalar(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update(skip_locked=not wait)
+        .execution_options(populate_existing=True)
+    )
+
+
 async def get_user_by_email(db: AsyncSession, email: str) -> User | None:
     """`email` must already be normalised (emails are stored lower-cased)."""
     return await db.scalar(select(User).where(User.email == email))

@@ -119,6 +119,20 @@ async def get_user(db: AsyncSession, user_id: str) -> User:
     return user
 
 
+async def lock(db: AsyncSession, user_id: str) -> User:
+    """Serialize what changes a person's sessions and devices together (a purchase, a session
+    ending, a device set up or removed): the one lock taken before any of their rows."""
+    user = await repository.lock_user(db, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    return user
+
+
+async def try_lock(db: AsyncSession, user_id: str) -> bool:
+    """`lock` if no other transaction holds it; False (nothing waited for) otherwise."""
+    return await repository.lock_user(db, user_id, wait=False) is not None
+
+
 async def get_user_by_email(db: AsyncSession, email: str) -> User:
     user = await repository.get_user_by_email(db, _lookup_email(email))
     if user is None:
