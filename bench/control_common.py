@@ -162,7 +162,9 @@ class Seeded:
     gateway_ids: list[str]
     gateway_tokens: list[str]
     sessions_by_gateway: list[list[str]]  # sessions with a device on each gateway
-    free_sessions: list[str]  # sessions without a device (for profile generation)
+    # Sessions without a device (for profile generation), each of its own person (a person
+    # installs few devices): (session id, that person's access token).
+    free_sessions: list[tuple[str, str]]
 
 
 async def seed(
@@ -213,10 +215,20 @@ async def seed(
         total = gateway_count * sessions_per_gateway + free_sessions
         session_ids = [uuid.uuid4().hex for _ in range(total)]
         purchase_ids = [uuid.uuid4().hex for _ in range(total)]
+        free_users = [uuid.uuid4().hex for _ in range(free_sessions)]
+        await connection.copy_records_to_table(
+            "users",
+            records=[
+                (uid, f"bench-{uid}@example.com", "x", False, False, now) for uid in free_users
+            ],
+            columns=["id", "email", "password_hash", "is_admin", "is_disabled", "created_at"],
+        )
+        owners = [user_id] * (total - free_sessions) + free_users
         await connection.copy_records_to_table(
             "purchases",
             records=[
-                (pid, user_id, plan_id, "dev", "paid", 0, "USD", now, now) for pid in purchase_ids
+                (pid, owner, plan_id, "dev", "paid", 0, "USD", now, now)
+                for pid, owner in zip(purchase_ids, owners, strict=True)
             ],
             columns=[
                 "id", "user_id", "plan_id", "provider", "status", "amount_cents", "currency",
@@ -228,11 +240,11 @@ async def seed(
             "data_sessions",
             records=[
                 (
-                    sid, user_id, plan_id, pid, "premium", "Premium Session", "active", huge,
+                    sid, owner, plan_id, pid, "premium", "Premium Session", "active", huge,
                     25, 30 * 86400, 3, 0, 0, 0, now, now + timedelta(days=30), now,
                     now + timedelta(days=30), 0,
                 )
-                for sid, pid in zip(session_ids, purchase_ids, strict=True)
+                for sid, pid, owner in zip(session_ids, purchase_ids, owners, strict=True)
             ],
             columns=[
                 "id", "user_id", "plan_id", "purchase_id", "plan_code", "plan_name", "status",
@@ -276,5 +288,10 @@ async def seed(
         gateway_ids=gateway_ids,
         gateway_tokens=tokens,
         sessions_by_gateway=by_gateway,
-        free_sessions=session_ids[gateway_count * sessions_per_gateway :],
+        free_sessions=[
+            (sid, secrets.issue_access_token(owner, False, timedelta(hours=2)))
+            for sid, owner in zip(
+                session_ids[gateway_count * sessions_per_gateway :], free_users, strict=True
+            )
+        ],
     )

@@ -1,5 +1,5 @@
 """Profile generation under load: `POST /api/connect/generate-profile` against two `kswifi serve`
-replicas (one per core) on PostgreSQL, each call a new device of a fresh session placed by the
+replicas (one per core) on PostgreSQL, each call a new device of a fresh person placed by the
 regions service, keys, addresses, desired-state revision, setup link and both QR codes (PNG and
 SVG) included. Measured: latency p50/p99 at an offered rate (open loop: a request every
 1/rate s whatever the answers, latency counted from when it was due, so a slow answer is not
@@ -71,18 +71,18 @@ class ProfileResult:
 
 async def _generate_loop(
     client: httpx.AsyncClient,
-    token: str,
-    sessions: list[str],
+    sessions: list[tuple[str, str]],
     deadline: float,
     latencies: list[float],
 ) -> int:
-    headers = {"Authorization": f"Bearer {token}"}
     errors = 0
     while sessions and time.monotonic() < deadline:
-        session_id = sessions.pop()
+        session_id, token = sessions.pop()
         started = time.monotonic()
         response = await client.post(
-            "/api/connect/generate-profile", json={"session_id": session_id}, headers=headers
+            "/api/connect/generate-profile",
+            json={"session_id": session_id},
+            headers={"Authorization": f"Bearer {token}"},
         )
         if response.status_code == 200 and response.json()["profile_qr"].startswith("data:"):
             latencies.append(time.monotonic() - started)
@@ -92,8 +92,9 @@ async def _generate_loop(
 
 
 async def _generate_one(
-    client: httpx.AsyncClient, token: str, session_id: str, due: float, latencies: list[float]
+    client: httpx.AsyncClient, session: tuple[str, str], due: float, latencies: list[float]
 ) -> bool:
+    session_id, token = session
     response = await client.post(
         "/api/connect/generate-profile",
         json={"session_id": session_id},
@@ -107,8 +108,7 @@ async def _generate_one(
 
 async def _paced(
     clients: list[httpx.AsyncClient],
-    token: str,
-    sessions: list[str],
+    sessions: list[tuple[str, str]],
     *,
     rate: float,
     seconds: float,
@@ -126,9 +126,7 @@ async def _paced(
         if not sessions:
             break
         client = clients[number % len(clients)]
-        tasks.append(
-            asyncio.create_task(_generate_one(client, token, sessions.pop(), due, latencies))
-        )
+        tasks.append(asyncio.create_task(_generate_one(client, sessions.pop(), due, latencies)))
     answered = await asyncio.gather(*tasks)
     elapsed = time.monotonic() - started
     return sum(answered) / elapsed, len(answered) - sum(answered)
@@ -168,14 +166,13 @@ async def measure(
         warm = [seeded.free_sessions.pop() for _ in range(2 * len(clients))]
         await asyncio.gather(
             *(
-                _generate_loop(clients[i % len(clients)], seeded.access_token, [sid], 1e18, [])
-                for i, sid in enumerate(warm)
+                _generate_loop(clients[i % len(clients)], [one], 1e18, [])
+                for i, one in enumerate(warm)
             )
         )
         paced: list[float] = []
         paced_per_second, paced_errors = await _paced(
             clients,
-            seeded.access_token,
             seeded.free_sessions,
             rate=rate,
             seconds=seconds,
@@ -188,7 +185,6 @@ async def measure(
             *(
                 _generate_loop(
                     clients[i % len(clients)],
-                    seeded.access_token,
                     seeded.free_sessions,
                     deadline,
                     latencies,
@@ -199,9 +195,7 @@ async def measure(
         elapsed = time.monotonic() - started
         # One client alone: the service time without queueing behind the others.
         alone: list[float] = []
-        await _generate_loop(
-            clients[0], seeded.access_token, seeded.free_sessions, time.monotonic() + 5.0, alone
-        )
+        await _generate_loop(clients[0], seeded.free_sessions, time.monotonic() + 5.0, alone)
         health_deadline = time.monotonic() + 5.0
         health = await asyncio.gather(
             *(_health_loop(clients[i % len(clients)], health_deadline) for i in range(concurrency))

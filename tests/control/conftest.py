@@ -39,8 +39,9 @@ def make_session(ctx: AppContext) -> MakeSession:
             )
             db.add(purchase)
             await db.flush()
-            return await service.create_for_purchase(
+            new = await service.create_for_purchase(
                 db, user_id=user_id, purchase_id=purchase.id, plan=plan, activation_days=30
             )
+            return new.session
 
     return _make

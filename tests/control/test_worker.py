@@ -65,11 +65,13 @@ class TestExpiry:
         async with ctx.db.transaction() as db:
             row = await sessions.get(db, session.id)
             assert row.status == "expired" and row.end_reason == "time_up"
-            devices = list(await db.scalars(select(Device).where(Device.session_id == session.id)))
+            devices = list(await db.scalars(select(Device).where(Device.user_id == row.user_id)))
             after = (await db.get(Gateway, gateway.id)).revision  # type: ignore[union-attr]
         assert bumped is not None
         assert after > before
-        assert len(devices) == 1 and devices[0].status == "removed"
+        # The profile outlives the session: still installed, drawing from nothing (garden).
+        assert len(devices) == 1 and devices[0].status == "active"
+        assert devices[0].session_id is None
         assert (await worker.run_due(force=True))["expire_sessions"] == 0
 
     async def test_unactivated_session_expires_at_its_activation_deadline(

@@ -177,11 +177,17 @@ async def buy(client: httpx.AsyncClient, actor: Actor, plan: str = "premium") ->
 
 
 async def generate(
-    client: httpx.AsyncClient, actor: Actor, session_id: str, region: str, device: str
+    client: httpx.AsyncClient,
+    actor: Actor,
+    session_id: str,
+    region: str,
+    device: str,
+    *,
+    rotate: bool = False,
 ) -> dict[str, Any]:
     response = await client.post(
         "/api/connect/generate-profile",
-        json={"session_id": session_id, "region": region, "device_name": device},
+        json={"session_id": session_id, "region": region, "device_name": device, "rotate": rotate},
         headers=actor.headers,
     )
     assert response.status_code == 200, response.text

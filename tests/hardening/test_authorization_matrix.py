@@ -494,7 +494,13 @@ async def test_matrix(world: World, role_clients: dict[str, httpx.AsyncClient]) 
         session = await db.scalar(select(DataSession).where(DataSession.id == world.owner_session))
         assert session is not None
         assert session.used_bytes == 1024
-        assert session.status == "active"  # B's heartbeat with the owner's key connected nothing
+        # A's billed bytes started its clock; B's heartbeat with the owner's key recorded no
+        # handshake.
+        assert session.status == "connected" and session.expires_at is not None
+        handshakes = await db.scalars(
+            select(Device.last_handshake_at).where(Device.user_id == session.user_id)
+        )
+        assert set(handshakes) == {None}
 
 
 async def test_download_links(world: World, role_clients: dict[str, httpx.AsyncClient]) -> None:

@@ -112,9 +112,9 @@ async def test_voucher_redemption_through_the_web_checkout_is_limited_too(
 
 
 async def test_profile_generation(client: httpx.AsyncClient, ctx: AppContext, world: World) -> None:
-    limit = profiles_service.GENERATIONS_PER_SESSION_PER_MINUTE
-    body = {"session_id": world.owner_session, "device_name": "phone"}
-    # The world generated twice for this session already (phone and tablet).
+    limit = profiles_service.GENERATIONS_PER_PERSON_PER_MINUTE
+    body = {"session_id": world.owner_session, "device_name": "phone", "rotate": True}
+    # The world generated twice for this person already (phone and tablet).
     for _ in range(limit - 2):
         response = await client.post(
             "/api/connect/generate-profile", json=body, headers=world.owner.headers
@@ -130,17 +130,10 @@ async def test_profile_generation(client: httpx.AsyncClient, ctx: AppContext, wo
             await db.scalar(select(Device.public_key).where(Device.id == world.owner_phone.id))
             == key
         )
-    # Another session of the same user is not held up.
-    other_session = (
-        await client.post(
-            "/api/purchases",
-            json={"plan_code": "basic", "payment_method": "dev"},
-            headers=world.owner.headers,
-        )
-    ).json()["session_id"]
+    # Another person is not held up.
     response = await client.post(
         "/api/connect/generate-profile",
-        json={"session_id": other_session, "region": "eu-west"},
-        headers=world.owner.headers,
+        json={"session_id": world.other_session, "region": "eu-west", "device_name": "x"},
+        headers=world.other.headers,
     )
     assert response.status_code == 200, response.text

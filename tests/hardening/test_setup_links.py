@@ -53,7 +53,10 @@ async def test_rotation_kills_the_old_link_and_downloads(
         f"/api/connect/profiles/{world.owner_phone.id}/config?t={world.owner_phone.download_token}"
     )
     assert (await client.get(old_config)).status_code == 200
-    await generate(client, world.owner, world.owner_session, "eu-west", "phone")  # rotates
+    # Shown again: the same profile, its links still work.
+    await generate(client, world.owner, world.owner_session, "eu-west", "phone")
+    assert (await client.get(old_config)).status_code == 200
+    await generate(client, world.owner, world.owner_session, "eu-west", "phone", rotate=True)
     assert (await client.get(old_setup)).status_code in (404, 410)
     assert (await client.get(old_config)).status_code in (404, 410)
 

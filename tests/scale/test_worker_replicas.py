@@ -101,9 +101,11 @@ async def _sessions(ctx: AppContext, count: int) -> list[str]:
             )
             db.add(purchase)
             await db.flush()
-            session = await sessions.create_for_purchase(
-                db, user_id=user.id, purchase_id=purchase.id, plan=plan, activation_days=30
-            )
+            session = (
+                await sessions.create_for_purchase(
+                    db, user_id=user.id, purchase_id=purchase.id, plan=plan, activation_days=30
+                )
+            ).session
             session.activation_deadline = utcnow() - timedelta(seconds=1)
             ids.append(session.id)
         return ids

@@ -167,7 +167,8 @@ class TestSetup:
 
         usage = await client.get(f"/sessions/{session_id}")
         assert "Time left" in usage.text
-        assert "Starts when you generate" not in usage.text  # validity has started
+        # The clock starts at the phone's first byte through a gateway, not at the code.
+        assert "Starts when your phone first connects" in usage.text
 
     async def test_no_gateway_is_a_clear_message(
         self, client: httpx.AsyncClient, web_user: WebUser, ctx: AppContext

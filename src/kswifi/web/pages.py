@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError, Unprocessable
-from kswifi.control.models import LIVE_STATES, DataSession, utcnow
+from kswifi.control.models import USABLE_STATES, DataSession, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.profiles import service as profiles
 from kswifi.control.purchases import service as purchases
@@ -258,7 +258,7 @@ async def session_page(
         "nav": "sessions",
         "s": out,
         "chart": svg,
-        "live": out.status in LIVE_STATES,
+        "live": out.status in USABLE_STATES,
         "notice": _notice(request),
     }
     return render(request, "session.html", context)
@@ -341,7 +341,7 @@ async def setup_page(
         "regions": await _regions(request, db, ctx),
         "copy": copy,
     }
-    if out.status not in LIVE_STATES:
+    if out.status not in USABLE_STATES:
         context["error"] = ENDED_MESSAGES.get(out.status)
     return render(request, "setup.html", context)
 

@@ -35,7 +35,7 @@ def status_label(status: str) -> str:
 def time_left_text(seconds: int | None) -> str:
     """ "6 days 3 h", "2 h 14 min", "45 min", "under a minute"; `None` before first use."""
     if seconds is None:
-        return "Starts when you generate your Connect Code"
+        return "Starts when your phone first connects"
     if seconds <= 0:
         return "No time left"
     days, rest = divmod(seconds, 86_400)

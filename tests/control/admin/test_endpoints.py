@@ -142,13 +142,36 @@ class TestExtend:
         self, client: httpx.AsyncClient, ctx: AppContext, operator: ApiUser, buyer: ApiUser
     ) -> None:
         session_id = await buy_session(client, ctx, buyer)
+        started = datetime.now(UTC) - timedelta(days=1)
+        async with ctx.db.transaction() as db:
+            session = await db.get(DataSession, session_id)
+            assert session is not None
+            session.activated_at, session.expires_at = started, started + timedelta(days=30)
         response = await client.post(
             f"/api/admin/sessions/{session_id}/extend", json={"days": 7}, headers=operator.headers
         )
         assert response.status_code == 200, response.text
         expires = datetime.fromisoformat(response.json()["expires_at"])
-        assert timedelta(days=6, hours=23) < expires - datetime.now(UTC) <= timedelta(days=7)
+        assert expires == started + timedelta(days=37)
         assert "session.extend" in {a[1] for a in await audit_actions(ctx)}
+
+    async def test_extending_a_session_not_started_gives_more_time_to_start(
+        self, client: httpx.AsyncClient, ctx: AppContext, operator: ApiUser, buyer: ApiUser
+    ) -> None:
+        session_id = await buy_session(client, ctx, buyer)
+        async with ctx.db.transaction() as db:
+            session = await db.get(DataSession, session_id)
+            assert session is not None
+            deadline = session.activation_deadline
+        response = await client.post(
+            f"/api/admin/sessions/{session_id}/extend", json={"days": 7}, headers=operator.headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["expires_at"] is None  # its clock starts at first use
+        async with ctx.db.transaction() as db:
+            session = await db.get(DataSession, session_id)
+            assert session is not None
+            assert session.activation_deadline == deadline + timedelta(days=7)
 
     async def test_expired_session_comes_back(
         self, client: httpx.AsyncClient, ctx: AppContext, operator: ApiUser, buyer: ApiUser

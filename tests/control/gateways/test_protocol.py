@@ -22,8 +22,17 @@ from kswifi.control.events import Event, InProcessEventBus, gateway_channel, ses
 from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.gateways import ingest
 from kswifi.control.gateways.leases import rules as leases
-from kswifi.control.models import DataSession, Device, Gateway, GatewayLease, UsageBatch, utcnow
+from kswifi.control.models import (
+    DataSession,
+    Device,
+    Gateway,
+    GatewayLease,
+    SessionStatus,
+    UsageBatch,
+    utcnow,
+)
 from kswifi.control.regions import service as regions
+from kswifi.control.sessions import service as sessions_service
 from kswifi.protocol.models import DesiredState, UsageAck, UsageReport
 from tests.control.gateways.conftest import RegisteredGateway, World
 
@@ -831,7 +840,7 @@ class TestLeases:
 
 
 class TestRevisionsAndHealth:
-    async def test_bump_for_session_bumps_every_carrier(
+    async def test_ending_a_session_bumps_every_carrier(
         self, ctx: AppContext, world: World
     ) -> None:
         first, second, bystander = (
@@ -846,7 +855,11 @@ class TestRevisionsAndHealth:
             g.id: (await world.get_gateway(g.id)).revision for g in (first, second, bystander)
         }
         async with ctx.db.transaction() as db:
-            bumped = await gateway_desired.bump_for_session(db, session_id, ctx.events)
+            session = await sessions_service.get(db, session_id)
+            moved = await sessions_service.end(
+                db, ctx.events, session, SessionStatus.REVOKED, "operator", utcnow()
+            )
+            bumped = await gateway_desired.bump_revision(db, moved, ctx.events)
         assert bumped == {first.id: before[first.id] + 1, second.id: before[second.id] + 1}
         assert (await world.get_gateway(bystander.id)).revision == before[bystander.id]
 

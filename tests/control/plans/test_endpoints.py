@@ -203,9 +203,11 @@ class TestUpdate:
             )
             db.add(purchase)
             await db.flush()
-            sold = await sessions_service.create_for_purchase(
-                db, user_id=buyer.id, purchase_id=purchase.id, plan=plan, activation_days=30
-            )
+            sold = (
+                await sessions_service.create_for_purchase(
+                    db, user_id=buyer.id, purchase_id=purchase.id, plan=plan, activation_days=30
+                )
+            ).session
             sold_id = sold.id
         response = await client.patch(
             "/api/admin/plans/ultra",

@@ -76,9 +76,11 @@ def make_session(ctx: AppContext) -> MakeSession:
             )
             db.add(purchase)
             await db.flush()
-            session = await sessions.create_for_purchase(
-                db, user_id=user_id, purchase_id=purchase.id, plan=plan, activation_days=30
-            )
+            session = (
+                await sessions.create_for_purchase(
+                    db, user_id=user_id, purchase_id=purchase.id, plan=plan, activation_days=30
+                )
+            ).session
             for name, value in changes.items():
                 setattr(session, name, value)
             return session

@@ -1,4 +1,5 @@
-"""Concurrent generate calls: distinct addresses, the device limit and rotation hold under races."""
+"""Concurrent generate calls: distinct addresses, the device limits and one device per name
+hold under races."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from sqlalchemy import select
 from kswifi.control.deps import AppContext
 from kswifi.control.models import Device, Plan, Purchase
 from kswifi.control.profiles.config_render import parse_config
+from kswifi.control.profiles.service import MAX_PROFILES_PER_PERSON
 from kswifi.control.sessions import service as sessions
-from tests.control.profiles.conftest import MakeSession, Owner, RegisteredGateway, generate
+from tests.control.profiles.conftest import (
+    MakeOwner,
+    MakeSession,
+    Owner,
+    RegisteredGateway,
+    generate,
+)
 from tests.control.profiles.qr_decode import decode_data_uri
 
 CALLS = 200
@@ -34,10 +42,10 @@ async def many_sessions(ctx: AppContext, user_id: str, count: int) -> list[str]:
             )
             db.add(purchase)
             await db.flush()
-            session = await sessions.create_for_purchase(
+            new = await sessions.create_for_purchase(
                 db, user_id=user_id, purchase_id=purchase.id, plan=plan, activation_days=30
             )
-            ids.append(session.id)
+            ids.append(new.session.id)
         return ids
 
 
@@ -46,13 +54,18 @@ class TestConcurrentGeneration:
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
-        owner: Owner,
+        make_owner: MakeOwner,
         gateway: RegisteredGateway,
     ) -> None:
-        session_ids = await many_sessions(ctx, owner.id, CALLS)
-        responses = await asyncio.gather(
-            *(generate(client, owner, session_id) for session_id in session_ids)
-        )
+        calls = []
+        for _ in range(CALLS // MAX_PROFILES_PER_PERSON):
+            person = await make_owner()
+            [session_id] = await many_sessions(ctx, person.id, 1)
+            calls += [
+                generate(client, person, session_id, device_name=f"d{i}")
+                for i in range(MAX_PROFILES_PER_PERSON)
+            ]
+        responses = await asyncio.gather(*calls)
         assert Counter(r.status_code for r in responses) == {200: CALLS}
         configs = [parse_config(decode_data_uri(r.json()["profile_qr"])[0]) for r in responses]
         assert len({config.ipv4 for config in configs}) == CALLS
@@ -71,17 +84,23 @@ class TestConcurrentGeneration:
         make_session: MakeSession,
         gateway: RegisteredGateway,
     ) -> None:
-        session = await make_session(owner.id, "ultra")  # three devices
+        session = await make_session(owner.id, "ultra")  # three devices at once
         responses = await asyncio.gather(
             *(generate(client, owner, session.id, device_name=f"d{i}") for i in range(12))
         )
-        assert Counter(r.status_code for r in responses) == {200: 3, 409: 9}
+        assert Counter(r.status_code for r in responses) == {200: 10, 409: 2}
         assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {
             "device_limit_reached"
         }
+        # The first three installed draw from the session; the others wait their turn.
+        assert Counter(r.json()["state"] for r in responses if r.status_code == 200) == {
+            "active": 3,
+            "waiting": 7,
+        }
         async with ctx.db.transaction() as db:
             devices = list(await db.scalars(select(Device)))
-        assert len(devices) == 3
+        assert len(devices) == MAX_PROFILES_PER_PERSON
+        assert sum(device.session_id == session.id for device in devices) == 3
 
     async def test_concurrent_same_name_makes_one_device(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from kswifi.control.deps import AppContext
 from kswifi.control.models import DataSession, Device, SetupLink
 from kswifi.control.profiles.config_render import parse_config
+from kswifi.control.profiles.service import MAX_PROFILES_PER_PERSON
 from tests.control.profiles.conftest import (
     MakeGateway,
     MakeOwner,
@@ -47,6 +48,8 @@ EXTRA_FIELDS = {
     "config_url",
     "mobileconfig_url",
     "profile_qr_svg",
+    "state",
+    "rotated",
 }
 INSTRUCTIONS = [
     "1. Scan this QR code with your device camera",
@@ -106,11 +109,12 @@ class TestResponseShape:
         assert body["mobileconfig_url"].startswith(
             f"http://testserver/api/connect/profiles/{connect_id}/mobileconfig?t="
         )
-        # The first profile starts the session's validity (30 days for premium).
-        expires_at = datetime.fromisoformat(body["expires_at"])
-        assert before + timedelta(days=30) <= expires_at <= datetime.now(UTC) + timedelta(days=30)
+        assert body["state"] == "active" and body["rotated"] is False
+        # The clock starts at the phone's first byte through a gateway, not here.
+        assert body["expires_at"] is None
         stored = await load_session(ctx, session.id)
-        assert stored.activated_at is not None and stored.expires_at == expires_at
+        assert stored.activated_at is None and stored.expires_at is None
+        assert stored.activation_deadline > before
 
     async def test_data_limit_is_the_sessions_whatever_the_client_sends(
         self,
@@ -127,7 +131,6 @@ class TestResponseShape:
     @pytest.mark.parametrize(
         "body",
         [
-            {},
             {"session_id": 123},
             {"session_id": ""},
             {"session_id": "x", "region": 5},
@@ -145,6 +148,18 @@ class TestResponseShape:
         )
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "validation_error"
+        assert await count(ctx, Device) == 0
+
+    async def test_no_session_at_all_is_409_and_writes_nothing(
+        self, client: httpx.AsyncClient, ctx: AppContext, owner: Owner, gateway: RegisteredGateway
+    ) -> None:
+        response = await client.post(
+            "/api/connect/generate-profile", json={}, headers=owner.headers
+        )
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "session_not_usable"
+        assert error["message"] == "You have no data session. Buy one to set up a device."
         assert await count(ctx, Device) == 0
 
     async def test_needs_a_token(self, client: httpx.AsyncClient) -> None:
@@ -201,7 +216,7 @@ class TestConfig:
             assert f"PrivateKey = {config.private_key}" in stripped.stdout
             assert "Address" not in stripped.stdout and "DNS" not in stripped.stdout
 
-    async def test_private_key_is_never_stored(
+    async def test_private_key_is_stored_only_encrypted(
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
@@ -215,7 +230,10 @@ class TestConfig:
         async with ctx.db.transaction() as db:
             device = await db.get(Device, body["connect_id"])
             assert device is not None
-            assert device.private_key_encrypted is None
+            # Kept so the person can show the installed profile again; never in the clear.
+            assert device.private_key_encrypted is not None
+            assert private_key not in device.private_key_encrypted
+            assert ctx.secrets.decrypt(device.private_key_encrypted) == private_key
             assert private_key not in device.preshared_key_encrypted
             link = await db.scalar(select(SetupLink))
             assert link is not None
@@ -224,8 +242,34 @@ class TestConfig:
             assert ctx.secrets.decrypt(link.config_encrypted).startswith("[Interface]")
 
 
-class TestRotation:
-    async def test_same_device_name_rotates_keys_and_keeps_the_address(
+class TestShowAgainAndRotation:
+    async def test_same_device_name_shows_the_same_profile_again(
+        self,
+        client: httpx.AsyncClient,
+        ctx: AppContext,
+        owner: Owner,
+        make_session: MakeSession,
+        gateway: RegisteredGateway,
+    ) -> None:
+        session = await make_session(owner.id, "basic")
+        first = (await generate(client, owner, session.id, device_name="Phone")).json()
+        revision_before = (await gateway_row(ctx, gateway.id)).revision
+        again = await generate(client, owner, session.id, device_name="Phone")
+        assert again.status_code == 200, again.text
+        second = again.json()
+        assert second["connect_id"] == first["connect_id"]
+        assert second["rotated"] is False and first["rotated"] is False
+        old = parse_config(decode_data_uri(first["profile_qr"])[0])
+        new = parse_config(decode_data_uri(second["profile_qr"])[0])
+        assert new == old  # the installed profile keeps working: same keys, same address
+        assert (await gateway_row(ctx, gateway.id)).revision == revision_before
+        assert await count(ctx, Device) == 1
+        # Both responses' downloads work (nothing was retired).
+        for body in (first, second):
+            download = await client.get(body["config_url"].replace("http://testserver", ""))
+            assert download.status_code == 200
+
+    async def test_rotate_gives_new_keys_and_keeps_the_address(
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
@@ -236,10 +280,13 @@ class TestRotation:
         session = await make_session(owner.id, "basic")  # one device allowed
         first = (await generate(client, owner, session.id, device_name="Phone")).json()
         revision_before = (await gateway_row(ctx, gateway.id)).revision
-        second_response = await generate(client, owner, session.id, device_name="Phone")
+        second_response = await generate(
+            client, owner, session.id, device_name="Phone", rotate=True
+        )
         assert second_response.status_code == 200, second_response.text
         second = second_response.json()
         assert second["connect_id"] == first["connect_id"]
+        assert second["rotated"] is True
         old = parse_config(decode_data_uri(first["profile_qr"])[0])
         new = parse_config(decode_data_uri(second["profile_qr"])[0])
         assert (new.ipv4, new.ipv6) == (old.ipv4, old.ipv6)
@@ -255,7 +302,7 @@ class TestRotation:
         old_download = await client.get(first["config_url"].replace("http://testserver", ""))
         assert old_download.status_code == 410
 
-    async def test_default_device_name_rotates_too(
+    async def test_default_device_name_is_one_device(
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
@@ -287,7 +334,7 @@ class TestRotation:
 
 
 class TestDeviceLimit:
-    async def test_new_device_past_the_limit_is_409(
+    async def test_devices_past_the_sessions_limit_wait_and_past_the_cap_are_409(
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
@@ -295,19 +342,37 @@ class TestDeviceLimit:
         make_session: MakeSession,
         gateway: RegisteredGateway,
     ) -> None:
-        session = await make_session(owner.id, "ultra")  # three devices
-        for name in ("a", "b", "c"):
-            assert (await generate(client, owner, session.id, device_name=name)).status_code == 200
+        session = await make_session(owner.id, "ultra")  # three devices at once
+        states = []
+        for index in range(MAX_PROFILES_PER_PERSON):
+            response = await generate(client, owner, session.id, device_name=f"d{index}")
+            assert response.status_code == 200, response.text
+            states.append(response.json()["state"])
+        assert states == ["active"] * 3 + ["waiting"] * (MAX_PROFILES_PER_PERSON - 3)
+        # Only the three that draw from the session are peers with a quota.
+        assert len(await desired_peers(client, gateway)) == 3
         links_before = await count(ctx, SetupLink)
-        refused = await generate(client, owner, session.id, device_name="d")
+        refused = await generate(client, owner, session.id, device_name="one too many")
         assert refused.status_code == 409
         error = refused.json()["error"]
         assert error["code"] == "device_limit_reached"
-        assert "3 devices" in error["message"]
-        assert await count(ctx, Device) == 3
+        assert f"{MAX_PROFILES_PER_PERSON} devices" in error["message"]
+        assert await count(ctx, Device) == MAX_PROFILES_PER_PERSON
         assert await count(ctx, SetupLink) == links_before
-        # An existing device can still be renewed.
-        assert (await generate(client, owner, session.id, device_name="b")).status_code == 200
+        # Removing one that is on lets the first waiting one take its place.
+        listed = (await client.get("/api/connect/profiles", headers=owner.headers)).json()
+        by_name = {p["device_name"]: p for p in listed["profiles"]}
+        assert by_name["d3"]["state"] == "waiting"
+        removed = await client.delete(
+            f"/api/connect/profiles/{by_name['d0']['connect_id']}", headers=owner.headers
+        )
+        assert removed.status_code == 204
+        listed = (await client.get("/api/connect/profiles", headers=owner.headers)).json()
+        by_name = {p["device_name"]: p for p in listed["profiles"]}
+        assert by_name["d3"]["state"] == "active"
+        assert by_name["d3"]["session_id"] == session.id
+        # An installed device can still be shown again.
+        assert (await generate(client, owner, session.id, device_name="d1")).status_code == 200
 
 
 class TestSessionState:

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from kswifi.control.deps import AppContext
-from kswifi.control.events import InProcessEventBus
 from kswifi.control.models import AddressRelease, DataSession, Device, SetupLink
 from kswifi.control.profiles import service
 from kswifi.control.profiles.config_render import parse_config
+from kswifi.control.worker import Worker
 from tests.control.profiles.conftest import (
     MakeOwner,
     MakeSession,
@@ -56,9 +56,11 @@ class TestList:
         profiles = response.json()["profiles"]
         assert [p["device_name"] for p in profiles] == ["Tablet", "Phone"]
         phone = profiles[1]
+        assert phone["state"] == "active" and phone["session_id"] == session.id
         assert set(phone) == {
             "connect_id",
             "session_id",
+            "state",
             "device_name",
             "region",
             "gateway",
@@ -190,9 +192,9 @@ class TestCrossUser:
         assert response.status_code == 404
 
 
-class TestReleaseEndedSessions:
+class TestProfilesOutliveSessions:
     @pytest.mark.parametrize("ending", ["exhausted", "expired", "revoked", "time_up"])
-    async def test_devices_of_ended_sessions_are_removed(
+    async def test_devices_move_to_the_queued_session_then_to_the_garden(
         self,
         client: httpx.AsyncClient,
         ctx: AppContext,
@@ -201,35 +203,56 @@ class TestReleaseEndedSessions:
         gateway: RegisteredGateway,
         ending: str,
     ) -> None:
-        ended = await make_session(owner.id, "ultra")
-        live = await make_session(owner.id)
-        for name in ("a", "b"):
-            await make_profile(client, owner, ended.id, device_name=name)
-        kept = await make_profile(client, owner, live.id)
+        first = await make_session(owner.id, "ultra")  # three devices at once
+        queued = await make_session(owner.id)  # one device at once
+        assert queued.status == "queued"
+        profiles = [
+            await make_profile(client, owner, first.id, device_name=name)
+            for name in ("a", "b", "c")
+        ]
+        assert {p["session_id"] for p in profiles} == {first.id}
         now = datetime.now(UTC)
         async with ctx.db.transaction() as db:
             values: dict[str, Any] = (
-                {"expires_at": now - timedelta(seconds=1)}
+                {"expires_at": now - timedelta(seconds=1), "activated_at": now}
                 if ending == "time_up"
                 else {"status": ending, "ended_at": now}
             )
-            await db.execute(update(DataSession).where(DataSession.id == ended.id).values(**values))
+            await db.execute(update(DataSession).where(DataSession.id == first.id).values(**values))
         revision = (await gateway_row(ctx, gateway.id)).revision
-        bus = InProcessEventBus()
+        worker = Worker(ctx)
+        assert await worker.hand_over_devices(now) == 1  # one gateway's peers changed
+        listed = (await client.get("/api/connect/profiles", headers=owner.headers)).json()
+        states = {p["device_name"]: (p["state"], p["session_id"]) for p in listed["profiles"]}
+        # Nothing removed, no new code: the first installed draws from the queued session now.
+        assert states == {
+            "a": ("active", queued.id),
+            "b": ("waiting", None),
+            "c": ("waiting", None),
+        }
         async with ctx.db.transaction() as db:
-            removed = await service.release_devices_of_ended_sessions(db, now, bus)
-        assert removed == 2
-        async with ctx.db.transaction() as db:
-            devices = list(await db.scalars(select(Device).order_by(Device.device_name)))
-            statuses = {device.device_name: device.status for device in devices}
-            assert statuses == {"a": "removed", "b": "removed", "My device": "active"}
-            releases = await db.scalar(select(func.count()).select_from(AddressRelease))
-            assert releases == 2
+            assert await db.scalar(select(func.count()).select_from(AddressRelease)) == 0
+            promoted = await db.get(DataSession, queued.id)
+            assert promoted is not None and promoted.status == "active"
         assert (await gateway_row(ctx, gateway.id)).revision > revision
-        assert [p["session_id"] for p in await desired_peers(client, gateway)] == [live.id]
-        assert kept["session_id"] == live.id
+        [peer] = await desired_peers(client, gateway)
+        assert peer["session_id"] == queued.id
+        assert peer["public_key"] == str(
+            parse_config(decode_data_uri(profiles[0]["profile_qr"])[0]).private_key.public_key()
+        )
+        assert await worker.hand_over_devices(now) == 0  # done once
+
+        # The last session ends too: every device is in the garden, still installed.
         async with ctx.db.transaction() as db:
-            assert await service.release_devices_of_ended_sessions(db, now, bus) == 0
+            await db.execute(
+                update(DataSession)
+                .where(DataSession.id == queued.id)
+                .values(status="exhausted", ended_at=now)
+            )
+        assert await worker.hand_over_devices(now) == 1
+        listed = (await client.get("/api/connect/profiles", headers=owner.headers)).json()
+        assert {p["state"] for p in listed["profiles"]} == {"garden"}
+        assert len(listed["profiles"]) == 3
 
     async def test_purge_expired_setup_links(
         self,

@@ -62,7 +62,9 @@ class TestPlacementThroughTheApi:
             await add_gateway(region)
         for country, region in (("GB", "eu-west"), ("US", "us-east"), ("SG", "ap-southeast")):
             session_id = await _buy(client, user, "basic")
-            response = await _generate(client, user, session_id, country=country)
+            response = await _generate(
+                client, user, session_id, country=country, device_name=f"phone in {country}"
+            )
             assert response.status_code == 200, response.text
             assert response.json()["region"] == region
             assert response.json()["region_note"] is None
@@ -148,7 +150,9 @@ class TestGatewayOffline:
         await Worker(ctx).run_due(force=True)
 
         # New profiles avoid the offline gateway.
-        fresh = await _generate(client, user, await _buy(client, user, "basic"))
+        fresh = await _generate(
+            client, user, await _buy(client, user, "basic"), device_name="tablet"
+        )
         assert fresh.json()["gateway"] == second_gateway.name
 
         async with ctx.db.transaction() as db:
@@ -174,7 +178,7 @@ class TestGatewayOffline:
         assert session_id in await _peers(ctx, second_gateway.id)
         listed = await client.get("/api/connect/profiles", headers=user.headers)
         assert [
-            p["gateway"] for p in listed.json()["profiles"] if p["session_id"] == session_id
+            p["gateway"] for p in listed.json()["profiles"] if p["connect_id"] == body["connect_id"]
         ] == [second_gateway.name]
 
     async def test_a_healthy_gateway_keeps_its_device_and_address(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 
 from kswifi.control.deps import AppContext
@@ -68,7 +70,7 @@ class TestUsageRules:
                 deltas=[service.UsageDelta(session.id, limit // 2, limit // 2 - 1)],
                 now=utcnow(),
             )
-            assert after.status == "active"
+            assert after.status == "connected"  # its first bytes started its clock
         async with ctx.db.transaction() as db:
             [after] = await service.record_usage_batch(
                 db, ctx.events, deltas=[service.UsageDelta(session.id, 0, 1)], now=utcnow()
@@ -111,6 +113,9 @@ class TestLiveStateEvents:
         from kswifi.control.sessions import service
 
         session = await make_session(plan_code="basic")
+        async with ctx.db.transaction() as db:  # its clock started (first bytes)
+            row = await service.get(db, session.id)
+            row.activated_at, row.expires_at = utcnow(), utcnow() + timedelta(days=7)
         async with ctx.events.subscribe(session_channel(session.id)) as subscription:
             async with ctx.db.transaction() as db:
                 await service.mark_connected(db, session.id, utcnow(), ctx.events)

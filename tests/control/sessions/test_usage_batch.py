@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -51,8 +52,9 @@ class TestRecordUsageBatch:
                 assert await quiet_events.get(0.05) is None  # nothing before commit
             by_id = {outcome.session_id: outcome for outcome in outcomes}
             assert set(by_id) == {quiet.id, warned.id, used_up.id}
-            assert by_id[quiet.id].status == "active" and by_id[quiet.id].used_bytes == 1000
-            assert by_id[warned.id].status == "active"
+            # Their first bytes started their clocks.
+            assert by_id[quiet.id].status == "connected" and by_id[quiet.id].used_bytes == 1000
+            assert by_id[warned.id].status == "connected"
             assert by_id[used_up.id].status == "exhausted" and by_id[used_up.id].was_live
             assert [e["type"] for e in await _drain(quiet_events)] == ["usage"]
             warned_seen = await _drain(warned_events)
@@ -71,6 +73,10 @@ class TestRecordUsageBatch:
             }
             assert stored[quiet.id].rx_bytes == 600 and stored[quiet.id].tx_bytes == 400
             assert stored[quiet.id].last_seen_at == now
+            assert stored[quiet.id].activated_at == now
+            assert stored[quiet.id].expires_at == now + timedelta(
+                seconds=stored[quiet.id].validity_seconds
+            )
             assert stored[warned.id].warned_percent == 95
             assert stored[warned.id].used_bytes == int(0.5 * limit) + int(0.46 * limit)
             assert stored[used_up.id].status == "exhausted"

@@ -55,10 +55,10 @@ FALLBACK_DNS = "1.1.1.1, 2606:4700:4700::1111"  # a region without DNS servers s
 MIB = 1024 * 1024
 _DOWNLOAD_PURPOSE = "profile-download"
 _SIGNATURE_CHARS = 32  # 128 bits of HMAC-SHA256
-# Each generation makes keys, draws two QR codes and wakes the gateway: a session may ask only
-# so often (per process; the web and the API share it). Rotation storms stay bounded.
-GENERATIONS_PER_SESSION_PER_MINUTE = 20
-_generations = SlidingWindowLimiter(GENERATIONS_PER_SESSION_PER_MINUTE)
+# Each generation draws two QR codes and may make keys and wake the gateway: a person may ask
+# only so often (per process; the web and the API share it). Rotation storms stay bounded.
+GENERATIONS_PER_PERSON_PER_MINUTE = 20
+_generations = SlidingWindowLimiter(GENERATIONS_PER_PERSON_PER_MINUTE)
 
 
 class DeviceLimitReached(Conflict):

@@ -4,8 +4,9 @@ removed).
 
 A person's sessions are consumed one at a time, oldest purchase first. The *current* session
 is the oldest live one that can still carry traffic; with none, the oldest queued one becomes
-current (its activation window starts again from now). The person's installed devices, first
-installed first, draw from the current session up to its device limit; the others, and every
+current (its activation window starts again from now). The person's installed devices draw
+from the current session up to its device limit (those already on it keep their places, then
+first installed first); the others, and every
 device of a person without a usable session, draw from nothing: they stay peers of their
 gateway in the walled garden, with the same keys, until a session is there for them.
 """
@@ -75,7 +76,12 @@ async def hand_over(
             current.status = SessionStatus.ACTIVE
             current.activation_deadline = max(current.activation_deadline, now + window)
             promoted = current
-    devices = await repository.active_devices_of_user(db, user_id)
+    # Devices already drawing from the current session keep their places (one that is on is
+    # never switched off for one installed later); then first installed first.
+    devices = sorted(
+        await repository.active_devices_of_user(db, user_id),
+        key=lambda device: current is None or device.session_id != current.id,
+    )
     slots = current.max_devices if current is not None else 0
     gateway_ids: set[str] = set()
     for index, device in enumerate(devices):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class SessionOut(BaseModel):
@@ -25,8 +25,13 @@ class SessionOut(BaseModel):
     created_at: datetime
     activation_deadline: datetime
     activated_at: datetime | None
-    expires_at: datetime | None
+    expires_at: datetime | None = Field(
+        description="When its validity ends; null until its clock starts (see `starts`)"
+    )
     seconds_left: int | None
+    starts: str | None = Field(
+        None, description="When the clock starts, for a session whose clock has not started"
+    )
 
 
 class SessionList(BaseModel):

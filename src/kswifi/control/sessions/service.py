@@ -219,6 +219,25 @@ async def record_usage_batch(
     rows = await repository.add_usage_batch(
         db, {session_id: (rx, tx) for session_id, (rx, tx, _) in totals.items()}, now
     )
+    # A session's first bytes start its clock (the few sessions starting in this batch).
+    changed: dict[str, frozenset[str]] = {}
+    first_use = [
+        row.id
+        for row in rows
+        if row.expires_at is None and row.status in LIVE_STATES and sum(totals[row.id][:2]) > 0
+    ]
+    if first_use:
+        started: dict[str, DataSession] = {}
+        for starting in await repository.not_started(db, first_use):
+            start_clock(starting, now)
+            started[starting.id] = starting
+            changed[starting.id] = frozenset(await repository.gateways_carrying(db, starting.id))
+        rows = [
+            row._replace(expires_at=started[row.id].expires_at, status=started[row.id].status)
+            if row.id in started
+            else row
+            for row in rows
+        ]
     events: list[Event] = []
     warned: dict[str, int] = {}
     ending: list[str] = []
@@ -250,16 +269,6 @@ async def record_usage_batch(
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
     publish_many_after_commit(db, bus, events)
 
-    changed: dict[str, frozenset[str]] = {}
-    started = [
-        row.id
-        for row in rows
-        if row.expires_at is None and row.status in LIVE_STATES and sum(totals[row.id][:2]) > 0
-    ]
-    for first_use in await repository.not_started(db, started):
-        start_clock(first_use, now)
-        changed[first_use.id] = frozenset(await repository.gateways_carrying(db, first_use.id))
-        publish_after_commit(db, bus, session_channel(first_use.id), usage_facts(first_use, now))
     ended: dict[str, str] = {}
     for session_id in ending:
         session = await repository.get(db, session_id, fresh=True)
@@ -466,7 +475,20 @@ def to_out(session: DataSession, now: datetime) -> SessionOut:
         activated_at=session.activated_at,
         expires_at=session.expires_at,
         seconds_left=seconds_left,
+        starts=_starts(session),
     )
+
+
+STARTS_ON_FIRST_USE = "When your phone first connects"
+STARTS_AFTER_CURRENT = "After your current session, when your phone uses it"
+
+
+def _starts(session: DataSession) -> str | None:
+    if session.expires_at is not None or session.status in ENDED_STATES:
+        return None
+    if session.status == SessionStatus.QUEUED:
+        return STARTS_AFTER_CURRENT
+    return STARTS_ON_FIRST_USE
 
 
 async def usage_history(

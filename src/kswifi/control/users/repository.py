@@ -18,11 +18,14 @@ async def get_user(db: AsyncSession, user_id: str) -> User | None:
 
 async def lock_user(db: AsyncSession, user_id: str, *, wait: bool = True) -> User | None:
     """The user's row, locked to the end of the transaction (SQLite: one writer anyway);
-    without `wait`, None when another transaction holds it."""
+    without `wait`, None when another transaction holds it.
+
+    FOR NO KEY UPDATE: it excludes itself but not the key-share locks that rows referring to
+    the user take (a purchase inserted before this lock must not deadlock with it)."""
     return await db.scalar(
         select(User)
         .where(User.id == user_id)
-        .with_for_update(skip_locked=not wait)
+        .with_for_update(key_share=True, skip_locked=not wait)
         .execution_options(populate_existing=True)
     )
 

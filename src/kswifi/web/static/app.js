@@ -31,7 +31,7 @@
     return (mb < 10 ? trim(mb) : Math.round(mb).toString()) + " MB";
   }
   function timeLeft(seconds) {
-    if (seconds === null) return "Starts when you generate your Connect Code";
+    if (seconds === null) return "Starts when your phone first connects";
     if (seconds <= 0) return "No time left";
     var days = Math.floor(seconds / 86400), hours = Math.floor((seconds % 86400) / 3600);
     var minutes = Math.floor((seconds % 3600) / 60);
