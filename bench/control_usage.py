@@ -44,6 +44,7 @@ from bench.control_common import (
     replicas,
     seed,
 )
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 DELTA_RX = 600
 DELTA_TX = 400
@@ -140,6 +141,7 @@ class GatewayConnection:
         self._writer.write(
             (
                 f"POST {path} HTTP/1.1\r\nHost: kswifi\r\nAuthorization: Bearer {self.token}\r\n"
+                f"{PROTOCOL_HEADER}: {PROTOCOL_VERSION}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode()
             + body

@@ -22,6 +22,7 @@ from kswifi.control.deps import AppContext
 from kswifi.control.events import InProcessEventBus
 from kswifi.control.migrate import upgrade
 from kswifi.control.security import use_password_hasher
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 # argon2id with the smallest parameters: the same code path, a fraction of the CPU. The
 # production parameters are checked in tests/control/test_security.py.
@@ -157,7 +158,12 @@ def ctx(app: FastAPI) -> AppContext:
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    # Requests to the gateway protocol carry the version as an agent's do.
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
+    ) as http:
         yield http
 
 

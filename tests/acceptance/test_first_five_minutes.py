@@ -140,8 +140,9 @@ async def test_register_redeem_generate_scan(
     assert body["setup_instructions"] == INSTRUCTIONS
     assert body["region"] == "us-east"
     assert body["gateway"] == "nyc-1"
-    for field in ("connect_id", "expires_at", "setup_url", "config_url", "mobileconfig_url"):
+    for field in ("connect_id", "setup_url", "config_url", "mobileconfig_url"):
         assert body[field], field
+    assert body["expires_at"] is None  # the clock starts when the phone first connects
     assert body["profile_qr_svg"].lstrip().startswith("<")
 
     config_text = decode_qr_data_uri(body["profile_qr"])
@@ -170,7 +171,8 @@ async def test_register_redeem_generate_scan(
     assert config.persistent_keepalive == 25
 
     session = await client.get(f"/api/sessions/{session_id}", headers=person.headers)
-    assert session.json()["expires_at"] is not None
+    assert session.json()["expires_at"] is None
+    assert session.json()["starts"] == "When your phone first connects"
     assert session.json()["usage_text"] == "0 GB of 5 GB used"
 
 

@@ -18,6 +18,7 @@ from kswifi.agent.drivers.tc import (
 )
 from kswifi.agent.drivers.wireguard import InterfaceMode, WireguardReading
 from kswifi.agent.errors import ControlPlaneError, DriverError
+from kswifi.agent.firewall import Garden
 from kswifi.agent.model import ActualState, Direction, SessionObjects
 from kswifi.protocol import (
     DesiredState,
@@ -44,6 +45,7 @@ class FakeDataplane:
     observed: int = 0
     usage_reads: int = 0
     fail_next_apply: bool = False
+    garden: Garden | None = None
 
     @property
     def mode(self) -> InterfaceMode | None:
@@ -105,6 +107,9 @@ class FakeDataplane:
     def read_usage(self) -> NftReading:
         self.usage_reads += 1
         return self._nft()
+
+    def use_garden(self, garden: Garden | None) -> None:
+        self.garden = garden
 
     def read_peers(self) -> WireguardReading:
         return WireguardReading(self.state.interface, dict(self.state.peers))  # type: ignore[arg-type]

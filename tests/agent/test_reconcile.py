@@ -40,7 +40,7 @@ def key(n: int) -> str:
 
 def spec(
     n: int,
-    session: str = "s1",
+    session: str | None = "s1",
     quota: int = 1_000_000,
     speed: int = 10,
     psk: int = 100,
@@ -48,6 +48,8 @@ def spec(
     v6: bool = True,
 ) -> PeerSpec:
     allowed = [f"100.64.0.{n}/32"] + ([f"fd00::{n:x}/128"] if v6 else [])
+    if session is None:  # the walled garden: a peer without a session's limits
+        return PeerSpec(public_key=key(n), preshared_key=key(psk), allowed_ips=allowed)
     return PeerSpec(
         public_key=key(n),
         preshared_key=key(psk),
@@ -357,7 +359,7 @@ def test_scoped_diff_of_one_new_peer_reads_only_that_peer() -> None:
 def peer_specs(draw: st.DrawFn, n: int) -> PeerSpec:
     return spec(
         n,
-        session=draw(st.sampled_from(SESSIONS)),
+        session=draw(st.sampled_from([*SESSIONS, None])),
         quota=draw(st.integers(0, 5_000)),
         speed=draw(st.sampled_from([10, 25, 50])),
         psk=draw(st.integers(100, 102)),

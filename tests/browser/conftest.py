@@ -24,6 +24,7 @@ from kswifi.control.config import Settings
 from kswifi.control.db import Database
 from kswifi.control.migrate import upgrade
 from kswifi.control.users import service as users_service
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -192,7 +193,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the live server did not start")
         time.sleep(0.05)
-    with httpx.Client(base_url=url, timeout=30) as api:
+    with httpx.Client(
+        base_url=url, timeout=30, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+    ) as api:
         yield LiveServer(url=url, settings=settings, api=api)
     server.should_exit = True
     thread.join(timeout=15)

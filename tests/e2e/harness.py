@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.agent.netlab import (
     SERVER_V4,
     UAPI_DIR,
@@ -231,7 +232,13 @@ class E2ESystem:
 
     def api(self) -> httpx.Client:
         transport = httpx.HTTPTransport(uds=str(self.socket))
-        return httpx.Client(transport=transport, base_url="http://kswifi", timeout=30)
+        # Gateway-protocol requests carry the version as an agent's do.
+        return httpx.Client(
+            transport=transport,
+            base_url="http://kswifi",
+            timeout=30,
+            headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
+        )
 
     def call(self, method: str, path: str, person: Person | None = None, **kw: Any) -> Any:
         with self.api() as client:
@@ -263,12 +270,19 @@ class E2ESystem:
         )
         return str(bought["session_id"])
 
-    def generate(self, session_id: str, person: Person, device: str = "phone") -> dict[str, Any]:
+    def generate(
+        self, session_id: str, person: Person, device: str = "phone", *, rotate: bool = False
+    ) -> dict[str, Any]:
         body = self.call(
             "POST",
             "/api/connect/generate-profile",
             person,
-            json={"session_id": session_id, "region": REGION, "device_name": device},
+            json={
+                "session_id": session_id,
+                "region": REGION,
+                "device_name": device,
+                "rotate": rotate,
+            },
         )
         assert body["success"] is True
         return dict(body)

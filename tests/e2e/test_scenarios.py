@@ -132,7 +132,7 @@ def test_6b_rotating_keys_cuts_the_old_ones_within_one_second(system: E2ESystem)
     system.fetch(phone, 10_000)
     download = system.fetch_background(phone, 200 * MB, idle=3.0)
     time.sleep(1.5)
-    body = system.generate(phone.session_id, phone.owner)  # same device: keys rotate
+    body = system.generate(phone.session_id, phone.owner, rotate=True)  # same device, new keys
     rotated_at = time.time()
     out, _ = download.communicate(timeout=60)
     late = json.loads(out)["last_byte_at"] - rotated_at

@@ -27,6 +27,7 @@ from kswifi.control.gateways import service as gateways
 from kswifi.control.models import Device, User
 from kswifi.control.security import hash_password, new_opaque_token
 from kswifi.control.users import service as users
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 PASSWORD = "hardening correct horse 42"
 STRIPE_WEBHOOK_SECRET = "whsec_hardening_" + "s3cr3t" * 4
@@ -140,7 +141,12 @@ class World:
 
 def client_for(app: FastAPI, address: str) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+    return httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        timeout=60,
+        headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
+    )
 
 
 async def make_actor(ctx: AppContext, *, is_admin: bool = False, label: str = "user") -> Actor:

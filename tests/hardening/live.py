@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+
 KSWIFI = str(Path(sys.executable).with_name("kswifi"))
 PASSWORD = "live correct horse 42"
 SECRET_KEY = "live-secret-key-" + "0123456789abcdef" * 2
@@ -130,7 +132,10 @@ class LiveServer:
         self.process = None
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+        # Gateway-protocol requests carry the version as an agent's do.
+        return httpx.Client(
+            base_url=self.url, timeout=30, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        )
 
 
 @dataclass

@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 import pytest
 
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.conftest import PG_DSN
 from tests.hardening.live import LiveServer, ok, person
 
@@ -129,7 +130,10 @@ class Sender:
         return report
 
     def flush(self, deadline: float, stop: threading.Event | None = None) -> None:
-        headers = {"Authorization": f"Bearer {self.metered.gateway_token}"}
+        headers = {
+            "Authorization": f"Bearer {self.metered.gateway_token}",
+            PROTOCOL_HEADER: str(PROTOCOL_VERSION),
+        }
         with httpx.Client(base_url=self.server.url, timeout=5) as http:
             while self.unacked and time.monotonic() < deadline:
                 if stop is not None and stop.is_set():

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from kswifi.control.profiles.config_render import parse_config
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.hardening.live import (
     PASSWORD,
     SECRET_KEY,
@@ -67,7 +68,12 @@ def test_no_secret_in_logs_or_error_bodies(server: LiveServer) -> None:
         "password": PASSWORD,
     }
     recorder = Recorder()
-    http = httpx.Client(base_url=server.url, timeout=30, event_hooks={"response": [recorder]})
+    http = httpx.Client(
+        base_url=server.url,
+        timeout=30,
+        event_hooks={"response": [recorder]},
+        headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},  # as an agent's requests
+    )
 
     # An operator: a gateway (token shown once, then rotated) and vouchers.
     admin = person(server, admin=True, label="ops")

@@ -22,6 +22,7 @@ import asyncpg
 import httpx
 
 from kswifi.control.migrate import upgrade
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 PG_DSN = os.environ.get("KSWIFI_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("KSWIFI_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -78,6 +79,7 @@ class Replica:
             transport=httpx.AsyncHTTPTransport(uds=str(self.socket)),
             base_url="http://kswifi",
             timeout=timeout,
+            headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
         )
 
     def stop(self) -> None:

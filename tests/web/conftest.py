@@ -14,6 +14,7 @@ from kswifi.control.deps import AppContext
 from kswifi.control.gateways import service as gateways_service
 from kswifi.control.purchases import service as purchases_service
 from kswifi.control.users import service as users_service
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 PASSWORD = "correct horse 42"
@@ -116,7 +117,9 @@ async def report_usage(
         "deltas": [{"session_id": session_id, "rx_bytes": rx_bytes, "tx_bytes": tx_bytes}],
     }
     response = await client.post(
-        "/api/gateway/v1/usage", json=report, headers={"Authorization": f"Bearer {token}"}
+        "/api/gateway/v1/usage",
+        json=report,
+        headers={"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL_VERSION)},
     )
     assert response.status_code == 200, response.text
     return response

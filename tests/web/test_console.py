@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from kswifi.control.deps import AppContext
 from kswifi.control.models import AuditEntry, DataSession, Plan
+from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
 from tests.web.conftest import (
     add_gateway,
     buy_with_voucher,
@@ -41,7 +42,11 @@ CONSOLE_PAGES = [
 @pytest.fixture
 async def operator_client(app: FastAPI, ctx: AppContext) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app)
-    client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+    client = httpx.AsyncClient(
+        transport=transport,
+        base_url="http://testserver",
+        headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)},  # it also posts a gateway heartbeat
+    )
     await web_login(client, await make_admin(ctx, "ops@example.com"))
     return client
 

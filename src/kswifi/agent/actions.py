@@ -39,7 +39,7 @@ class AddPeer:
     public_key: str
     preshared_key: str
     allowed_ips: frozenset[str]
-    session_id: str
+    session_id: str | None  # None: the walled garden
 
     def __repr__(self) -> str:
         return f"AddPeer({self.public_key[:8]}…, {sorted(self.allowed_ips)}, {self.session_id})"

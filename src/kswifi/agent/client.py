@@ -1,7 +1,8 @@
 """httpx client for the control plane's gateway protocol (`/api/gateway/v1/...`).
 
 `control_url` is `http(s)://host[:port]` or `unix:/path/to.sock` (the control plane served
-with `kswifi serve --uds PATH`). Every call carries the gateway's bearer token.
+with `kswifi serve --uds PATH`). Every call carries the gateway's bearer token and the
+protocol version it speaks.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from kswifi.agent import AGENT_VERSION
-from kswifi.agent.errors import AuthenticationError, ControlPlaneError
+from kswifi.agent.errors import AuthenticationError, ControlPlaneError, ProtocolMismatch
 from kswifi.protocol import (
+    PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
     DesiredState,
     GatewayHeartbeat,
     HeartbeatAck,
@@ -54,6 +57,7 @@ class ControlPlaneClient:
             headers={
                 "Authorization": f"Bearer {token}",
                 "User-Agent": f"kswifi-gateway/{AGENT_VERSION}",
+                PROTOCOL_HEADER: str(PROTOCOL_VERSION),
             },
             timeout=httpx.Timeout(10.0),
         )
@@ -82,6 +86,13 @@ class ControlPlaneClient:
             )
         except httpx.HTTPError as exc:
             raise ControlPlaneError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code == 426:
+            raise ProtocolMismatch(
+                f"{method} {path}: the control plane refused this agent's gateway protocol "
+                f"version {PROTOCOL_VERSION}: {_message(response)} Upgrade the agent (or the "
+                "control plane) so both speak the same version.",
+                426,
+            )
         if response.status_code in (401, 403):
             raise AuthenticationError(
                 f"{method} {path}: the control plane refused the gateway token "
@@ -116,3 +127,10 @@ class ControlPlaneClient:
         return await self._call(
             "POST", "/leases", LeaseResponse, body=LeaseRequest(session_ids=session_ids)
         )
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]

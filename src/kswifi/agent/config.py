@@ -29,6 +29,9 @@ def check_interface_name(value: str) -> str:
     return value
 
 
+DEFAULT_GARDEN_PORT = 28080
+
+
 class GatewaySettings(BaseSettings):
     """Everything the agent needs to know that the control plane does not tell it."""
 
@@ -96,6 +99,13 @@ class GatewaySettings(BaseSettings):
         default=DEFAULT_MAX_CONNECTIONS,
         ge=1,
         description="Connections one device may have open; past it new ones are refused",
+    )
+    garden_port: int = Field(
+        default=DEFAULT_GARDEN_PORT,
+        ge=1024,
+        le=65535,
+        description="Port, on the tunnel addresses, of the page that sends walled-garden"
+        " phones' plain-HTTP requests to the shop",
     )
     route_table: int = Field(
         default=DEFAULT_ROUTE_TABLE,

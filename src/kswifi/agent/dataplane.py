@@ -33,7 +33,7 @@ from kswifi.agent.drivers.wireguard import (
     WireguardDriver,
     WireguardReading,
 )
-from kswifi.agent.firewall import FirewallPolicy, onlink_networks
+from kswifi.agent.firewall import FirewallPolicy, Garden, onlink_networks
 from kswifi.agent.model import ActualState, InterfaceState
 
 ORPHAN_PREFIX = "#tc:"
@@ -105,6 +105,10 @@ class Dataplane(Protocol):
 
     def read_peers(self) -> WireguardReading: ...
 
+    def use_garden(self, garden: Garden | None) -> None:
+        """Enforce the walled garden of peers without a session (None: drop their traffic)."""
+        ...
+
 
 def session_minors(nft: NftReading, tc: TcReading) -> dict[str, int]:
     """Which tc class belongs to which session, learnt from the filters' addresses.
@@ -136,6 +140,8 @@ class KernelDataplane:
     loop: DownloadLoop
     policy: FirewallPolicy = field(default_factory=FirewallPolicy)
     """The operator's part of the firewall (the WAN's on-link networks are read here)."""
+    garden: Garden | None = None
+    """The control plane's part: the walled garden (from the desired state)."""
 
     @property
     def mode(self) -> InterfaceMode | None:
@@ -153,7 +159,15 @@ class KernelDataplane:
     def refresh_firewall(self) -> None:
         """The firewall with the WAN's on-link networks as the kernel has them now."""
         onlink = onlink_networks(self.runner, self.loop.wan_interface)
-        self.nft.use_policy(self.policy.with_onlink(onlink))
+        self.nft.use_policy(self.policy.with_onlink(onlink).with_garden(self.garden))
+
+    def use_garden(self, garden: Garden | None) -> None:
+        if garden == self.garden:
+            return
+        self.garden = garden
+        self.refresh_firewall()
+        if garden is not None:
+            self.tc.use_garden(garden.rate_kbit)
 
     def observe(self) -> Observation:
         wireguard = self.wireguard.read()

@@ -67,6 +67,9 @@ def desired_from_state(
         if key in peers:
             continue  # a duplicate key is a control-plane bug; the first one wins
         allowed = _normalized_set(tuple(spec.allowed_ips))
+        if session_id is None:  # the walled garden: a peer, no session objects
+            peers[key] = DesiredPeer(key, spec.preshared_key, allowed, None)
+            continue
         free = allowed
         for address in allowed:
             if taken(address, session_id) != session_id:
@@ -160,7 +163,8 @@ class DesiredTracker:
         self.expiries = []
         claimed = 0
         for key, peer in self.peers.items():
-            self.session_peers.setdefault(peer.session_id, set()).add(key)
+            if peer.session_id is not None:
+                self.session_peers.setdefault(peer.session_id, set()).add(key)
             for address in peer.allowed_ips:
                 self.owners[address] = key
             claimed += len(peer.allowed_ips)
@@ -248,17 +252,18 @@ class DesiredTracker:
         peer = self.peers.pop(key, None)
         if peer is None:
             return
-        sessions.add(peer.session_id)
         addresses.update(peer.allowed_ips)
-        members = self.session_peers.get(peer.session_id)
-        if members is not None:
-            members.discard(key)
-            if not members:
-                del self.session_peers[peer.session_id]
+        if peer.session_id is not None:
+            sessions.add(peer.session_id)
+            members = self.session_peers.get(peer.session_id)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self.session_peers[peer.session_id]
         for address in peer.allowed_ips:
             if self.owners.get(address) == key:
                 del self.owners[address]
-                del self.addresses[address]
+                self.addresses.pop(address, None)
 
     def _take(self, spec: PeerSpec, now: datetime, sessions: set[str]) -> bool:
         """Add a peer's contribution; False if one of its addresses is another peer's."""
@@ -272,6 +277,9 @@ class DesiredTracker:
         self.peers[key] = DesiredPeer(key, spec.preshared_key, allowed, session_id)
         for address in allowed:
             self.owners[address] = key
+        if session_id is None:
+            return True  # the walled garden: its addresses map to no session
+        for address in allowed:
             self.addresses[address] = session_id
         self.session_peers.setdefault(session_id, set()).add(key)
         if spec.expires_at is not None:

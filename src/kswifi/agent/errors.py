@@ -37,3 +37,8 @@ class ControlPlaneError(AgentError):
 
 class AuthenticationError(ControlPlaneError):
     """The control plane refused the gateway token (401/403): retrying will not help."""
+
+
+class ProtocolMismatch(AuthenticationError):
+    """The control plane speaks another gateway protocol version (426): retrying will not help
+    until one of the two is upgraded."""

@@ -5,6 +5,10 @@ the networks the operator adds, and the WAN interface's on-link networks (the pr
 network: neighbours, routers, other tenants). Networks the operator allows back are checked
 first. Addresses of the gateway itself are never forwarded to (the kernel delivers them
 locally); the input chain answers phones only with replies and echo (see `nftables`).
+
+A phone without a session (no quota of its own: the walled garden, see `Garden`) reaches only
+DNS at its resolvers and the KSWiFi app; its other plain-HTTP requests are redirected to the
+shop and everything else is refused at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.errors import CommandError, DriverError
+from kswifi.protocol import GardenSpec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -79,6 +84,34 @@ def collapse(networks: Iterable[Network], version: int) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Garden:
+    """The walled garden of peers without a session, as the control plane describes it (the
+    redirect port is the agent's own setting)."""
+
+    allow: tuple[Network, ...] = ()
+    dns: tuple[Network, ...] = ()
+    redirect_url: str = ""
+    redirect_port: int = 0
+    rate_kbit: int = 256
+
+    @classmethod
+    def from_spec(cls, spec: GardenSpec, redirect_port: int) -> Garden:
+        return cls(
+            allow=tuple(parse_network(n) for n in spec.allow),
+            dns=tuple(parse_network(a) for a in spec.dns),
+            redirect_url=spec.redirect_url,
+            redirect_port=redirect_port,
+            rate_kbit=spec.rate_kbit,
+        )
+
+    def allow_v(self, version: int) -> list[str]:
+        return collapse(self.allow, version)
+
+    def dns_v(self, version: int) -> list[str]:
+        return collapse(self.dns, version)
+
+
+@dataclass(frozen=True)
 class FirewallPolicy:
     """The gateway's forwarding policy, rendered into the nftables skeleton."""
 
@@ -90,6 +123,8 @@ class FirewallPolicy:
     blocked_ports: tuple[tuple[str, int], ...] = tuple(parse_port(p) for p in DEFAULT_BLOCKED_PORTS)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     echo_per_second: int = ECHO_PER_SECOND
+    garden: Garden | None = None
+    """None: traffic of a peer without a session is dropped (a control plane before gardens)."""
 
     @classmethod
     def build(
@@ -111,6 +146,9 @@ class FirewallPolicy:
 
     def with_onlink(self, onlink: Iterable[Network]) -> FirewallPolicy:
         return replace(self, onlink=tuple(onlink))
+
+    def with_garden(self, garden: Garden | None) -> FirewallPolicy:
+        return replace(self, garden=garden)
 
     def blocked_v4(self) -> list[str]:
         return collapse((*self.blocked, *self.onlink), 4)

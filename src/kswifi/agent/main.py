@@ -35,6 +35,8 @@ from kswifi.agent.dataplane import Dataplane, Observation
 from kswifi.agent.desired import DesiredTracker
 from kswifi.agent.drivers.nftables import NftReading
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
+from kswifi.agent.firewall import Garden
+from kswifi.agent.garden_redirect import GardenRedirect
 from kswifi.agent.keys import generate_private_key
 from kswifi.agent.metrics import AgentMetrics
 from kswifi.agent.model import InterfaceState
@@ -128,6 +130,9 @@ class Agent:
         self.desired_changed = asyncio.Event()
         self.report_ready = asyncio.Event()
         self.stopping = asyncio.Event()
+        self.garden_bytes = (0, 0)
+        """Bytes forwarded from and to walled-garden peers, as last read (kernel counters)."""
+        self.garden_redirect = GardenRedirect()
 
     # -- persisted desired state -------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Agent:
     def _harvest(self, reading: NftReading) -> UsageReport | None:
         if not reading.table_present:
             return None
+        self.garden_bytes = reading.garden
         report = self.tracker.observe(reading.counters, reading.exhausted(), now=self.clock())
         if report is not None:
             self.report_ready.set()
@@ -180,6 +186,12 @@ class Agent:
                 fresh = True
             else:
                 fresh = False
+            garden = (
+                Garden.from_spec(state.garden, self.settings.garden_port)
+                if state.garden is not None
+                else None
+            )
+            await asyncio.to_thread(self.dataplane.use_garden, garden)
             if self.lease_revision and state.revision >= self.lease_revision:
                 self.lease_overrides.clear()
             now = self.clock()
@@ -213,12 +225,23 @@ class Agent:
             self.observation = observation
             self.applied_revision = state.revision
         self.reconcile_seconds = time.perf_counter() - started
+        await self._serve_garden(state, desired.interface)
         if actions:
             self.metrics.reconcile_seconds.observe(self.reconcile_seconds)
         self._log_actions(actions, state.revision, self.reconcile_seconds)
         if self.followup:
             self.reconcile_needed.set()  # next pass deletes the unmapped sessions' objects
         return actions
+
+    async def _serve_garden(self, state: DesiredState, interface: InterfaceState | None) -> None:
+        """The redirect page of the walled garden, on the tunnel's addresses (see
+        `garden_redirect`); closed when the control plane sends no garden."""
+        if state.garden is None or interface is None:
+            await self.garden_redirect.close()
+            return
+        await self.garden_redirect.serve(
+            sorted(interface.addresses), self.settings.garden_port, state.garden.redirect_url
+        )
 
     def _log_actions(self, actions: Sequence[Action], revision: int, seconds: float) -> None:
         if not actions:
@@ -408,12 +431,15 @@ class Agent:
         now = time.monotonic()
         due: list[str] = []
         for peer in state.peers:
-            quota = max(peer.quota_bytes, self.lease_overrides.get(peer.session_id, 0))
-            served = self.tracker.served.get(peer.session_id, 0)
+            session_id = peer.session_id
+            if session_id is None:
+                continue  # the walled garden: no lease
+            quota = max(peer.quota_bytes, self.lease_overrides.get(session_id, 0))
+            served = self.tracker.served.get(session_id, 0)
             # A lease of 0 (the session's budget is leased to other gateways) asks too.
             nearly_used = served >= quota * self.settings.lease_refill_fraction
-            if nearly_used and now - self.lease_asked_at.get(peer.session_id, 0.0) >= 10.0:
-                due.append(peer.session_id)
+            if nearly_used and now - self.lease_asked_at.get(session_id, 0.0) >= 10.0:
+                due.append(session_id)
         due = sorted(set(due))
         if not due:
             return
@@ -432,7 +458,9 @@ class Agent:
         state = self.desired_state
         if state is None:
             return
-        leased = {peer.session_id: peer.quota_bytes for peer in state.peers}
+        leased = {
+            peer.session_id: peer.quota_bytes for peer in state.peers if peer.session_id is not None
+        }
         raised = []
         for grant in grants:
             if grant.session_id not in leased:
@@ -466,6 +494,8 @@ class Agent:
                 for key, peer in reading.peers.items()
                 if peer.latest_handshake is not None
             },
+            garden_rx_bytes=self.garden_bytes[0],
+            garden_tx_bytes=self.garden_bytes[1],
         )
         await self.control.heartbeat(heartbeat)
 
@@ -537,6 +567,7 @@ class Agent:
             # Final read so bytes counted up to now are spooled (the data plane stays up).
             with contextlib.suppress(AgentError):
                 await self.usage_once()
+            await self.garden_redirect.close()
             log.info("gateway_stopped")
 
     def stop(self) -> None:

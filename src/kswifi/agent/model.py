@@ -73,12 +73,13 @@ class ActualState:
 
 @dataclass(frozen=True)
 class DesiredPeer:
-    """A peer the interface must carry."""
+    """A peer the interface must carry; without a session, in the walled garden (its
+    addresses map to no session's objects)."""
 
     public_key: str
     preshared_key: str
     allowed_ips: frozenset[str]
-    session_id: str
+    session_id: str | None
 
     def __repr__(self) -> str:
         return f"DesiredPeer({self.public_key[:8]}…, session={self.session_id})"

@@ -127,7 +127,7 @@ def diff(desired: Desired, actual: ActualState, scope: Scope | None = None) -> l
         actions.append(RemovePeer(key, _removal_reason(desired, key)))
 
     objects_of = actual.sessions.get
-    quotas: list[Action] = []
+    quotas: list[CreateSession | SetQuota] = []
     wanted_sessions = desired.sessions
     for session_id in _only(wanted_sessions, sessions):
         session = wanted_sessions[session_id]
@@ -140,7 +140,8 @@ def diff(desired: Desired, actual: ActualState, scope: Scope | None = None) -> l
             raised = session.quota_bytes > objects.quota_bytes
             reset = served if objects.exhausted and raised else None
             quotas.append(SetQuota(session_id, session.quota_bytes, reset))
-    actions += sorted(quotas, key=lambda a: a.session_id)  # type: ignore[union-attr]
+    quotas.sort(key=lambda a: a.session_id)
+    actions += quotas
     mapped = actual.addresses.get
     actions += [
         MapAddress(address, session_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import warnings
@@ -60,6 +61,14 @@ class Settings(BaseSettings):
     offline_after_seconds: int = Field(
         30, ge=5, description="A gateway silent this long is marked offline"
     )
+    walled_garden_allow: str = Field(
+        "",
+        description="Comma-separated networks a phone without data can still reach (besides "
+        "DNS and the addresses of KSWIFI_PUBLIC_URL's host)",
+    )
+    walled_garden_kbit: int = Field(
+        256, ge=8, le=1_000_000, description="Rate of the walled garden, shared per gateway"
+    )
     wireguard_mtu: int = Field(1280, ge=1280, le=1500, description="MTU in generated profiles")
     longpoll_seconds: float = Field(25.0, gt=0, le=60, description="Desired-state long-poll wait")
     sse_max_seconds: float = Field(300.0, gt=0, description="Lifetime of one usage stream")
@@ -106,6 +115,17 @@ class Settings(BaseSettings):
                 message = f"{old} is deprecated: rename it to {new}"
             warnings.warn(message, FutureWarning, stacklevel=2)
         return data
+
+    @field_validator("walled_garden_allow")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in value.split(","):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{item.strip()!r} is not a network") from exc
+        return value
 
     @field_validator("data_dir")
     @classmethod

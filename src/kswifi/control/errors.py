@@ -63,6 +63,13 @@ class SessionNotUsable(KSWiFiError):
     code = "session_not_usable"
 
 
+class UpgradeRequired(KSWiFiError):
+    """A gateway agent speaking another protocol version than this control plane."""
+
+    status_code = 426
+    code = "protocol_version"
+
+
 class TooManyRequests(KSWiFiError):
     status_code = 429
     code = "rate_limited"

@@ -301,6 +301,11 @@ def _gateway_families(
         "Throughput the agent reports",
         labels=[*labels, "direction"],
     )
+    garden = GaugeMetricFamily(
+        "kswifi_gateway_garden_bytes",
+        "Walled-garden bytes the gateway forwarded (billed to no session; kernel counters)",
+        labels=[*labels, "direction"],
+    )
     per_region: dict[tuple[str, str], int] = {}
     grace = settings.offline_after_seconds
     for gateway in gateways:
@@ -330,12 +335,14 @@ def _gateway_families(
             heartbeat_age.add_metric(label, age)
         throughput.add_metric([*label, "rx"], gateway.rx_bps)
         throughput.add_metric([*label, "tx"], gateway.tx_bps)
+        garden.add_metric([*label, "rx"], gateway.garden_rx_bytes)
+        garden.add_metric([*label, "tx"], gateway.garden_tx_bytes)
     states = GaugeMetricFamily(
         "kswifi_gateways", "Gateways by region and health", labels=["region", "state"]
     )
     for (region, state), count in sorted(per_region.items()):
         states.add_metric([region, state], count)
-    return [states, online, peers, active, capacity, lag, heartbeat_age, throughput]
+    return [states, online, peers, active, capacity, lag, heartbeat_age, throughput, garden]
 
 
 async def render(ctx: AppContext) -> bytes:

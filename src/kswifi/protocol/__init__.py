@@ -2,8 +2,10 @@
 
 from kswifi.protocol.models import (
     PACKET_BYTES,
+    PROTOCOL_HEADER,
     PROTOCOL_VERSION,
     DesiredState,
+    GardenSpec,
     GatewayHeartbeat,
     GatewayInterface,
     HeartbeatAck,
@@ -18,8 +20,10 @@ from kswifi.protocol.models import (
 
 __all__ = [
     "PACKET_BYTES",
+    "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "DesiredState",
+    "GardenSpec",
     "GatewayHeartbeat",
     "GatewayInterface",
     "HeartbeatAck",

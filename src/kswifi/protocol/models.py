@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: peers without a session (the walled garden) and the garden's spec in the desired state.
+Every agent request names its version in `PROTOCOL_HEADER`; the control plane refuses other
+versions (426) rather than have an agent misread a state it does not know."""
+PROTOCOL_HEADER = "X-KSWiFi-Protocol"
 PACKET_BYTES = 1500
 """What one full-size packet counts (an Ethernet-MTU IP packet). A quota or lease with less
 than this left cannot carry one: the kernel quota drops the next full packet."""
@@ -56,13 +60,15 @@ class _Model(BaseModel):
 
 
 class PeerSpec(_Model):
-    """One device (WireGuard peer) the gateway must carry."""
+    """One device (WireGuard peer) the gateway must carry: drawing from a session, or, with
+    no `session_id`, in the walled garden (see `GardenSpec`; no quota, no expiry)."""
 
     public_key: WireguardKeyText
     preshared_key: WireguardKeyText
     allowed_ips: list[HostNetwork] = Field(min_length=1, max_length=2)
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: str | None = Field(None, min_length=1, max_length=64)
     quota_bytes: int = Field(
+        0,
         ge=0,
         description=(
             "Lease, cumulative: total bytes (upload + download) this gateway may serve the"
@@ -71,8 +77,37 @@ class PeerSpec(_Model):
             " served across counter resets and sets the kernel quota to quota_bytes - served."
         ),
     )
-    speed_mbps: int = Field(gt=0, le=100_000)
+    speed_mbps: int = Field(0, ge=0, le=100_000)
     expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _garden_peers_carry_no_session_limits(self) -> PeerSpec:
+        if self.session_id is None:
+            if self.quota_bytes or self.speed_mbps or self.expires_at is not None:
+                raise ValueError("a peer without a session has no quota, speed or expiry")
+        elif self.speed_mbps <= 0:
+            raise ValueError("a session's speed_mbps is positive")
+        return self
+
+
+class GardenSpec(_Model):
+    """What a peer without a session may reach: DNS at its resolvers and the KSWiFi app (its
+    addresses and the operator's networks), at a small shared rate, counted for the operator
+    and billed to nobody. Any other plain-HTTP request is answered with a redirect to
+    `redirect_url`; every other connection is refused at once."""
+
+    allow: list[str] = Field(default_factory=list, max_length=256)
+    dns: list[str] = Field(default_factory=list, max_length=8)
+    redirect_url: str = Field(min_length=8, max_length=2048, pattern=r"^https?://[^\s]+$")
+    rate_kbit: int = Field(256, ge=8, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _addresses_parse(self) -> GardenSpec:
+        for network in self.allow:
+            ipaddress.ip_network(network, strict=False)
+        for address in self.dns:
+            ipaddress.ip_address(address)
+        return self
 
 
 class GatewayInterface(_Model):
@@ -96,6 +131,9 @@ class DesiredState(_Model):
         default=False,
         description="This revision lowers a lease; the bytes it gives back go to other "
         "gateways once a heartbeat reports it applied, so send one as soon as it is",
+    )
+    garden: GardenSpec | None = Field(
+        None, description="The walled garden of peers without a session (none: dropped)"
     )
 
     @model_validator(mode="after")
@@ -177,6 +215,12 @@ class GatewayHeartbeat(_Model):
     applied_revision: int = Field(ge=0, le=INT64_MAX, default=0)
     handshakes: dict[str, datetime] = Field(
         default_factory=dict, description="Latest handshake per peer public key"
+    )
+    garden_rx_bytes: int = Field(
+        0, ge=0, le=INT64_MAX, description="Bytes from garden peers forwarded (kernel counter)"
+    )
+    garden_tx_bytes: int = Field(
+        0, ge=0, le=INT64_MAX, description="Bytes to garden peers forwarded (kernel counter)"
     )
 
 

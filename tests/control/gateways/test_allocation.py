@@ -153,10 +153,12 @@ class TestPlacement:
         assert (await self._choose(ctx, "eu-west")).id == idle.id
         assert (await self._choose(ctx, "us-east")).name == "elsewhere"
 
-    async def test_capacity_counts_only_live_sessions(self, ctx: AppContext, world: World) -> None:
+    async def test_capacity_counts_installed_devices(self, ctx: AppContext, world: World) -> None:
+        """Every installed device is a peer (in the garden too); only a removed one frees
+        its place."""
         full = await world.gateway("full", capacity=1)
         session_id = await world.session()
-        await world.device(session_id, full.id)
+        device = await world.device(session_id, full.id)
         with pytest.raises(placement.NoGatewayAvailable) as raised:
             await self._choose(ctx, "eu-west")
         assert raised.value.code == "no_gateway_available"
@@ -165,6 +167,10 @@ class TestPlacement:
             await db.execute(
                 update(DataSession).where(DataSession.id == session_id).values(status="exhausted")
             )
+        with pytest.raises(placement.NoGatewayAvailable):
+            await self._choose(ctx, "eu-west")
+        async with ctx.db.transaction() as db:
+            await db.execute(update(Device).where(Device.id == device.id).values(status="removed"))
         assert (await self._choose(ctx, "eu-west")).id == full.id
 
     async def test_online_first_then_never_seen_never_offline(

@@ -154,7 +154,7 @@ class TestDesiredState:
         assert (lease.gateway_id, lease.session_id) == (gateway.id, session_id)
         assert (lease.granted_bytes, lease.used_bytes) == (5_000_000, 0)
 
-    async def test_only_active_devices_of_live_sessions(
+    async def test_every_installed_device_only_live_sessions_with_limits(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:
         gateway = await world.gateway()
@@ -171,9 +171,14 @@ class TestDesiredState:
         await world.device(await world.session(), other_gateway.id)
 
         state = await fetch_state(client, gateway)
-        keys = {peer.public_key for peer in state.peers}
-        assert keys == {live.public_key, connected.public_key}
-        assert exhausted.public_key not in keys and past.public_key not in keys
+        sessions = {peer.public_key: peer.session_id for peer in state.peers}
+        assert sessions == {
+            live.public_key: live.session_id,
+            connected.public_key: connected.session_id,
+            # Installed, no session to draw from: the walled garden.
+            exhausted.public_key: None,
+            past.public_key: None,
+        }
 
     async def test_lease_is_limit_minus_bytes_used_on_other_gateways(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
@@ -350,7 +355,7 @@ class TestUsage:
         assert sorted(ack.duplicate for ack in acks) == [False, True, True, True, True]
         assert (await world.get_session(session_id)).used_bytes == 1000
 
-    async def test_exhaustion_ends_the_session_and_removes_the_peer(
+    async def test_exhaustion_ends_the_session_and_moves_the_peer_to_the_garden(
         self, client: httpx.AsyncClient, ctx: AppContext, world: World
     ) -> None:
         gateway = await world.gateway()
@@ -366,7 +371,8 @@ class TestUsage:
         assert session.used_bytes == 1000
         state = await asyncio.wait_for(waiting, 1.5)
         assert state.revision == revision + 1
-        assert state.peers == []
+        [peer] = state.peers
+        assert peer.session_id is None and peer.quota_bytes == 0  # same keys, no data
 
     async def test_the_kernel_saying_exhausted_ends_the_session(
         self, client: httpx.AsyncClient, world: World

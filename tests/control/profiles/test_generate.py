@@ -349,8 +349,11 @@ class TestDeviceLimit:
             assert response.status_code == 200, response.text
             states.append(response.json()["state"])
         assert states == ["active"] * 3 + ["waiting"] * (MAX_PROFILES_PER_PERSON - 3)
-        # Only the three that draw from the session are peers with a quota.
-        assert len(await desired_peers(client, gateway)) == 3
+        # All ten are peers (installed once); only the three on the session have its quota.
+        peers = await desired_peers(client, gateway)
+        assert len(peers) == MAX_PROFILES_PER_PERSON
+        assert sum(peer["session_id"] == session.id for peer in peers) == 3
+        assert {peer["session_id"] for peer in peers} == {session.id, None}
         links_before = await count(ctx, SetupLink)
         refused = await generate(client, owner, session.id, device_name="one too many")
         assert refused.status_code == 409

@@ -235,7 +235,9 @@ class TestProfilesOutliveSessions:
             promoted = await db.get(DataSession, queued.id)
             assert promoted is not None and promoted.status == "active"
         assert (await gateway_row(ctx, gateway.id)).revision > revision
-        [peer] = await desired_peers(client, gateway)
+        peers = await desired_peers(client, gateway)
+        assert len(peers) == 3  # every installed device stays a peer
+        [peer] = [peer for peer in peers if peer["session_id"] is not None]
         assert peer["session_id"] == queued.id
         assert peer["public_key"] == str(
             parse_config(decode_data_uri(profiles[0]["profile_qr"])[0]).private_key.public_key()

@@ -39,7 +39,7 @@ from kswifi.agent.drivers import nfnetlink
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.drivers.loop import loop_names
 from kswifi.agent.errors import CommandError, DriverError
-from kswifi.agent.firewall import FirewallPolicy
+from kswifi.agent.firewall import FirewallPolicy, Garden
 from kswifi.agent.model import Direction, SessionObjects
 
 TABLE = "kswifi"
@@ -88,6 +88,8 @@ class NftReading:
     counters: dict[tuple[str, Direction], tuple[int, int]] = field(default_factory=dict)
     """(session, direction) -> (kernel handle, bytes)"""
     table_present: bool = True
+    garden: tuple[int, int] = (0, 0)
+    """Bytes forwarded from and to walled-garden peers (the kernel's counters)."""
 
     def exhausted(self) -> set[str]:
         return {session for session, objects in self.sessions.items() if objects.exhausted}
@@ -119,12 +121,17 @@ CHAINS = (
     "upload",
     "from_internet",
     "to_peer",
+    "garden_up",
+    "garden_down",
     "untrack",
     "input",
     "to_gateway",
     "refuse",
+    "garden_redirect",
     "postrouting",
 )
+GARDEN_COUNTERS = ("garden_up", "garden_dn")
+"""Bytes forwarded from and to peers in the walled garden (billed to no session)."""
 CONN_SET_SIZE = 262_144
 """Devices a gateway tracks connection counts for (dynamic set entries expire with them)."""
 
@@ -148,8 +155,13 @@ def render_skeleton(config: NftConfig) -> list[str]:
         "allowed4": ("ipv4_addr", policy.allowed_v4()),
         "allowed6": ("ipv6_addr", policy.allowed_v6()),
     }
+    garden = policy.garden
+    for version, key in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        policy_sets[f"garden_allow{version}"] = (key, garden.allow_v(version) if garden else [])
+        policy_sets[f"garden_dns{version}"] = (key, garden.dns_v(version) if garden else [])
     for name, (key, _) in policy_sets.items():
         lines.append(f"add set {t} {name} {{ type {key}; flags interval; }}")
+    lines += [f"add counter {t} {name}" for name in GARDEN_COUNTERS]
     lines.append(f"add set {t} blocked_ports {{ type inet_proto . inet_service; }}")
     for version, key in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         lines.append(
@@ -161,8 +173,11 @@ def render_skeleton(config: NftConfig) -> list[str]:
         f"add chain {t} input {{ type filter hook input priority filter; policy accept; }}",
         f"add chain {t} postrouting"
         " { type nat hook postrouting priority srcnat; policy accept; }",
+        f"add chain {t} garden_redirect"
+        " { type nat hook prerouting priority dstnat; policy accept; }",
     ]
     lines += [f"add chain {t} {c}" for c in ("from_peer", "upload", "from_internet", "to_peer")]
+    lines += [f"add chain {t} {c}" for c in ("garden_up", "garden_down")]
     lines += [f"add chain {t} {c}" for c in ("to_gateway", "refuse")]
     lines += [f"flush chain {t} {c}" for c in CHAINS]
     lines += [f"flush set {t} {name}" for name in (*policy_sets, "blocked_ports")]
@@ -211,17 +226,46 @@ def render_skeleton(config: NftConfig) -> list[str]:
         f"add rule {t} to_gateway {echo4} accept",
         f"add rule {t} to_gateway {echo6} accept",
         f"add rule {t} to_gateway ct state established,related accept",
-        f"add rule {t} to_gateway jump refuse",
     ]
-    lines.append(f"add rule {t} from_peer goto upload")
+    lines += _garden_rules(t, wg, garden)
+    lines += [
+        f"add rule {t} to_gateway jump refuse",
+        f"add rule {t} from_peer goto upload",
+    ]
     for chain, key, cnt in (("upload", "saddr", "up"), ("to_peer", "daddr", "dn")):
         for family, v in (("ip", 4), ("ip6", 6)):
             # The quota counts every packet it sees and matches once over: drop. The counter
             # then counts only what is really forwarded: billing reads the counters.
             lines.append(f"add rule {t} {chain} quota name {family} {key} map @quota{v} drop")
             lines.append(f"add rule {t} {chain} counter name {family} {key} map @{cnt}{v} accept")
-        lines.append(f"add rule {t} {chain} drop")
+        # No session's address: the walled garden (or dropped, without one).
+        lines.append(f"add rule {t} {chain} goto garden_{'up' if cnt == 'up' else 'down'}")
     lines.append(f"add rule {t} postrouting iifname {wg} oifname {wan} masquerade")
+    return lines
+
+
+def _garden_rules(t: str, wg: str, garden: Garden | None) -> list[str]:
+    """The walled garden: a peer address no session maps (`@quota4/6` names every address
+    drawing from one) reaches DNS at its resolvers and the app's networks; its other plain
+    HTTP is redirected to the agent's redirect server (which points at the shop); anything
+    else is refused at once. Garden bytes count on their own counters, billed to no one."""
+    if garden is None:
+        return [f"add rule {t} garden_up drop", f"add rule {t} garden_down drop"]
+    port = garden.redirect_port
+    lines = []
+    for family, v in (("ip", 4), ("ip6", 6)):
+        lines += [
+            f"add rule {t} garden_up {family} daddr @garden_dns{v}"
+            " meta l4proto { tcp, udp } th dport 53 counter name garden_up accept",
+            f"add rule {t} garden_up {family} daddr @garden_allow{v} counter name garden_up accept",
+            f"add rule {t} garden_redirect iifname {wg} {family} saddr != @quota{v}"
+            f" {family} daddr != @garden_allow{v} tcp dport 80 redirect to :{port}",
+        ]
+    lines += [
+        f"add rule {t} garden_up jump refuse",
+        f"add rule {t} garden_down counter name garden_dn accept",
+        f"add rule {t} to_gateway ct status dnat tcp dport {port} accept",
+    ]
     return lines
 
 
@@ -307,7 +351,11 @@ def reading_from(
     """An NftReading from dumped objects and `quota4`/`quota6` map elements."""
     quotas: dict[str, tuple[int, int]] = {}
     counters: dict[tuple[str, Direction], tuple[int, int]] = {}
+    garden = {"garden_up": 0, "garden_dn": 0}
     for entry in objects:
+        if entry.name in garden and not entry.quota:
+            garden[entry.name] = entry.bytes
+            continue
         parsed = parse_object_name(entry.name)
         if parsed is None:
             continue
@@ -332,7 +380,12 @@ def reading_from(
         )
         for session_id, (quota, used) in quotas.items()
     }
-    return NftReading(sessions=sessions, addresses=addresses, counters=counters)
+    return NftReading(
+        sessions=sessions,
+        addresses=addresses,
+        counters=counters,
+        garden=(garden["garden_up"], garden["garden_dn"]),
+    )
 
 
 @dataclass

@@ -13,6 +13,9 @@ WireGuard device, the source address. Layout on each shaped device:
           filter 1BB:BUCKET:NODE match <address> flowid B+2:MINOR
           class B+2:MINOR htb rate R ceil R                   <- one per session
 
+Traffic of an address no filter names (a peer in the walled garden) falls through to a
+catch-all filter (prio 30) into one shared class, `1:ffff` (the garden's rate).
+
 A session's MINOR (1..65534, the lowest free one when it is first shaped, the same on both
 devices) fixes its bucket, B = (MINOR - 1) // 256, so a restarted agent reads the same
 placement back from the kernel. Creating an HTB class walks every class and filter of its
@@ -51,6 +54,10 @@ BUCKET_SIZE = 256
 PIPELINE_ACTIONS = 2_000
 """From this many actions on, each device gets its own `tc -batch` as soon as it is rendered."""
 ROOT = 1
+GARDEN_MINOR = 0xFFFF
+"""The root class every unfiltered address shares: the walled garden."""
+GARDEN_PRIO = 30
+DEFAULT_GARDEN_KBIT = 256
 _HT = {4: 0x10, 6: 0x20}
 _PRIO = {4: 10, 6: 20}
 _PROTO = {4: "ip", 6: "ipv6"}
@@ -202,6 +209,8 @@ class TcReading:
 class TcDriver(Protocol):
     def ensure_structure(self) -> None: ...
 
+    def use_garden(self, kbit: int) -> None: ...
+
     def read(self) -> TcReading: ...
 
     def apply(
@@ -250,7 +259,8 @@ def parse_classes(text: str) -> tuple[dict[int, int], set[int]]:
     for major_text, minor_text, value, unit in _CLASS.findall(text):
         major, minor = int(major_text, 16), int(minor_text, 16)
         if major == ROOT:
-            root.add(minor)
+            if minor != GARDEN_MINOR:
+                root.add(minor)
         elif 0 < minor <= MAX_MINOR and major == bucket_major(bucket_of(minor)):
             classes[minor] = round(float(value) * _UNITS[unit] / 1_000_000)
     return classes, root
@@ -328,6 +338,7 @@ class TcShaper:
     interface: str
     ifb_interface: str
     scripts: list[list[str]] = field(default_factory=list, repr=False)
+    garden_kbit: int = DEFAULT_GARDEN_KBIT
 
     @property
     def download_interface(self) -> str:
@@ -365,6 +376,13 @@ class TcShaper:
                     with contextlib.suppress(CommandError):
                         self.runner(["tc", "qdisc", "del", "dev", device, "root"])
                 self._batch(device, _skeleton(device, side))
+            garden = self.runner(
+                ["tc", "filter", "show", "dev", device, "parent", "1:", "prio", str(GARDEN_PRIO)]
+            )
+            script = [_garden_class(device, self.garden_kbit)]
+            if f"flowid 1:{GARDEN_MINOR:x}" not in garden:
+                script.append(_garden_filter(device))
+            self._batch(device, script)
         if "qdisc ingress ffff:" not in tunnel_qdiscs:
             self._batch(
                 self.interface,
@@ -374,6 +392,14 @@ class TcShaper:
                     f" match u32 0 0 action mirred egress redirect dev {self.ifb_interface}",
                 ],
             )
+
+    def use_garden(self, kbit: int) -> None:
+        """The walled garden's shared rate, both directions (a class changed in place)."""
+        if kbit == self.garden_kbit:
+            return
+        self.garden_kbit = kbit
+        for device, _ in self._devices():
+            self._batch(device, [_garden_class(device, kbit)])
 
     def _qdiscs(self, device: str) -> str:
         return self.runner(["tc", "qdisc", "show", "dev", device])
@@ -466,6 +492,21 @@ def _skeleton(device: str, side: Side) -> list[str]:
         f"qdisc replace dev {device} root handle 1: htb default 0 r2q 100",
         *_tables(device, ROOT, side),
     ]
+
+
+def _garden_class(device: str, kbit: int) -> str:
+    burst = max(1600, kbit * 1000 // 8 // 50)  # 20 ms at the rate, at least one packet
+    return (
+        f"class replace dev {device} parent 1: classid 1:{GARDEN_MINOR:x} htb"
+        f" rate {kbit}kbit ceil {kbit}kbit burst {burst} cburst {burst} quantum 1600"
+    )
+
+
+def _garden_filter(device: str) -> str:
+    return (
+        f"filter add dev {device} parent 1: prio {GARDEN_PRIO} protocol all u32"
+        f" match u32 0 0 flowid 1:{GARDEN_MINOR:x}"
+    )
 
 
 def _bucket_skeleton(device: str, side: Side, bucket: int) -> list[str]:

@@ -8,11 +8,13 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control.config import Settings
 from kswifi.control.errors import (
     NotFound,
 )
 from kswifi.control.events import EventBus, gateway_channel, publish_after_commit
 from kswifi.control.gateways import ipam, leases, repository, service
+from kswifi.control.gateways.garden import garden_spec
 from kswifi.control.security import SecretBox
 from kswifi.protocol import models as protocol
 
@@ -46,9 +48,11 @@ async def desired_state(
     gateway_id: str,
     now: datetime,
     bus: EventBus | None = None,
+    settings: Settings | None = None,
 ) -> protocol.DesiredState:
-    """What the gateway must carry now: its interface and one peer per active device of a
-    live session, each with the gateway's cumulative lease of that session.
+    """What the gateway must carry now: its interface, one peer per installed device (those
+    drawing from a live session with the gateway's cumulative lease of it, the others in the
+    garden, made from `settings`; without them there is no garden and such peers are dropped).
 
     A state that lowers one of its leases (or changes any of its grants) comes with a new
     revision: the gateway reports that revision applied, and only then are the bytes of a
@@ -74,11 +78,25 @@ async def desired_state(
             allowed_ips=[ipam.host_cidr(row.ipv4), ipam.host_cidr(row.ipv6)],
             session_id=row.session_id,
             quota_bytes=quotas[row.session_id],
-            speed_mbps=row.speed_mbps,
+            speed_mbps=row.speed_mbps or 0,
             expires_at=row.expires_at,
+        )
+        if row.session_id is not None
+        else protocol.PeerSpec.model_construct(
+            public_key=row.public_key,
+            preshared_key=_decrypt_cached(secrets, row.preshared_key_encrypted),
+            allowed_ips=[ipam.host_cidr(row.ipv4), ipam.host_cidr(row.ipv6)],
+            session_id=None,
+            quota_bytes=0,
+            speed_mbps=0,
+            expires_at=None,
         )
         for row in peer_rows
     ]
+    garden = None
+    if settings is not None:
+        dns = (await service.gateway_public_info(db, gateway)).dns_servers
+        garden = await garden_spec(settings, dns)
     interface = protocol.GatewayInterface(
         private_key=secrets.decrypt(gateway.private_key_encrypted),
         public_key=gateway.public_key,
@@ -90,6 +108,7 @@ async def desired_state(
         interface=interface,
         peers=peers,
         report_applied=lease_state.report_applied,
+        garden=garden,
     )
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
-from kswifi.control.errors import Unauthorized
+from kswifi.control.errors import Unauthorized, UpgradeRequired
 from kswifi.control.events import Subscription, gateway_channel
 from kswifi.control.gateways import desired, ingest, leases, service
 from kswifi.control.gateways.schemas import GatewayCreate, GatewayCreated, GatewayOut
@@ -16,6 +16,29 @@ from kswifi.control.security import utcnow
 from kswifi.protocol import models as protocol
 
 router = APIRouter()
+
+
+def agent_protocol(
+    version: Annotated[
+        str | None,
+        Header(
+            alias=protocol.PROTOCOL_HEADER,
+            description="The gateway protocol version the agent speaks",
+        ),
+    ] = None,
+) -> None:
+    """Every agent request names the protocol version it speaks; another one (an older agent
+    sends none) is refused with a clear error instead of being misread."""
+    if version != str(protocol.PROTOCOL_VERSION):
+        spoken = f"version {version}" if version else "version 1 (it names none)"
+        raise UpgradeRequired(
+            f"This control plane speaks gateway protocol version {protocol.PROTOCOL_VERSION};"
+            f" the agent speaks {spoken}.",
+            headers={"Upgrade": f"kswifi-gateway/{protocol.PROTOCOL_VERSION}"},
+        )
+
+
+AgentProtocol = [Depends(agent_protocol)]
 
 
 # --- operator ---------------------------------------------------------------------------------
@@ -88,7 +111,12 @@ async def _authenticated_gateway_id(ctx: Ctx, credentials: BearerCredentials) ->
         return gateway.id
 
 
-@router.get("/gateway/v1/desired-state", tags=["gateway"], response_model=protocol.DesiredState)
+@router.get(
+    "/gateway/v1/desired-state",
+    tags=["gateway"],
+    dependencies=AgentProtocol,
+    response_model=protocol.DesiredState,
+)
 async def get_desired_state(
     ctx: Ctx,
     credentials: BearerCredentials,
@@ -110,7 +138,9 @@ async def get_desired_state(
             if since == revision and not undelivered:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
     async with ctx.db.transaction() as db:
-        state = await desired.desired_state(db, ctx.secrets, gateway_id, utcnow(), ctx.events)
+        state = await desired.desired_state(
+            db, ctx.secrets, gateway_id, utcnow(), ctx.events, ctx.settings
+        )
     # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
     return Response(state.model_dump_json(), media_type="application/json")
 
@@ -127,7 +157,12 @@ async def _wait_for_new_revision(subscription: Subscription, since: int, seconds
             return
 
 
-@router.post("/gateway/v1/usage", tags=["gateway"], response_model=protocol.UsageAck)
+@router.post(
+    "/gateway/v1/usage",
+    tags=["gateway"],
+    dependencies=AgentProtocol,
+    response_model=protocol.UsageAck,
+)
 async def post_usage(
     report: protocol.UsageReport, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> Response:
@@ -137,14 +172,14 @@ async def post_usage(
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
-@router.post("/gateway/v1/heartbeat", tags=["gateway"])
+@router.post("/gateway/v1/heartbeat", tags=["gateway"], dependencies=AgentProtocol)
 async def post_heartbeat(
     heartbeat: protocol.GatewayHeartbeat, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.HeartbeatAck:
     return await service.record_heartbeat(db, gateway, heartbeat, utcnow(), ctx.events)
 
 
-@router.post("/gateway/v1/leases", tags=["gateway"])
+@router.post("/gateway/v1/leases", tags=["gateway"], dependencies=AgentProtocol)
 async def post_leases(
     request: protocol.LeaseRequest, gateway: GatewayNode, ctx: Ctx, db: DbSession
 ) -> protocol.LeaseResponse:

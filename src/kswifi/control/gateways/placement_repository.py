@@ -16,20 +16,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.gateways import repository
 from kswifi.control.models import (
-    DataSession,
     Device,
+    DeviceStatus,
     Gateway,
     Region,
 )
-from kswifi.control.models.base import UTCDateTime
 
 
 @dataclass(frozen=True)
 class PlacementRow:
-    """An active region with one of its enabled gateways (None: it has none) and the live
-    devices that gateway carries."""
+    """An active region with one of its enabled gateways (None: it has none) and the
+    installed devices (peers) that gateway carries."""
 
     region: Region
     gateway: Gateway | None
@@ -39,8 +37,7 @@ class PlacementRow:
 def _placement_query(one_region: bool) -> Select[Region, Gateway, Any]:
     loads = (
         select(Device.gateway_id.label("gateway_id"), func.count().label("load"))
-        .join(DataSession, DataSession.id == Device.session_id)
-        .where(*repository.live_device_filter(bindparam("now", type_=UTCDateTime())))
+        .where(Device.status == DeviceStatus.ACTIVE)
         .group_by(Device.gateway_id)
         .subquery("loads")
     )
@@ -66,7 +63,7 @@ async def placement_rows(
     """Every active region (or only `region_code`), each with its enabled gateways and their
     load, in one statement."""
     if region_code is None:
-        result = await db.execute(_PLACEMENT_ALL, {"now": now})
+        result = await db.execute(_PLACEMENT_ALL)
     else:
-        result = await db.execute(_PLACEMENT_ONE, {"now": now, "region_code": region_code})
+        result = await db.execute(_PLACEMENT_ONE, {"region_code": region_code})
     return [PlacementRow(region, gateway, int(load)) for region, gateway, load in result]

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    and_,
     bindparam,
     func,
     or_,
@@ -112,20 +113,20 @@ async def taken_blocks(db: AsyncSession) -> list[tuple[str, str]]:
     return [(row.ipv4_pool, row.ipv6_pool) for row in rows]
 
 
-def live_device_filter(now: datetime | ColumnElement[datetime]) -> list[ColumnElement[bool]]:
-    return [
-        Device.status == DeviceStatus.ACTIVE,
+def live_session_filter(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """A session a device may draw data from at `now`."""
+    return and_(
         DataSession.status.in_(LIVE_STATES),
         or_(DataSession.expires_at.is_(None), DataSession.expires_at > now),
-    ]
+    )
 
 
-async def live_device_counts(db: AsyncSession, now: datetime) -> dict[str, int]:
-    """Active devices of live sessions, per gateway: the load that counts against capacity."""
+async def installed_device_counts(db: AsyncSession) -> dict[str, int]:
+    """Installed devices per gateway (each is a peer, with or without a session): the load
+    that counts against capacity."""
     rows = await db.execute(
         select(Device.gateway_id, func.count())
-        .join(DataSession, DataSession.id == Device.session_id)
-        .where(*live_device_filter(now))
+        .where(Device.status == DeviceStatus.ACTIVE)
         .group_by(Device.gateway_id)
     )
     return {gateway_id: count for gateway_id, count in rows}
@@ -133,16 +134,17 @@ async def live_device_counts(db: AsyncSession, now: datetime) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class PeerRow:
-    """What a desired-state peer is made of: plain columns, no ORM objects (10,000s per poll)."""
+    """What a desired-state peer is made of: plain columns, no ORM objects (10,000s per poll).
+    The session's columns are None for a device without a live session (the garden)."""
 
     public_key: str
     preshared_key_encrypted: str
     ipv4: str
     ipv6: str
-    session_id: str
-    data_limit_bytes: int
-    used_bytes: int
-    speed_mbps: int
+    session_id: str | None
+    data_limit_bytes: int | None
+    used_bytes: int | None
+    speed_mbps: int | None
     expires_at: datetime | None
     lease_granted_bytes: int | None
     lease_used_bytes: int | None
@@ -151,8 +153,9 @@ class PeerRow:
 
 
 async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[PeerRow]:
-    """Devices the gateway must carry, with their sessions' limits and the gateway's own
-    lease of each (None before the first one), in a stable order."""
+    """Devices the gateway must carry (every installed one), with the limits of the live
+    session each draws from (None: the garden) and the gateway's own lease of it (None before
+    the first one), in a stable order."""
     rows = await db.execute(
         select(
             Device.public_key,
@@ -169,13 +172,13 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
             GatewayLease.held_bytes,
             GatewayLease.served_at,
         )
-        .join(DataSession, DataSession.id == Device.session_id)
+        .outerjoin(DataSession, and_(DataSession.id == Device.session_id, live_session_filter(now)))
         .outerjoin(
             GatewayLease,
             (GatewayLease.gateway_id == Device.gateway_id)
-            & (GatewayLease.session_id == Device.session_id),
+            & (GatewayLease.session_id == DataSession.id),
         )
-        .where(Device.gateway_id == gateway_id, *live_device_filter(now))
+        .where(Device.gateway_id == gateway_id, Device.status == DeviceStatus.ACTIVE)
         .order_by(Device.host_index)
     )
     return [PeerRow(*tuple[Any, ...](row)) for row in rows]

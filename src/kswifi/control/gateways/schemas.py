@@ -44,6 +44,8 @@ class GatewayOut(BaseModel):
     peer_count: int
     rx_bps: int
     tx_bps: int
+    garden_rx_bytes: int = Field(0, description="Walled-garden bytes from phones (billed to none)")
+    garden_tx_bytes: int = Field(0, description="Walled-garden bytes to phones (billed to none)")
     revision: int
     applied_revision: int
     last_heartbeat_at: datetime | None

@@ -278,6 +278,8 @@ def to_out(
         peer_count=gateway.peer_count,
         rx_bps=gateway.rx_bps,
         tx_bps=gateway.tx_bps,
+        garden_rx_bytes=gateway.garden_rx_bytes,
+        garden_tx_bytes=gateway.garden_tx_bytes,
         revision=gateway.revision,
         applied_revision=gateway.applied_revision,
         last_heartbeat_at=gateway.last_heartbeat_at,
@@ -287,7 +289,7 @@ def to_out(
 
 async def list_out(db: AsyncSession, now: datetime, settings: Settings) -> list[GatewayOut]:
     """Every gateway as the operator sees it, with its current load."""
-    counts = await repository.live_device_counts(db, now)
+    counts = await repository.installed_device_counts(db)
     return [
         to_out(gateway, active_devices=counts.get(gateway.id, 0), now=now, settings=settings)
         for gateway in await repository.list_all(db)
@@ -350,6 +352,8 @@ async def record_heartbeat(
     gateway.peer_count = heartbeat.peer_count
     gateway.rx_bps = heartbeat.rx_bps
     gateway.tx_bps = heartbeat.tx_bps
+    gateway.garden_rx_bytes = heartbeat.garden_rx_bytes
+    gateway.garden_tx_bytes = heartbeat.garden_tx_bytes
     advanced = heartbeat.applied_revision > gateway.applied_revision
     gateway.applied_revision = heartbeat.applied_revision
     if advanced:

@@ -43,6 +43,9 @@ class Gateway(Base):
     peer_count: Mapped[int] = mapped_column(default=0)
     rx_bps: Mapped[int] = mapped_column(BigInteger, default=0)
     tx_bps: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Walled-garden bytes forwarded (the agent's kernel counters, billed to no session).
+    garden_rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    garden_tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     applied_revision: Mapped[int] = mapped_column(BigInteger, default=0)
     last_usage_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
 

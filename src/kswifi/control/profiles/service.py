@@ -28,6 +28,7 @@ from kswifi.control.errors import (
 from kswifi.control.events import EventBus
 from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import desired as gateway_desired
+from kswifi.control.gateways import garden
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
 from kswifi.control.models import DataSession, Device, Gateway, new_id, utcnow
@@ -51,7 +52,7 @@ from kswifi.control.sessions import service as sessions
 from kswifi.control.users.ratelimit import SlidingWindowLimiter
 
 SETUP_LINK_TTL = timedelta(minutes=10)
-FALLBACK_DNS = "1.1.1.1, 2606:4700:4700::1111"  # a region without DNS servers set
+FALLBACK_DNS = ", ".join(garden.FALLBACK_DNS)  # a region without DNS servers set
 MIB = 1024 * 1024
 _DOWNLOAD_PURPOSE = "profile-download"
 _SIGNATURE_CHARS = 32  # 128 bits of HMAC-SHA256

@@ -231,23 +231,28 @@ async def for_desired_state(
     """Stamp the gateway's undelivered holds with `next_revision` and top up its lease of
     every session its peers draw from. The caller holds the gateway's row lock."""
     delivered_holds = await lease_repository.stamp_holds(db, gateway_id, next_revision)
-    own = [
-        lease_repository.LeaseRow(
-            gateway_id,
-            row.session_id,
-            row.lease_granted_bytes,
-            row.lease_used_bytes,
-            row.lease_held_bytes or 0,
-            row.lease_served_at,
-        )
-        for row in peers
-        if row.lease_granted_bytes is not None and row.lease_used_bytes is not None
-    ]
+    budgets: dict[str, tuple[int, int]] = {}
+    own: list[lease_repository.LeaseRow] = []
+    for row in peers:
+        if row.session_id is None or row.data_limit_bytes is None or row.used_bytes is None:
+            continue  # in the garden: no session, no lease
+        budgets[row.session_id] = (row.data_limit_bytes, row.used_bytes)
+        if row.lease_granted_bytes is not None and row.lease_used_bytes is not None:
+            own.append(
+                lease_repository.LeaseRow(
+                    gateway_id,
+                    row.session_id,
+                    row.lease_granted_bytes,
+                    row.lease_used_bytes,
+                    row.lease_held_bytes or 0,
+                    row.lease_served_at,
+                )
+            )
     stored = {row.session_id: row.granted_bytes for row in own}
     quotas = await _refresh(
         db,
         gateway_id,
-        {row.session_id: (row.data_limit_bytes, row.used_bytes) for row in peers},
+        budgets,
         carriers=await repository.other_carriers(db, gateway_id),
         rows=own + await lease_repository.other_leases_of_sessions_carried_by(db, gateway_id),
         now=now,
