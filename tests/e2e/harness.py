@@ -397,6 +397,7 @@ def build_system(
     data_dir: Path,
     agent_env: dict[str, str] | None = None,
     agent_uid: int | None = None,
+    control_env: dict[str, str] | None = None,
 ) -> E2ESystem:
     system = E2ESystem(
         lab=lab,
@@ -410,6 +411,7 @@ def build_system(
         "KSWIFI_DATA_DIR": str(data_dir),
         "KSWIFI_DATABASE_URL": "",
         "KSWIFI_LONGPOLL_SECONDS": "2",
+        **(control_env or {}),
     }
     for name in list(system.env):
         if name.startswith("KSWIFI_GATEWAY_"):

@@ -13,6 +13,10 @@ blast HOST PORT SECONDS    : send UDP datagrams at HOST:PORT as fast as possible
 flood-server HOST PORT     : UDP; a datagram "SECONDS MBPS SIZE" is answered with SIZE-byte
                              datagrams at MBPS for SECONDS, back to its sender
 flood HOST PORT SECONDS MBPS SIZE : ask a flood-server for a flood; count what arrives
+http HOST PORT             : GET / (Host: HOST); the status code and Location of the answer
+udp-echo HOST PORT         : UDP echo server, prints "ready"
+ticks HOST PORT SECONDS    : a datagram to a udp-echo server every 50 ms for SECONDS; the
+                             longest time without an echo (how long the path was down)
 """
 
 from __future__ import annotations
@@ -274,6 +278,79 @@ def flood(host: str, port: int, seconds: float, mbps: float, size: int) -> None:
     report(datagrams=datagrams, payload=payload, request=len(request), seconds=last - first)
 
 
+def http(host: str, port: int, timeout: float = 5.0) -> None:
+    started = time.monotonic()
+    sock = socket.socket(family_of(host), socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host, port))
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+    except TimeoutError:
+        report(outcome="timeout", seconds=round(time.monotonic() - started, 3))
+        return
+    except OSError as exc:
+        outcome = OUTCOMES.get(exc.errno or 0, f"errno {exc.errno}")
+        report(outcome=outcome, seconds=round(time.monotonic() - started, 3))
+        return
+    finally:
+        sock.close()
+    lines = head.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:])
+    }
+    report(
+        outcome="answered",
+        status=status,
+        location=headers.get("location"),
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def udp_echo(host: str, port: int) -> None:
+    sock = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    print("ready", flush=True)
+    while True:
+        data, peer = sock.recvfrom(2048)
+        sock.sendto(data, peer)
+
+
+def ticks(host: str, port: int, seconds: float) -> None:
+    sock = socket.socket(family_of(host), socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.settimeout(0.05)
+    started = time.monotonic()
+    last_echo = started
+    longest = 0.0
+    sent = echoed = 0
+    while (now := time.monotonic()) - started < seconds:
+        sock.send(struct.pack("!d", now))
+        sent += 1
+        deadline = now + 0.05
+        while time.monotonic() < deadline:
+            try:
+                sock.recv(64)
+            except TimeoutError:
+                break
+            except OSError:
+                time.sleep(0.01)
+                continue
+            echoed += 1
+            longest = max(longest, time.monotonic() - last_echo)
+            last_echo = time.monotonic()
+        time.sleep(max(0.0, deadline - time.monotonic()))
+    longest = max(longest, time.monotonic() - last_echo)
+    report(sent=sent, echoed=echoed, longest_silence=round(longest, 3))
+
+
 def main(argv: list[str]) -> None:
     command, args = argv[0], argv[1:]
     if command == "tcp":
@@ -296,6 +373,12 @@ def main(argv: list[str]) -> None:
         flood_server(args[0], int(args[1]))
     elif command == "flood":
         flood(args[0], int(args[1]), float(args[2]), float(args[3]), int(args[4]))
+    elif command == "http":
+        http(args[0], int(args[1]))
+    elif command == "udp-echo":
+        udp_echo(args[0], int(args[1]))
+    elif command == "ticks":
+        ticks(args[0], int(args[1]), float(args[2]))
     else:
         raise SystemExit(f"unknown command {command}")
 
