@@ -1,8 +1,8 @@
 """HTTP server for the "Internet" namespace and a phone-side client (run as scripts).
 
 server HOST PORT      : GET /bytes/N answers N bytes; POST /upload answers the body's length.
-get URL IDLE          : download, stop after IDLE seconds without data; prints JSON with the
-                        bytes received and the wall-clock time of the last byte.
+get URL IDLE          : download, stop after IDLE seconds without data (or at a reset); prints
+                        JSON with the bytes received and the wall-clock time of the last byte.
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def get(url: str, idle: float) -> None:
             try:
                 part = s.recv(CHUNK)
             except TimeoutError:
+                break
+            except ConnectionResetError:  # refused mid-transfer (a phone sent to the garden)
                 break
             if not part:
                 break

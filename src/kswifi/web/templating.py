@@ -20,6 +20,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # What a person reads for each session state (never the technical words).
 STATUS_LABELS: dict[str, str] = {
+    SessionStatus.QUEUED: "Next in line",
     SessionStatus.ACTIVE: "Ready to connect",
     SessionStatus.CONNECTED: "Connect Profile Active",
     SessionStatus.EXHAUSTED: "Data used up",

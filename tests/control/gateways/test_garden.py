@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import update
 
+from kswifi.agent.client import ControlPlaneClient
+from kswifi.agent.errors import ProtocolMismatch
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import DataSession, utcnow
@@ -101,3 +104,24 @@ async def test_an_agent_speaking_another_protocol_is_refused_clearly(
             assert error["code"] == "protocol_version"
             assert f"speaks gateway protocol version {PROTOCOL_VERSION}" in error["message"]
             assert response.headers["upgrade"] == f"kswifi-gateway/{PROTOCOL_VERSION}"
+
+
+async def test_the_agent_client_speaks_the_protocol_and_names_a_refusal(
+    app: FastAPI, world: World
+) -> None:
+    """The real agent client against the real control plane: the current version is served;
+    one the control plane does not speak stops with an error an operator can act on."""
+    gateway = await world.gateway()
+    agent = ControlPlaneClient("http://cp", gateway.token, transport=httpx.ASGITransport(app))
+    try:
+        state = await agent.desired_state()
+        assert state.garden is not None
+        agent._http.headers[PROTOCOL_HEADER] = "1"  # an agent from before the garden
+        with pytest.raises(ProtocolMismatch) as refused:
+            await agent.desired_state()
+    finally:
+        await agent.aclose()
+    message = str(refused.value)
+    assert "refused this agent's gateway protocol version" in message
+    assert "speaks gateway protocol version 2; the agent speaks version 1" in message
+    assert "Upgrade the agent" in message
