@@ -48,15 +48,8 @@ from kswifi.agent.desired import desired_from_state
 from kswifi.agent.drivers.command import CommandRunner
 from kswifi.agent.drivers.loop import DownloadLoop
 from kswifi.agent.drivers.nftables import NftConfig, NftTable, render_batch, render_skeleton
-from kswifi.agent.drivers.tc import (
-    BUCKET_SIZE,
-    TcShaper,
-    bucket_class,
-    bucket_major,
-    bucket_of,
-    burst_bytes,
-    rate_text,
-)
+from kswifi.agent.drivers.tc import TcShaper, burst_bytes, rate_text
+from kswifi.agent.drivers.tc_layout import BUCKET_SIZE, bucket_class, bucket_major, bucket_of
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.keys import generate_private_key, public_key_of
 from kswifi.agent.main import Agent

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from kswifi.agent.actions import Action, CreateSession, DeleteSession, apply_actions
 from kswifi.agent.dataplane import Observation
 from kswifi.agent.drivers.nftables import NftReading
-from kswifi.agent.drivers.tc import (
+from kswifi.agent.drivers.tc_layout import (
     DeviceReading,
     FilterEntry,
     TcReading,

@@ -285,7 +285,7 @@ class TestBuckets:
     def test_session_in_the_second_bucket_is_shaped_in_its_child_qdisc(
         self, topology: Topology
     ) -> None:
-        from kswifi.agent.drivers.tc import BUCKET_SIZE, bucket_of
+        from kswifi.agent.drivers.tc_layout import BUCKET_SIZE, bucket_of
 
         dataplane = topology.dataplane()
         dataplane.prepare()

@@ -30,16 +30,18 @@ from kswifi.agent.drivers.nftables import (
 )
 from kswifi.agent.drivers.tc import (
     PIPELINE_ACTIONS,
+    TcShaper,
+    address_match,
+    render_tc,
+)
+from kswifi.agent.drivers.tc_layout import (
     DeviceReading,
     FilterEntry,
     Side,
     TcReading,
-    TcShaper,
-    address_match,
     parse_classes,
     parse_device,
     parse_filters,
-    render_tc,
 )
 
 CONFIG = NftConfig("kswifi0", "eth0")

@@ -26,7 +26,8 @@ from kswifi.agent.actions import (
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.drivers.loop import DownloadLoop, tunnel_networks
 from kswifi.agent.drivers.nftables import NftablesDriver, NftReading
-from kswifi.agent.drivers.tc import TcDriver, TcReading
+from kswifi.agent.drivers.tc import TcDriver
+from kswifi.agent.drivers.tc_layout import TcReading
 from kswifi.agent.drivers.wireguard import (
     InterfaceMode,
     PeerChange,
