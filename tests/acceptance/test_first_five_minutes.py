@@ -144,8 +144,9 @@ async def test_register_redeem_generate_scan(
         assert body[field], field
     assert body["expires_at"] is None  # the clock starts when the phone first connects
     assert body["profile_qr_svg"].lstrip().startswith("<")
+    assert decode_qr_data_uri(body["profile_qr"]) == body["setup_url"]  # the camera opens it
 
-    config_text = decode_qr_data_uri(body["profile_qr"])
+    config_text = decode_qr_data_uri(body["config_qr"])
     config = parse_config(config_text)
     assert "#" not in config_text
     assert config.endpoint == "198.51.100.1:51820"

@@ -105,18 +105,26 @@ def test_sign_up_buy_generate_watch_usage_until_exhausted(
     qr = page.get_by_role("img", name="Connect QR Code")
     expect(qr).to_be_visible()
     assert page.evaluate("document.querySelector('.qr img').naturalWidth") > 100
-    config = decode_qr(qr.get_attribute("src") or "")
-    assert "[Interface]" in config and "PrivateKey = " in config
+    # The phone's camera opens the setup link the code holds.
+    link = decode_qr(qr.get_attribute("src") or "")
+    assert "/setup/" in link
     expect(page.get_by_text("Scan to activate secure internet access")).to_be_visible()
     steps = page.get_by_role("list", name="Setup instructions").get_by_role("listitem")
     expect(steps).to_have_text(INSTRUCTIONS)
     expect(page.locator('[data-field="region"]')).to_have_text("EU West (London)")
-    expect(page.get_by_role("link", name="Download profile (.conf)")).to_be_visible()
-    expect(page.get_by_role("link", name="iOS profile")).to_be_visible()
+    expect(page.get_by_role("link", name="Download for Android or a computer")).to_be_visible()
+    expect(page.get_by_role("link", name="Install on iPhone or iPad")).to_be_visible()
+    # The config's own code is there for the WireGuard app's scanner.
+    page.get_by_text("Using the WireGuard app's own scanner?").click()
+    config = decode_qr(
+        page.get_by_role("img", name="Code for the WireGuard app").get_attribute("src") or ""
+    )
+    assert "[Interface]" in config and "PrivateKey = " in config
     # On a phone the setup link is offered instead of scanning one's own screen.
     open_here = page.get_by_role("link", name="Open on this phone")
     expect(open_here).to_be_visible()
     assert (open_here.get_attribute("href") or "").startswith("/setup/")
+    assert link.endswith(open_here.get_attribute("href") or "?")
 
     # Step 4/5: live usage, updated from the event stream without a reload.
     token = live_server.carrier(session_id)

@@ -300,7 +300,7 @@ class E2ESystem:
         return self.phone_from(body, person)
 
     def phone_from(self, body: dict[str, Any], person: Person) -> Phone:
-        config = decode_qr(body["profile_qr"])
+        config = decode_qr(body["config_qr"])
         index = len(self.phones)
         ns = self.lab.netns(f"ph{index}")
         host_side = self.lab.ifname(f"b{index}")

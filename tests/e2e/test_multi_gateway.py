@@ -102,7 +102,7 @@ class TwoGateways:
 
     def phone(self, gateway: Gateway, body: dict[str, Any], person: Person, index: int) -> Phone:
         lab = self.system.lab
-        config = decode_qr(body["profile_qr"])
+        config = decode_qr(body["config_qr"])
         ns = lab.netns(f"ph{index}")
         host_side, phone_side = lab.ifname(f"b{index}"), lab.ifname(f"p{index}")
         lab.sh(

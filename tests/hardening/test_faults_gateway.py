@@ -87,7 +87,7 @@ def remember_secrets(system: E2ESystem, body: dict[str, Any] | None = None) -> N
 def _config_of(body: dict[str, Any]) -> str:
     from tests.e2e.harness import decode_qr
 
-    return decode_qr(body["profile_qr"])
+    return decode_qr(body["config_qr"])
 
 
 def desired_state(system: E2ESystem) -> dict[str, Any]:

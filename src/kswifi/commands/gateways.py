@@ -118,6 +118,23 @@ def rotate_token(
     typer.echo(token)
 
 
+@app.command("set-endpoint")
+def set_endpoint(
+    name: Annotated[str, typer.Option("--name", help="Gateway name or id")],
+    endpoint: Annotated[str, typer.Option(help="HOST:PORT phones dial; IPv6 as [addr]:port")],
+) -> None:
+    """Change where phones dial a gateway; devices get it the next time their code is shown."""
+
+    async def work(db: AsyncSession, _secrets: SecretBox, _settings: Settings) -> tuple[str, str]:
+        found = await service.find(db, name)
+        updated = await service.set_endpoint(db, found.id, endpoint, actor=_ACTOR)
+        return updated.name, updated.endpoint
+
+    gateway, now = run_in_transaction(work)
+    typer.echo(f"Gateway {gateway} now answers phones at {now}.")
+    typer.echo("Devices get it the next time their Connect Code is shown.")
+
+
 def _set_enabled(gateway: str, enabled: bool) -> None:
     async def work(db: AsyncSession, _secrets: SecretBox, _settings: Settings) -> str:
         found = await service.find(db, gateway)

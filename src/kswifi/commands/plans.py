@@ -124,7 +124,7 @@ def list_() -> None:
                 out.name,
                 out.data_text,
                 f"{out.speed_mbps} Mbps",
-                f"{out.validity_days} days",
+                _days(out.validity_days),
                 str(out.max_devices),
                 f"{out.price_text} ({out.currency})",
                 "on sale" if plan.is_active else "withdrawn",
@@ -140,6 +140,10 @@ def list_() -> None:
 def _describe(plan: Plan) -> str:
     out = service.to_out(plan)
     return (
-        f"{out.name}, {out.data_text} at {out.speed_mbps} Mbps for {out.validity_days} days, "
+        f"{out.name}, {out.data_text} at {out.speed_mbps} Mbps for {_days(out.validity_days)}, "
         f"{out.max_devices} device(s), {out.price_text}"
     )
+
+
+def _days(count: int) -> str:
+    return f"{count} day{'' if count == 1 else 's'}"

@@ -20,11 +20,13 @@ from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.models import USABLE_STATES, DataSession, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.profiles import service as profiles
+from kswifi.control.profiles.schemas import ConnectProfileResponse
 from kswifi.control.purchases import service as purchases
 from kswifi.control.purchases.schemas import PurchaseCreate
 from kswifi.control.regions import service as regions
 from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
+from kswifi.control.sessions.schemas import SessionOut
 from kswifi.control.sessions.service import ENDED_MESSAGES
 from kswifi.control.users import service as users
 from kswifi.web import auth, chart, copy
@@ -380,18 +382,26 @@ async def generate(
             "device_name": device_name or "",
         }
         return render(request, "setup.html", context, status_code=exc.status_code)
-    context = {
+    context = await ready_context(db, profile, sessions.to_out(session, now))
+    # The page holds a private key: never cached, never replayed from history.
+    return render(request, "setup_ready.html", context, no_store=True)
+
+
+async def ready_context(
+    db: AsyncSession, profile: ConnectProfileResponse, session: SessionOut | None
+) -> dict[str, Any]:
+    """What the "profile ready" page shows (from the sessions and the devices pages)."""
+    return {
         "nav": "sessions",
-        "s": sessions.to_out(session, now),
+        "s": session,
         "profile": profile,
         "region_name": await _region_name(db, profile.region),
         "setup_path": _path_of(profile.setup_url),
         "config_path": _path_of(profile.config_url),
         "mobileconfig_path": _path_of(profile.mobileconfig_url),
+        "conf_filename": profiles.tunnel_filename(),
         "copy": copy,
     }
-    # The page holds a private key: never cached, never replayed from history.
-    return render(request, "setup_ready.html", context, no_store=True)
 
 
 @router.get("/offline", response_class=HTMLResponse)

@@ -67,7 +67,7 @@ class TestConcurrentGeneration:
             ]
         responses = await asyncio.gather(*calls)
         assert Counter(r.status_code for r in responses) == {200: CALLS}
-        configs = [parse_config(decode_data_uri(r.json()["profile_qr"])[0]) for r in responses]
+        configs = [parse_config(decode_data_uri(r.json()["config_qr"])[0]) for r in responses]
         assert len({config.ipv4 for config in configs}) == CALLS
         assert len({config.ipv6 for config in configs}) == CALLS
         async with ctx.db.transaction() as db:

@@ -50,6 +50,8 @@ EXTRA_FIELDS = {
     "profile_qr_svg",
     "state",
     "rotated",
+    "config_qr",
+    "config_qr_svg",
 }
 INSTRUCTIONS = [
     "1. Scan this QR code with your device camera",
@@ -101,6 +103,11 @@ class TestResponseShape:
         assert body["gateway"] == gateway.name
         assert body["profile_qr"].startswith("data:image/png;base64,")
         assert body["profile_qr_svg"].startswith("<svg")
+        # The Connect QR Code opens the setup page in a phone's camera; the config's own code
+        # is for the WireGuard app's scanner.
+        assert decode_data_uri(body["profile_qr"])[0] == body["setup_url"]
+        assert decode_svg(body["profile_qr_svg"])[0] == body["setup_url"]
+        assert decode_data_uri(body["config_qr"])[0].startswith("[Interface]")
         connect_id = body["connect_id"]
         assert body["setup_url"].startswith("http://testserver/setup/")
         assert body["config_url"].startswith(
@@ -184,9 +191,9 @@ class TestConfig:
     ) -> None:
         session = await make_session(owner.id)
         body = (await generate(client, owner, session.id)).json()
-        text, level = decode_data_uri(body["profile_qr"])
+        text, level = decode_data_uri(body["config_qr"])
         assert level == "M"
-        assert decode_svg(body["profile_qr_svg"])[0] == text
+        assert decode_svg(body["config_qr_svg"])[0] == text
         assert "#" not in text
         config = parse_config(text)
         assert str(config.peer_public_key) == gateway.public_key
@@ -226,7 +233,7 @@ class TestConfig:
     ) -> None:
         session = await make_session(owner.id)
         body = (await generate(client, owner, session.id)).json()
-        private_key = str(parse_config(decode_data_uri(body["profile_qr"])[0]).private_key)
+        private_key = str(parse_config(decode_data_uri(body["config_qr"])[0]).private_key)
         async with ctx.db.transaction() as db:
             device = await db.get(Device, body["connect_id"])
             assert device is not None
@@ -259,8 +266,8 @@ class TestShowAgainAndRotation:
         second = again.json()
         assert second["connect_id"] == first["connect_id"]
         assert second["rotated"] is False and first["rotated"] is False
-        old = parse_config(decode_data_uri(first["profile_qr"])[0])
-        new = parse_config(decode_data_uri(second["profile_qr"])[0])
+        old = parse_config(decode_data_uri(first["config_qr"])[0])
+        new = parse_config(decode_data_uri(second["config_qr"])[0])
         assert new == old  # the installed profile keeps working: same keys, same address
         assert (await gateway_row(ctx, gateway.id)).revision == revision_before
         assert await count(ctx, Device) == 1
@@ -287,8 +294,8 @@ class TestShowAgainAndRotation:
         second = second_response.json()
         assert second["connect_id"] == first["connect_id"]
         assert second["rotated"] is True
-        old = parse_config(decode_data_uri(first["profile_qr"])[0])
-        new = parse_config(decode_data_uri(second["profile_qr"])[0])
+        old = parse_config(decode_data_uri(first["config_qr"])[0])
+        new = parse_config(decode_data_uri(second["config_qr"])[0])
         assert (new.ipv4, new.ipv6) == (old.ipv4, old.ipv6)
         assert new.private_key != old.private_key
         assert new.preshared_key != old.preshared_key
@@ -457,7 +464,7 @@ class TestPlacement:
         body = (await generate(client, owner, session.id, region="ap-southeast")).json()
         assert body["region"] == "ap-southeast"
         assert body["gateway"] == other.name
-        config = parse_config(decode_data_uri(body["profile_qr"])[0])
+        config = parse_config(decode_data_uri(body["config_qr"])[0])
         assert config.endpoint == "[2001:db8::7]:51820"
         unknown = await generate(client, owner, session.id, region="mars-1", device_name="x")
         assert unknown.status_code == 422

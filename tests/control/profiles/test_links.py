@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Gone, NotFound
 from kswifi.control.models import DataSession, SetupLink
-from kswifi.control.profiles import service
+from kswifi.control.profiles import qr, service
 from kswifi.control.profiles.config_render import parse_config
 from tests.control.profiles.conftest import (
     MakeOwner,
@@ -62,7 +62,7 @@ async def profile(
 
 
 def config_text(profile: dict[str, Any]) -> str:
-    return decode_data_uri(profile["profile_qr"])[0]
+    return decode_data_uri(profile["config_qr"])[0]
 
 
 def links_in(page: str) -> list[str]:
@@ -76,9 +76,8 @@ class TestDownloads:
         response = await client.get(path_of(profile["config_url"]))
         assert response.status_code == 200, response.text
         assert response.headers["content-type"].startswith("text/plain")
-        assert (
-            response.headers["content-disposition"] == 'attachment; filename="KSWiFi-Connect.conf"'
-        )
+        disposition = response.headers["content-disposition"]
+        assert re.fullmatch(r'attachment; filename="kswifi-[0-9a-f]{4}\.conf"', disposition)
         assert response.headers["cache-control"] == "no-store"
         assert response.text == config_text(profile)
 
@@ -96,7 +95,12 @@ class TestDownloads:
         assert payload["VendorConfig"]["WgQuickConfig"] == config_text(profile)
         assert payload["VPN"]["RemoteAddress"] == gateway.endpoint
         again = plistlib.loads((await client.get(path_of(profile["mobileconfig_url"]))).content)
-        assert again["PayloadUUID"] == document["PayloadUUID"]
+        assert again["PayloadIdentifier"] == document["PayloadIdentifier"]  # replaces it
+        assert again["PayloadUUID"] != document["PayloadUUID"]  # a new document
+        mac = plistlib.loads(
+            (await client.get(path_of(profile["mobileconfig_url"]) + "&os=macos")).content
+        )
+        assert mac["PayloadContent"][0]["VPNSubType"] == "com.wireguard.macos"
 
     @pytest.mark.parametrize("kind", ["config", "mobileconfig"])
     async def test_owner_without_token(
@@ -192,6 +196,7 @@ class TestSetupPage:
         page = response.text
         assert "<title>KSWiFi Connect Setup</title>" in page
         assert "Install the KSWiFi Connect Profile" in page
+        assert "apps.apple.com/app/wireguard/id1441195209" in page  # the app, if needed
         for step in INSTRUCTIONS:
             assert step in page
         assert "VPN" not in page and "eSIM" not in page
@@ -220,6 +225,9 @@ class TestSetupPage:
         assert download.status_code == 200
         assert download.text == config_text(profile)
         parse_config(download.text)
+        # The config's own code, for the WireGuard app's scanner, is on the page too.
+        [code] = re.findall(r'<img src="([^"]+)" alt="Code for the WireGuard app"', page)
+        assert decode_data_uri(code)[0] == config_text(profile)
 
     async def test_other_browsers_get_both(
         self, client: httpx.AsyncClient, profile: dict[str, Any]
@@ -297,3 +305,13 @@ class TestSetupPage:
         async with ctx.db.transaction() as db:
             stored = list(await db.scalars(select(SetupLink.token_hash)))
             assert token not in stored
+
+
+async def test_the_connect_qr_code_is_a_small_code_of_the_setup_link(
+    profile: dict[str, Any],
+) -> None:
+    """A phone's camera opens what the Connect QR Code holds: the setup link, in a code small
+    enough to scan from a screen at arm's length (version 5 or less: at most 37 modules)."""
+    assert decode_data_uri(profile["profile_qr"])[0] == profile["setup_url"]
+    matrix = qr.encode(profile["setup_url"])
+    assert matrix.size <= 37, matrix.size

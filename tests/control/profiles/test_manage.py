@@ -69,7 +69,7 @@ class TestList:
             "created_at",
             "last_handshake_at",
         }
-        config = parse_config(decode_data_uri(first["profile_qr"])[0])
+        config = parse_config(decode_data_uri(first["config_qr"])[0])
         assert phone["connect_id"] == first["connect_id"]
         assert phone["session_id"] == session.id
         assert (phone["region"], phone["gateway"]) == ("eu-west", gateway.name)
@@ -121,8 +121,8 @@ class TestDelete:
         # The session has room again; the cooled-down address is not handed out at once.
         new = await make_profile(client, owner, session.id)
         assert new["connect_id"] != profile["connect_id"]
-        old_ip = parse_config(decode_data_uri(profile["profile_qr"])[0]).ipv4
-        assert parse_config(decode_data_uri(new["profile_qr"])[0]).ipv4 != old_ip
+        old_ip = parse_config(decode_data_uri(profile["config_qr"])[0]).ipv4
+        assert parse_config(decode_data_uri(new["config_qr"])[0]).ipv4 != old_ip
 
     async def test_concurrent_removals_release_once(
         self,
@@ -240,7 +240,7 @@ class TestProfilesOutliveSessions:
         [peer] = [peer for peer in peers if peer["session_id"] is not None]
         assert peer["session_id"] == queued.id
         assert peer["public_key"] == str(
-            parse_config(decode_data_uri(profiles[0]["profile_qr"])[0]).private_key.public_key()
+            parse_config(decode_data_uri(profiles[0]["config_qr"])[0]).private_key.public_key()
         )
         assert await worker.hand_over_devices(now) == 0  # done once
 
@@ -270,3 +270,38 @@ class TestProfilesOutliveSessions:
         later = datetime.now(UTC) + timedelta(minutes=11)
         async with ctx.db.transaction() as db:
             assert await service.purge_expired_setup_links(db, later) == 1
+
+
+async def test_a_new_gateway_endpoint_reaches_a_device_when_its_code_is_shown_again(
+    client: httpx.AsyncClient,
+    ctx: AppContext,
+    owner: Owner,
+    make_session: MakeSession,
+    gateway: RegisteredGateway,
+) -> None:
+    from kswifi.control.users import service as users
+
+    session = await make_session(owner.id)
+    first = await make_profile(client, owner, session.id, device_name="Phone")
+    async with ctx.db.transaction() as db:
+        admin = await users.create_admin(db, "ops-endpoint@example.com", "a long password 1")
+        admin_id = admin.id
+    token = ctx.secrets.issue_access_token(admin_id, True, timedelta(minutes=5))
+    response = await client.post(
+        f"/api/admin/gateways/{gateway.id}/endpoint",
+        json={"endpoint": "gw.example.org:443"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["endpoint"] == "gw.example.org:443"
+    bad = await client.post(
+        f"/api/admin/gateways/{gateway.id}/endpoint",
+        json={"endpoint": "no-port"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "endpoint"
+    again = await make_profile(client, owner, session.id, device_name="Phone")
+    old = parse_config(decode_data_uri(first["config_qr"])[0])
+    new = parse_config(decode_data_uri(again["config_qr"])[0])
+    assert old.endpoint == gateway.endpoint and new.endpoint == "gw.example.org:443"
+    assert new.private_key == old.private_key  # same keys: only where it dials changed

@@ -1,4 +1,5 @@
-"""The Apple configuration profile: WireGuard's managed payload, stable identifiers per device."""
+"""The Apple configuration profile: WireGuard's managed payload (iOS or macOS), a stable
+identifier per device and fresh UUIDs on every download."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from typing import Any
 import pytest
 
 from kswifi.control.profiles.config_render import render_config
-from kswifi.control.profiles.mobileconfig import build_mobileconfig, payload_uuids
+from kswifi.control.profiles.mobileconfig import build_mobileconfig
 from tests.control.profiles.test_config_render import sample
 
 
-def build(device_id: str = "dev1", config: str | None = None) -> dict[str, Any]:
+def build(
+    device_id: str = "dev1", config: str | None = None, system: str = "ios"
+) -> dict[str, Any]:
     text = config if config is not None else render_config(sample())
-    data = build_mobileconfig(device_id=device_id, config_text=text, endpoint="gw.example:51820")
+    data = build_mobileconfig(
+        device_id=device_id, config_text=text, endpoint="gw.example:51820", system=system
+    )
     assert data.startswith(b"<?xml")
     loaded: dict[str, Any] = plistlib.loads(data)
     return loaded
@@ -34,16 +39,22 @@ class TestMobileconfig:
         assert payload["UserDefinedName"] == "KSWiFi Connect"
         assert payload["VPN"]["RemoteAddress"] == "gw.example:51820"
 
-    def test_identifiers_are_stable_per_device_and_distinct_across_devices(self) -> None:
+    def test_identifier_stable_per_device_uuids_fresh_on_every_download(self) -> None:
         first, again, other = build("dev1"), build("dev1"), build("dev2")
-        assert first["PayloadUUID"] == again["PayloadUUID"]
-        assert (
-            first["PayloadContent"][0]["PayloadUUID"] == again["PayloadContent"][0]["PayloadUUID"]
-        )
+        # A new download of one device replaces the installed one (same identifier) ...
         assert first["PayloadIdentifier"] == again["PayloadIdentifier"]
-        assert first["PayloadUUID"] != other["PayloadUUID"]
         assert first["PayloadIdentifier"] != other["PayloadIdentifier"]
-        assert len(set(payload_uuids("dev1"))) == 2
+        # ... and is a new profile document (fresh UUIDs, as Apple's format asks).
+        uuids = [profile[key] for profile in (first, again) for key in ("PayloadUUID",)] + [
+            profile["PayloadContent"][0]["PayloadUUID"] for profile in (first, again)
+        ]
+        assert len(set(uuids)) == 4
+
+    def test_a_mac_gets_the_macos_subtype(self) -> None:
+        [payload] = build(system="macos")["PayloadContent"]
+        assert payload["VPNSubType"] == "com.wireguard.macos"
+        with pytest.raises(ValueError, match="system"):
+            build(system="android")
 
     def test_user_facing_strings_avoid_technical_words(self) -> None:
         profile = build()

@@ -29,3 +29,9 @@ def test_usage_text_matches_the_product_note() -> None:
 
 def test_usage_text_never_shows_more_than_bought() -> None:
     assert usage_text(6 * GIB, 5 * GIB) == "5 GB of 5 GB used"
+
+
+def test_nothing_used_yet_reads_in_the_limits_unit() -> None:
+    assert usage_text(0, MIB) == "0 MB of 1 MB used"
+    assert usage_text(0, 500 * MIB) == "0 MB of 500 MB used"
+    assert usage_text(0, 5 * GIB) == "0 GB of 5 GB used"

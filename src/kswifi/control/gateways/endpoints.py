@@ -11,7 +11,12 @@ from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, Ga
 from kswifi.control.errors import Unauthorized, UpgradeRequired
 from kswifi.control.events import Subscription, gateway_channel
 from kswifi.control.gateways import desired, ingest, leases, service
-from kswifi.control.gateways.schemas import GatewayCreate, GatewayCreated, GatewayOut
+from kswifi.control.gateways.schemas import (
+    GatewayCreate,
+    GatewayCreated,
+    GatewayEndpoint,
+    GatewayOut,
+)
 from kswifi.control.security import utcnow
 from kswifi.protocol import models as protocol
 
@@ -82,6 +87,15 @@ async def rotate_gateway_token(
 async def disable_gateway(gateway_id: str, admin: AdminUser, ctx: Ctx, db: DbSession) -> GatewayOut:
     """No new devices go to the gateway and its token is refused."""
     await service.set_enabled(db, gateway_id, False, actor=admin.email)
+    return await _out(db, ctx, gateway_id)
+
+
+@router.post("/admin/gateways/{gateway_id}/endpoint", tags=["admin"])
+async def set_gateway_endpoint(
+    gateway_id: str, body: GatewayEndpoint, admin: AdminUser, ctx: Ctx, db: DbSession
+) -> GatewayOut:
+    """Where phones dial the gateway; devices get it the next time their code is shown."""
+    await service.set_endpoint(db, gateway_id, body.endpoint, actor=admin.email)
     return await _out(db, ctx, gateway_id)
 
 

@@ -24,6 +24,16 @@ class GatewayCreate(BaseModel):
     )
 
 
+class GatewayEndpoint(BaseModel):
+    """A gateway's new endpoint (what phones dial)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field(
+        min_length=3, max_length=255, description="HOST:PORT the phones dial; IPv6 as [addr]:port"
+    )
+
+
 class GatewayOut(BaseModel):
     """A gateway as the operator console shows it (never its keys' private halves)."""
 

@@ -218,6 +218,24 @@ async def rotate_token(db: AsyncSession, gateway_id: str, *, actor: str) -> tupl
     return gateway, token
 
 
+async def set_endpoint(db: AsyncSession, gateway_id: str, endpoint: str, *, actor: str) -> Gateway:
+    """Where phones dial the gateway from now on (its listen port stays). Installed devices
+    get the new endpoint the next time their code is shown; the ones already set up keep
+    dialing the old one until then."""
+    gateway = await get(db, gateway_id)
+    endpoint = normalize_endpoint(endpoint)
+    before, gateway.endpoint = gateway.endpoint, endpoint
+    repository.add_audit(
+        db,
+        actor=actor,
+        action="gateway.set_endpoint",
+        target=gateway.id,
+        detail=f"name={gateway.name} endpoint={before} -> {endpoint}",
+    )
+    log.info("gateway_endpoint_changed", gateway_id=gateway.id, endpoint=endpoint)
+    return gateway
+
+
 async def set_enabled(db: AsyncSession, gateway_id: str, enabled: bool, *, actor: str) -> Gateway:
     """A disabled gateway gets no new devices and its token is refused."""
     gateway = await get(db, gateway_id)

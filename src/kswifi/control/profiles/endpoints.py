@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -15,12 +15,13 @@ from kswifi.control.deps import (
     get_current_user_id,
 )
 from kswifi.control.errors import KSWiFiError
-from kswifi.control.profiles import mobileconfig, service, setup_page
+from kswifi.control.profiles import mobileconfig, qr, service, setup_page
 from kswifi.control.profiles.schemas import (
     ConnectProfileList,
     ConnectProfileOut,
     ConnectProfileResponse,
     GenerateConnectRequest,
+    RenameProfile,
 )
 from kswifi.control.security import utcnow
 
@@ -28,7 +29,6 @@ router = APIRouter(prefix="/connect", tags=["connect profiles"])
 # Outside /api: the page a phone opens from a setup link (mounted by the app next to /api).
 setup_router = APIRouter()
 
-CONF_FILENAME = "KSWiFi-Connect.conf"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
 
 ConnectId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -114,6 +114,23 @@ async def get_connect_profile(
     return await service.get_profile(db, user_id, connect_id, utcnow())
 
 
+@router.patch(
+    "/profiles/{connect_id}",
+    response_model=ConnectProfileOut,
+    responses={
+        404: _error(404, "not_found", "No such Connect Profile"),
+        409: _error(409, "conflict", "Another of your devices has that name"),
+    },
+)
+async def rename_connect_profile(
+    connect_id: ConnectId, body: RenameProfile, user_id: CurrentUserId, db: DbSession
+) -> ConnectProfileOut:
+    """Rename a device (its keys and profile stay as they are)."""
+    return await service.rename_profile(
+        db, user_id=user_id, device_id=connect_id, device_name=body.device_name, now=utcnow()
+    )
+
+
 @router.delete(
     "/profiles/{connect_id}",
     status_code=204,
@@ -159,7 +176,7 @@ async def _download(
     "/profiles/{connect_id}/config",
     response_class=Response,
     responses={
-        200: {"content": {"text/plain": {}}, "description": "KSWiFi-Connect.conf"},
+        200: {"content": {"text/plain": {}}, "description": "The profile (kswifi-XXXX.conf)"},
         **_DOWNLOAD_ERRORS,
     },
 )
@@ -170,13 +187,14 @@ async def download_config(
     credentials: BearerCredentials,
     t: DownloadToken = None,
 ) -> Response:
-    """The wg-quick config as `KSWiFi-Connect.conf`, while its setup link lives."""
+    """The wg-quick config, while its setup link lives; its file name (`kswifi-XXXX.conf`,
+    fresh per download) stays a valid tunnel name when saved twice."""
     download = await _download(ctx, db, credentials, connect_id, t)
     return Response(
         download.config_text,
         media_type="text/plain; charset=utf-8",
         headers={
-            "Content-Disposition": f'attachment; filename="{CONF_FILENAME}"',
+            "Content-Disposition": f'attachment; filename="{setup_page.tunnel_filename()}"',
             **NO_STORE,
         },
     )
@@ -196,11 +214,17 @@ async def download_mobileconfig(
     db: DbSession,
     credentials: BearerCredentials,
     t: DownloadToken = None,
+    os: Annotated[
+        Literal["ios", "macos"], Query(description="iPhone and iPad (`ios`) or a Mac")
+    ] = "ios",
 ) -> Response:
-    """The Apple configuration profile that installs "KSWiFi Connect" on iOS and macOS."""
+    """The Apple configuration profile that installs "KSWiFi Connect" on iOS or macOS."""
     download = await _download(ctx, db, credentials, connect_id, t)
     body = mobileconfig.build_mobileconfig(
-        device_id=download.device_id, config_text=download.config_text, endpoint=download.endpoint
+        device_id=download.device_id,
+        config_text=download.config_text,
+        endpoint=download.endpoint,
+        system=os,
     )
     return Response(
         body,
@@ -221,20 +245,25 @@ async def setup_link_page(
 ) -> HTMLResponse:
     """The single-use setup page (HTML, also for errors: a phone's browser shows it)."""
     headers = {**NO_STORE, "Content-Security-Policy": setup_page.CONTENT_SECURITY_POLICY}
+    app_url = ctx.settings.public_url.rstrip("/") + "/"
     try:
         opened = await service.open_setup_link(db, ctx.secrets, token, utcnow())
     except KSWiFiError as exc:
         return HTMLResponse(
-            setup_page.render_setup_error(exc.message),
+            setup_page.render_setup_error(exc.message, app_url),
             status_code=exc.status_code,
             headers=headers,
         )
     urls = service.links(ctx.settings, opened.device_id, token, opened.download_token)
+    config_qr, _ = qr.png_data_uri_and_svg(opened.config_text)
     return HTMLResponse(
         setup_page.render_setup_page(
             platform=setup_page.detect_platform(user_agent),
             config_url=urls["config_url"],
             mobileconfig_url=urls["mobileconfig_url"],
+            mac_mobileconfig_url=service.mac_mobileconfig_url(urls["mobileconfig_url"]),
+            config_qr=config_qr,
+            app_url=app_url,
             expires_at=opened.expires_at,
         ),
         headers=headers,

@@ -1,9 +1,11 @@
 """Apple configuration profile (.mobileconfig) that installs a Connect Profile on iOS/macOS.
 
 The format is the one the WireGuard app documents for managed deployments: a
-`com.apple.vpn.managed` payload with `VPNSubType com.wireguard.ios` and the wg-quick text in
-`VendorConfig.WgQuickConfig`. Identifiers and UUIDs derive from the device id, so installing
-the profile of a rotated device replaces the old one instead of adding a second entry.
+`com.apple.vpn.managed` payload with `VPNSubType com.wireguard.ios` (iPhone, iPad) or
+`com.wireguard.macos` (the Mac app ignores the other) and the wg-quick text in
+`VendorConfig.WgQuickConfig`. The PayloadIdentifier derives from the device id, so installing
+the profile of a rotated device replaces the old one instead of adding a second entry; the
+PayloadUUIDs are fresh on every download, as Apple's profile format asks.
 """
 
 from __future__ import annotations
@@ -15,22 +17,19 @@ MEDIA_TYPE = "application/x-apple-aspen-config"
 FILENAME = "KSWiFi-Connect.mobileconfig"
 DISPLAY_NAME = "KSWiFi Connect"
 IDENTIFIER_PREFIX = "app.kswifi.connect"
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://kswifi.app/connect-profiles")
+SUBTYPES = {"ios": "com.wireguard.ios", "macos": "com.wireguard.macos"}
 
 
-def payload_uuids(device_id: str) -> tuple[str, str]:
-    """(outer profile UUID, inner payload UUID), stable for one device."""
-    return (
-        str(uuid.uuid5(_NAMESPACE, f"profile:{device_id}")).upper(),
-        str(uuid.uuid5(_NAMESPACE, f"payload:{device_id}")).upper(),
-    )
-
-
-def build_mobileconfig(*, device_id: str, config_text: str, endpoint: str) -> bytes:
-    """The XML plist bytes of the profile for one device."""
+def build_mobileconfig(
+    *, device_id: str, config_text: str, endpoint: str, system: str = "ios"
+) -> bytes:
+    """The XML plist bytes of the profile for one device, for `system` (`ios`: iPhone and
+    iPad; `macos`: a Mac)."""
     if not device_id or not config_text or not endpoint:
         raise ValueError("device_id, config_text and endpoint are required")
-    profile_uuid, payload_uuid = payload_uuids(device_id)
+    if system not in SUBTYPES:
+        raise ValueError(f"system is one of {sorted(SUBTYPES)}")
+    profile_uuid, payload_uuid = (str(uuid.uuid4()).upper() for _ in range(2))
     identifier = f"{IDENTIFIER_PREFIX}.{device_id}"
     payload = {
         "PayloadType": "com.apple.vpn.managed",
@@ -41,7 +40,7 @@ def build_mobileconfig(*, device_id: str, config_text: str, endpoint: str) -> by
         "PayloadDescription": "Secure Internet Access with your KSWiFi data session",
         "UserDefinedName": DISPLAY_NAME,
         "VPNType": "VPN",
-        "VPNSubType": "com.wireguard.ios",
+        "VPNSubType": SUBTYPES[system],
         "VendorConfig": {"WgQuickConfig": config_text},
         "VPN": {"RemoteAddress": endpoint, "AuthenticationMethod": "Password"},
     }

@@ -65,7 +65,10 @@ class ConnectProfileResponse(BaseModel):
 
     success: Literal[True] = True
     connect_id: str = Field(description="The device's id (a Connect Profile)")
-    profile_qr: str = Field(description="PNG data URI of the wg-quick config as a QR code")
+    profile_qr: str = Field(
+        description="The Connect QR Code (PNG data URI): the single-use setup link, which a "
+        "phone's camera opens"
+    )
     session_id: str | None = Field(
         description="The session the device draws from (or will, once it is its turn); null: "
         "no session to draw from (the device reaches only the shop)"
@@ -95,6 +98,19 @@ class ConnectProfileResponse(BaseModel):
     config_url: str = Field(description="KSWiFi-Connect.conf download (signed, short-lived)")
     mobileconfig_url: str = Field(description="Apple profile download (signed, short-lived)")
     profile_qr_svg: str = Field(description="The same QR code as an SVG document")
+    config_qr: str = Field(
+        description="PNG data URI of the wg-quick config as a QR code, for the scanner inside "
+        "the WireGuard app (also shown on the setup page)"
+    )
+    config_qr_svg: str = Field(description="The config QR code as an SVG document")
+
+
+class RenameProfile(BaseModel):
+    """`PATCH /api/connect/profiles/{id}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_name: DeviceName
 
 
 class ConnectProfileOut(BaseModel):

@@ -32,7 +32,7 @@ from kswifi.control.gateways import garden
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
 from kswifi.control.models import DataSession, Device, Gateway, new_id, utcnow
-from kswifi.control.profiles import qr, repository
+from kswifi.control.profiles import qr, repository, setup_page
 from kswifi.control.profiles.config_render import (
     ClientConfig,
     parse_dns_servers,
@@ -52,6 +52,7 @@ from kswifi.control.sessions import service as sessions
 from kswifi.control.users.ratelimit import SlidingWindowLimiter
 
 SETUP_LINK_TTL = timedelta(minutes=10)
+SETUP_TOKEN_BYTES = 16
 FALLBACK_DNS = ", ".join(garden.FALLBACK_DNS)  # a region without DNS servers set
 MIB = 1024 * 1024
 _DOWNLOAD_PURPOSE = "profile-download"
@@ -108,6 +109,7 @@ class OpenedSetupLink:
     device_id: str
     download_token: str
     expires_at: datetime
+    config_text: str  # for the config's own code on the page (the link's ten minutes only)
 
 
 async def generate_for_request(
@@ -272,7 +274,9 @@ async def generate_profile(
     config_text = render_config(
         _client_config(settings, gateway, dns_servers, ipv4, ipv6, private_key, preshared_key)
     )
-    setup_token = new_opaque_token()
+    # 128 bits: single-use and short-lived, and the Connect QR Code that holds the link stays
+    # small (a few hundred modules fewer than 256 bits would cost).
+    setup_token = new_opaque_token(SETUP_TOKEN_BYTES)
     setup_expires_at = now + SETUP_LINK_TTL
     token_hash = hash_token(setup_token)
     config_encrypted = secrets.encrypt(config_text)
@@ -357,13 +361,27 @@ def links(
     }
 
 
+def tunnel_filename() -> str:
+    """See `setup_page.tunnel_filename` (the web pages' downloads use the same rule)."""
+    return setup_page.tunnel_filename()
+
+
+def mac_mobileconfig_url(mobileconfig_url: str) -> str:
+    """The Apple profile for a Mac (the WireGuard app for macOS takes only its own kind)."""
+    return f"{mobileconfig_url}&os=macos"
+
+
 def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfileResponse:
-    """The product note's response shape; `data_limit_mb` is the session's own limit.
+    """The product note's response shape; `data_limit_mb` is the session's own limit. The
+    Connect QR Code holds the setup link (a phone's camera opens it); `config_qr` the config
+    itself (for the WireGuard app's own scanner).
 
     Pure and CPU-bound (QR encoding, a few milliseconds): call it after the transaction
     committed.
     """
-    profile_qr, profile_qr_svg = qr.png_data_uri_and_svg(generated.config_text)
+    urls = links(settings, generated.connect_id, generated.setup_token, generated.download_token)
+    profile_qr, profile_qr_svg = qr.png_data_uri_and_svg(urls["setup_url"])
+    config_qr, config_qr_svg = qr.png_data_uri_and_svg(generated.config_text)
     return ConnectProfileResponse(
         success=True,
         connect_id=generated.connect_id,
@@ -380,7 +398,9 @@ def to_response(generated: GeneratedProfile, settings: Settings) -> ConnectProfi
         state=generated.state,
         rotated=generated.rotated,
         profile_qr_svg=profile_qr_svg,
-        **links(settings, generated.connect_id, generated.setup_token, generated.download_token),
+        config_qr=config_qr,
+        config_qr_svg=config_qr_svg,
+        **urls,
     )
 
 
@@ -480,6 +500,7 @@ async def open_setup_link(
         device_id=device.id,
         download_token=issue_download_token(secrets, device.id, token_hash, link.expires_at),
         expires_at=link.expires_at,
+        config_text=secrets.decrypt(link.config_encrypted),
     )
 
 
@@ -530,6 +551,25 @@ def _to_out(
         created_at=device.created_at,
         last_handshake_at=device.last_handshake_at,
     )
+
+
+async def rename_profile(
+    db: AsyncSession, *, user_id: str, device_id: str, device_name: str, now: datetime
+) -> ConnectProfileOut:
+    """A new name for one of the person's devices (names are one per device: the name is how
+    generating again finds the device)."""
+    await sessions.lock_person(db, user_id)
+    device = await _own_active_device(db, user_id, device_id)
+    taken = {
+        d.device_name
+        for d in await repository.active_devices_of_user(db, user_id)
+        if d.id != device.id
+    }
+    if device_name in taken:
+        raise Conflict(f"You already have a device named {device_name!r}.", field="device_name")
+    device.device_name = device_name
+    await db.flush()
+    return await get_profile(db, user_id, device.id, now)
 
 
 async def remove_profile(

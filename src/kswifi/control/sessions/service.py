@@ -117,8 +117,10 @@ def _time_is_up(session: DataSession, now: datetime) -> bool:
 
 
 ENDED_MESSAGES: dict[str, str] = {
-    SessionStatus.EXHAUSTED: "This session's data is used up. Buy a new session to keep browsing.",
-    SessionStatus.EXPIRED: "This session has expired. Buy a new session to keep browsing.",
+    SessionStatus.EXHAUSTED: "This session's data is used up. Buy a new session to keep "
+    "browsing: your devices stay set up and use it by themselves, no new code.",
+    SessionStatus.EXPIRED: "This session has expired. Buy a new session to keep browsing: "
+    "your devices stay set up and use it by themselves, no new code.",
     SessionStatus.REVOKED: "This session was cancelled.",
 }
 """What a person reads when a session is over (the API's errors and the web pages)."""
@@ -420,8 +422,11 @@ def format_gb(num_bytes: int) -> str:
 
 
 def usage_text(used_bytes: int, limit_bytes: int) -> str:
-    """ "2.1 GB of 5 GB used" — never more used than bought."""
-    return f"{format_gb(min(used_bytes, limit_bytes))} of {_format_limit(limit_bytes)} used"
+    """ "2.1 GB of 5 GB used" — never more used than bought; nothing yet is said in the
+    limit's unit ("0 MB of 500 MB used")."""
+    used = min(used_bytes, limit_bytes)
+    used_text = "0 MB" if used == 0 and limit_bytes < GIB else format_gb(used)
+    return f"{used_text} of {_format_limit(limit_bytes)} used"
 
 
 # A session's limit is one of a few plan sizes, shown in every usage event: formatted once.
