@@ -143,6 +143,25 @@ class TestGateways:
         assert bad.status_code == 422
         assert "unknown region" in bad.text
 
+    async def test_change_a_gateways_endpoint(
+        self, operator_client: httpx.AsyncClient, ctx: AppContext
+    ) -> None:
+        await add_gateway(ctx, "eu-west-1", "eu-west")
+        page = (await operator_client.get("/admin")).text
+        match = re.search(r'action="(/admin/gateways/[0-9a-f]+/endpoint)"', page)
+        assert match, "no endpoint form"
+        changed = await post_form(
+            operator_client, "/admin", match.group(1), endpoint="gw1.example.net:443"
+        )
+        assert changed.status_code == 303
+        shown = await operator_client.get(changed.headers["location"])
+        assert "Endpoint changed" in shown.text and "gw1.example.net:443" in shown.text
+        [entry] = await audit(ctx, "gateway.set_endpoint")
+        assert entry.actor == "ops@example.com" and "gw1.example.net:443" in entry.detail
+        bad = await post_form(operator_client, "/admin", match.group(1), endpoint="nope")
+        assert bad.status_code == 422 and "HOST:PORT" in bad.text
+        assert "gw1.example.net:443" in (await operator_client.get("/admin")).text
+
 
 class TestSessions:
     async def test_search_revoke_and_extend(

@@ -40,6 +40,7 @@ NOTICES = {
     "plan-updated": "Plan updated. Sessions already sold keep their limits.",
     "gateway-disabled": "Gateway disabled.",
     "gateway-enabled": "Gateway enabled.",
+    "gateway-endpoint": "Endpoint changed. Devices get it the next time their code is shown.",
 }
 
 
@@ -133,6 +134,21 @@ async def add_gateway(request: Request, user: Operator, ctx: Ctx, db: DbSession)
         )
     # The token is shown on this response only (it is stored hashed).
     return await _gateways(request, ctx, db, created=created)
+
+
+@router.post("/gateways/{gateway_id}/endpoint", response_class=HTMLResponse)
+async def set_gateway_endpoint(
+    gateway_id: str, request: Request, user: Operator, ctx: Ctx, db: DbSession
+) -> Response:
+    """Where phones dial the gateway; devices get it the next time their code is shown."""
+    fields = await form_fields(request)
+    actor = user.email  # read before a rollback expires it
+    try:
+        await gateways.set_endpoint(db, gateway_id, fields.get("endpoint", ""), actor=actor)
+    except KSWiFiError as exc:
+        await abandon(db)
+        return await _gateways(request, ctx, db, error=say(exc), status_code=exc.status_code)
+    return _back(request, fields, "gateway-endpoint")
 
 
 @router.post("/gateways/{gateway_id}/{action}")
