@@ -9,11 +9,12 @@ STAMP := .make
 APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iperf3 chromium zbar-tools procps
 export KSWIFI_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: schema run test lint typecheck unit e2e browser bench deps system-deps clean help soak
+.PHONY: schema run run-lan test lint typecheck unit e2e browser bench deps system-deps clean help soak
 
 help:
 	@echo "make run   - install what is missing, then start KSWiFi Connect (embedded SQLite)"
 	@echo "make test  - install what is missing, then run lint, types, layers and the whole suite"
+	@echo "make run-lan - like run, on this machine's LAN address, to try it with a phone"
 	@echo "make bench - run the benchmarks in bench/ and rewrite BENCHMARKS.md"
 
 $(STAMP):
@@ -44,6 +45,11 @@ $(BIN)/.installed: pyproject.toml | $(STAMP)/system
 
 run: deps
 	@$(BIN)/kswifi demo
+
+# Try it with your own phone: served on this machine's LAN address, the local gateway
+# registered there (run as root for the gateway), a QR code of the app in the terminal.
+run-lan: deps
+	@$(BIN)/kswifi demo --lan
 
 lint: deps
 	@echo "==> ruff"

@@ -53,11 +53,18 @@ def demo_command(
         str, typer.Option(help="HOST:PORT phones dial for the local gateway")
     ] = "127.0.0.1:51820",
     gateway: Annotated[bool, typer.Option(help="Start a local gateway when possible")] = True,
+    lan: Annotated[
+        bool,
+        typer.Option(
+            help="Serve on this machine's LAN address and register the local gateway there, "
+            "so a phone on the same network can try it (what `make run-lan` does)"
+        ),
+    ] = False,
 ) -> None:
     """Start KSWiFi Connect on the embedded default (what `make run` does)."""
     from kswifi.commands.demo import demo
 
-    demo(host=host, port=port, gateway_endpoint=gateway_endpoint, gateway=gateway)
+    demo(host=host, port=port, gateway_endpoint=gateway_endpoint, gateway=gateway, lan=lan)
 
 
 @app.command()

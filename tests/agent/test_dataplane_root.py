@@ -91,6 +91,29 @@ MB = 1024 * 1024
 MTU = 1420
 
 
+def test_gateway_down_removes_what_the_agent_left_in_the_kernel(topology: Topology) -> None:
+    """The data plane outlives the agent (phones keep their tunnels through a restart);
+    `kswifi gateway down` is how an operator removes it."""
+    from kswifi.agent.cli import teardown
+    from kswifi.agent.drivers.loop import DEFAULT_ROUTE_TABLE
+
+    dataplane = topology.dataplane()
+    dataplane.prepare()
+    phone = topology.new_phone()
+    reconcile(dataplane, state(topology, 1, [peer_spec(phone, "sess-a")]))
+    links = topology.lab.sh(topology.gw, ["ip", "-br", "link"])
+    assert topology.wg in links and topology.ifb in links and topology.download in links
+    removed = teardown(topology.runner(), topology.wg, topology.ifb, DEFAULT_ROUTE_TABLE)
+    assert len(removed) == 4, removed
+    links = topology.lab.sh(topology.gw, ["ip", "-br", "link"])
+    assert topology.wg not in links and topology.ifb not in links
+    assert topology.download not in links
+    assert "kswifi" not in topology.lab.sh(topology.gw, ["nft", "list", "tables"])
+    assert "27507" not in topology.lab.sh(topology.gw, ["ip", "rule"])
+    # Nothing left: a second run removes nothing and fails nothing.
+    teardown(topology.runner(), topology.wg, topology.ifb, DEFAULT_ROUTE_TABLE)
+
+
 class TestQuota:
     def test_download_stops_exactly_at_the_quota_and_a_new_lease_resumes_it(
         self, topology: Topology

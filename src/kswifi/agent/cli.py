@@ -12,17 +12,19 @@ import typer
 from pydantic import ValidationError
 
 from kswifi.agent.client import ControlPlaneClient
-from kswifi.agent.config import GatewaySettings
+from kswifi.agent.config import GatewaySettings, check_interface_name
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.drivers.command import CommandRunner
-from kswifi.agent.drivers.loop import DownloadLoop
+from kswifi.agent.drivers.loop import DEFAULT_ROUTE_TABLE, DownloadLoop
 from kswifi.agent.drivers.nftables import NftConfig, NftTable
 from kswifi.agent.drivers.tc import TcShaper
 from kswifi.agent.drivers.wireguard import WireguardInterface
 from kswifi.agent.errors import AgentError, AuthenticationError, ControlPlaneError
 from kswifi.agent.main import Agent
 from kswifi.agent.metrics import AgentMetrics
-from kswifi.logs import configure_logging
+from kswifi.logs import configure_logging, get_logger
+
+log = get_logger("kswifi.agent")
 
 gateway_app = typer.Typer(
     help="Run a KSWiFi gateway: WireGuard + nftables quotas + tc speed tiers.",
@@ -206,3 +208,51 @@ def run(
         code = 130
     if code:
         raise typer.Exit(code)
+
+
+def teardown(runner: CommandRunner, interface: str, ifb: str, route_table: int) -> list[str]:
+    """Remove everything a gateway agent put in the kernel (the interface, the firewall table,
+    the shapers, the download loop); what was removed, for the operator."""
+    removed: list[str] = []
+    wireguard = WireguardInterface(runner, interface)
+    tc = TcShaper(runner, interface, ifb)
+    nft = NftTable(runner, NftConfig(interface, "none"), netlink=None)
+    loop = DownloadLoop(runner, "none", interface, table=route_table)
+    for what, step in (
+        (f"shapers on {tc.download_interface} and {ifb}", tc.teardown),
+        ("download loop, its routes and rules", loop.teardown),
+        ("nftables table inet kswifi", nft.delete_table),
+        (f"WireGuard interface {interface}", wireguard.delete_interface),
+    ):
+        try:
+            step()
+        except AgentError as exc:
+            log.warning("teardown_step_failed", step=what, error=str(exc))
+            continue
+        removed.append(what)
+    return removed
+
+
+@gateway_app.command("down")
+def down(
+    interface: Annotated[str, typer.Option(help="WireGuard interface the agent owned")] = (
+        "kswifi0"
+    ),
+    ifb_interface: Annotated[
+        str | None, typer.Option(help="IFB device for upload [ifb-INTERFACE]")
+    ] = None,
+    route_table: Annotated[
+        int, typer.Option(help="Routing table of the download loop")
+    ] = DEFAULT_ROUTE_TABLE,
+) -> None:
+    """Remove what a stopped gateway agent left in the kernel (the data plane stays up when
+    the agent stops, so phones keep their tunnels through a restart): its WireGuard
+    interface, firewall table, shapers and download loop. Phones on it lose their tunnel."""
+    try:
+        interface = check_interface_name(interface)
+        ifb = check_interface_name(ifb_interface) if ifb_interface else ("ifb-" + interface)[:15]
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    runner = CommandRunner(timeout_s=20.0)
+    for item in teardown(runner, interface, ifb, route_table):
+        typer.echo(f"removed: {item}")

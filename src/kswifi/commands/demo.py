@@ -26,6 +26,7 @@ from kswifi.control.config import Settings, get_settings
 from kswifi.control.errors import NotFound
 from kswifi.control.gateways import service as gateways
 from kswifi.control.models import Plan, Voucher
+from kswifi.control.profiles import qr
 from kswifi.control.purchases import service as purchases
 from kswifi.control.security import SecretBox
 from kswifi.control.users import service as users
@@ -63,7 +64,9 @@ def _prepare(settings: Settings, gateway_endpoint: str) -> DemoState:
         except NotFound:
             await users.register(db, ADMIN_EMAIL, password, is_admin=True)
         try:
-            await gateways.find(db, GATEWAY_NAME)
+            found = await gateways.find(db, GATEWAY_NAME)
+            if found.endpoint != gateways.normalize_endpoint(gateway_endpoint):
+                await gateways.set_endpoint(db, found.id, gateway_endpoint, actor="demo")
             token = token_file.read_text().strip() if token_file.exists() else ""
             if not token:
                 _gateway, token = await gateways.rotate_token(
@@ -124,6 +127,30 @@ def _default_route_interface() -> str | None:
     return None
 
 
+def lan_address() -> str | None:
+    """The IPv4 address of the interface the default route leaves by (what a phone on the
+    same network reaches this machine at)."""
+    interface = _default_route_interface()
+    if interface is None:
+        return None
+    try:
+        result = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show", "dev", interface],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        links = json.loads(result.stdout or "[]")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    for link in links:
+        for address in link.get("addr_info", []) if isinstance(link, dict) else []:
+            if address.get("family") == "inet" and address.get("scope") == "global":
+                return str(address["local"])
+    return None
+
+
 def _why_no_gateway() -> str | None:
     """None when a local gateway can run here, else the reason in one line."""
     if os.geteuid() != 0:
@@ -171,12 +198,25 @@ def demo(
         str, typer.Option(help="HOST:PORT phones dial for the local gateway")
     ] = "127.0.0.1:51820",
     gateway: Annotated[bool, typer.Option(help="Start a local gateway when possible")] = True,
+    lan: Annotated[
+        bool,
+        typer.Option(
+            help="Serve on this machine's LAN address and register the local gateway there, "
+            "so a phone on the same network can try it (prints a QR code of the app)"
+        ),
+    ] = False,
 ) -> None:
     """Start KSWiFi Connect on the embedded default, with an operator account and vouchers."""
     import uvicorn
 
     from kswifi.control.app import create_app
     from kswifi.control.migrate import upgrade
+
+    if lan:
+        address = lan_address()
+        if address is None:
+            fail("--lan: no IPv4 address on the interface of the default route")
+        host, gateway_endpoint = address, f"{address}:{gateway_endpoint.rsplit(':', 1)[1]}"
 
     os.environ.setdefault("KSWIFI_DEV_PAYMENTS", "true")
     os.environ.setdefault("KSWIFI_PUBLIC_URL", f"http://{host}:{port}")
@@ -211,7 +251,13 @@ def demo(
         "  payments    the free `dev` provider is on; or redeem a voucher:",
     ]
     lines += [f"    {plan:<8} {', '.join(codes)}" for plan, codes in state.vouchers.items()]
-    lines += [f"  gateway     {gateway_line}", "  stop with Ctrl-C", ""]
+    lines += [f"  gateway     {gateway_line}"]
+    if lan:
+        lines += [
+            f"  a phone on this network: scan this to open {settings.public_url}",
+            qr.terminal_text(settings.public_url),
+        ]
+    lines += ["  stop with Ctrl-C", ""]
     typer.echo("\n".join(lines))
     try:
         uvicorn.run(
@@ -224,3 +270,8 @@ def demo(
                 agent.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 agent.kill()
+            typer.echo(
+                "The local gateway's WireGuard interface, firewall table and shapers stay in"
+                " the kernel (phones keep their tunnels through a restart). Remove them with:"
+                " sudo kswifi gateway down"
+            )

@@ -156,3 +156,20 @@ def png_data_uri_and_svg(text: str) -> tuple[str, str]:
     """Both renderings of one code, drawn from a single encoding."""
     matrix = encode(text)
     return _data_uri(png_from_matrix(matrix, PNG_SCALE)), svg_from_matrix(matrix, SVG_SCALE)
+
+
+def terminal_text(text: str) -> str:
+    """The code drawn with block characters for a terminal (two modules per character row,
+    dark on a light quiet zone), so a phone's camera can scan it off the screen."""
+    matrix = encode(text)
+    size = matrix.size + 2 * BORDER
+
+    def dark(x: int, y: int) -> bool:
+        x, y = x - BORDER, y - BORDER
+        return 0 <= x < matrix.size and 0 <= y < matrix.size and matrix.is_dark(x, y)
+
+    glyphs = {(False, False): "\u2588", (True, False): "\u2584", (False, True): "\u2580"}
+    lines = []
+    for y in range(0, size, 2):
+        lines.append("".join(glyphs.get((dark(x, y), dark(x, y + 1)), " ") for x in range(size)))
+    return "\n".join(lines)
