@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from kswifi.commands import demo
-from kswifi.control.config import get_settings
-from kswifi.control.migrate import upgrade
-
-
-@pytest.fixture
-def demo_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("KSWIFI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("KSWIFI_DATABASE_URL", "")
-    monkeypatch.delenv("KSWIFI_SECRET_KEY", raising=False)
-    get_settings.cache_clear()
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True)
-    upgrade(settings.resolved_database_url)
-    yield settings
-    get_settings.cache_clear()
 
 
 def test_prepares_operator_gateway_and_vouchers_once(demo_settings) -> None:  # type: ignore[no-untyped-def]

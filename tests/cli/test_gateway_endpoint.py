@@ -3,30 +3,13 @@ devices get it the next time their code is shown."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from typer.testing import CliRunner
 
 from kswifi.cli import app
-from kswifi.control.config import get_settings
-from kswifi.control.migrate import upgrade
+from kswifi.control.config import Settings
 
 
-@pytest.fixture
-def cli_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("KSWIFI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("KSWIFI_DATABASE_URL", "")
-    monkeypatch.delenv("KSWIFI_SECRET_KEY", raising=False)
-    get_settings.cache_clear()
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True)
-    upgrade(settings.resolved_database_url)
-    yield settings
-    get_settings.cache_clear()
-
-
-def test_set_endpoint_changes_it_and_refuses_bad_input(cli_settings) -> None:  # type: ignore[no-untyped-def]
+def test_set_endpoint_changes_it_and_refuses_bad_input(demo_settings: Settings) -> None:
     runner = CliRunner()
     added = runner.invoke(
         app,

@@ -50,6 +50,13 @@ async def _page(request: Request, user_id: str, db: DbSession, **extra: Any) -> 
     }
 
 
+async def _refused(request: Request, db: DbSession, user_id: str, exc: KSWiFiError) -> Response:
+    """The devices page with the refusal's message, nothing of the action written."""
+    await abandon(db)
+    context = await _page(request, user_id, db, error=say(exc))
+    return render(request, "devices.html", context, status_code=exc.status_code)
+
+
 @router.get("/devices", response_class=HTMLResponse)
 async def devices_page(request: Request, user: RequiredUser, db: DbSession) -> Response:
     context = await _page(request, user.id, db, notice=_notice(request))
@@ -75,9 +82,7 @@ async def rename(device_id: str, request: Request, user: RequiredUser, db: DbSes
             db, user_id=user_id, device_id=device_id, device_name=name, now=utcnow()
         )
     except KSWiFiError as exc:
-        await abandon(db)
-        context = await _page(request, user_id, db, error=say(exc))
-        return render(request, "devices.html", context, status_code=exc.status_code)
+        return await _refused(request, db, user_id, exc)
     return redirect(request, "/devices?notice=renamed")
 
 
@@ -92,9 +97,7 @@ async def remove(
             db, ctx.events, user_id=user_id, device_id=device_id, now=utcnow()
         )
     except KSWiFiError as exc:
-        await abandon(db)
-        context = await _page(request, user_id, db, error=say(exc))
-        return render(request, "devices.html", context, status_code=exc.status_code)
+        return await _refused(request, db, user_id, exc)
     return redirect(request, "/devices?notice=removed")
 
 
@@ -124,9 +127,7 @@ async def show_code(
         )
         profile = profiles.to_response(generated, ctx.settings)
     except KSWiFiError as exc:
-        await abandon(db)
-        context = await _page(request, user_id, db, error=say(exc))
-        return render(request, "devices.html", context, status_code=exc.status_code)
+        return await _refused(request, db, user_id, exc)
     context = await ready_context(db, profile, None)
     context["nav"] = "devices"
     return render(request, "setup_ready.html", context, no_store=True)
