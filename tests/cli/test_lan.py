@@ -6,6 +6,7 @@ namespace the test made (a LAN address from 192.0.2.0/24)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,13 @@ def test_lan_mode_serves_on_the_lan_address_and_moves_the_endpoint(lab: Lab) -> 
     lab.sh(ns, ["ip", "link", "set", peer, "up"])
     _set_lan(lab, ns, link, "192.0.2.20")
     data_dir = Path(tempfile.mkdtemp(prefix=f"kswifi-lan-{lab.prefix}-"))
+    try:
+        _lan_mode(lab, ns, link, data_dir)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _lan_mode(lab: Lab, ns: str, link: str, data_dir: Path) -> None:
     process, printed = _start(lab, ns, data_dir)
     url = f"http://192.0.2.20:{PORT}"
     assert f"open        {url}" in printed, printed
