@@ -115,3 +115,20 @@ def test_my_devices_rename_show_again_and_remove(browser: Any, live_server: Live
     expect(page.get_by_text("Device removed. Its profile no longer works.")).to_be_visible()
     expect(page.get_by_text("You have no devices set up yet.")).to_be_visible()
     assert re.search(r"/devices\?notice=removed$", page.url)
+
+
+def test_times_are_shown_in_the_persons_time_zone(browser: Any, live_server: LiveServer) -> None:
+    _email, admin = live_server.make_admin()
+    [voucher] = live_server.vouchers(admin, "basic")
+    context = browser.new_context(
+        viewport=PHONE, base_url=live_server.url, timezone_id="Asia/Tokyo", locale="en-US"
+    )
+    page = context.new_page()
+    sign_up(page)
+    session_id = buy(page, "Basic Session", voucher)
+    page.goto(f"/sessions/{session_id}")
+    bought = page.locator("time[data-local]").first
+    expect(bought).to_contain_text("GMT+9")  # the page said UTC; the script said Tokyo
+    assert "UTC" not in (bought.text_content() or "")
+    assert (bought.get_attribute("datetime") or "").endswith("+00:00")
+    context.close()

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from kswifi.control.models import SessionStatus
 from kswifi.control.sessions import service as sessions
@@ -51,10 +52,15 @@ def time_left_text(seconds: int | None) -> str:
     return "under a minute"
 
 
-def datetime_text(value: datetime | None) -> str:
+def datetime_text(value: datetime | None) -> Markup:
+    """A moment as a `<time>`: UTC in the page, the person's own time zone once the page
+    script runs (`time[data-local]`)."""
     if value is None:
-        return "—"
-    return value.astimezone(UTC).strftime("%d %b %Y, %H:%M UTC")
+        return Markup("—")
+    moment = value.astimezone(UTC)
+    return Markup('<time datetime="{}" data-local>{}</time>').format(
+        moment.isoformat(), moment.strftime("%d %b %Y, %H:%M UTC")
+    )
 
 
 def iso(value: datetime | None) -> str:

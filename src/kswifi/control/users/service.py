@@ -55,7 +55,7 @@ def normalize_email(email: str) -> str:
     try:
         return validate_email(email.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
-        raise Unprocessable(f"email: {exc}") from exc
+        raise Unprocessable(f"That email address is not valid: {exc}", field="email") from exc
 
 
 def _lookup_email(email: str) -> str:
@@ -69,7 +69,8 @@ def _lookup_email(email: str) -> str:
 def _check_password(password: str) -> None:
     if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
         raise Unprocessable(
-            f"password: must be {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters"
+            f"Use a password of {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters.",
+            field="password",
         )
 
 

@@ -7,6 +7,17 @@
     navigator.serviceWorker.register("/sw.js").catch(function () {});
   }
 
+  // Moments are written in UTC by the server; shown in the person's own time zone.
+  Array.prototype.forEach.call(document.querySelectorAll("time[data-local]"), function (el) {
+    var when = new Date(el.getAttribute("datetime"));
+    if (isNaN(when.getTime())) return;
+    el.textContent = when.toLocaleString(undefined, {
+      day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit",
+      timeZoneName: "short"
+    });
+    el.title = el.getAttribute("datetime");
+  });
+
   var box = document.getElementById("usage");
   if (!box) return;
 
