@@ -154,6 +154,8 @@ def capture(browser: Any, live: LiveServer, out: Path) -> list[Path]:
             _buy(page, "premium", premium[1])
         page.goto("/sessions")
         shots.append(_shot(page, out, "sessions", size))
+        page.goto("/devices")
+        shots.append(_shot(page, out, "devices", size))
         page.context.close()
 
         console = _context_page(browser, viewport, live.url)
