@@ -189,6 +189,12 @@ MATRIX: list[Rule] = [
     Rule("GET", "/api/connect/profiles/{connect_id}/config", OWNER_ONLY),
     Rule("GET", "/api/connect/profiles/{connect_id}/mobileconfig", OWNER_ONLY),
     Rule(
+        "PATCH",
+        "/api/connect/profiles/{connect_id}",
+        OWNER_ONLY,
+        json=lambda _w, _r: {"device_name": "phone"},  # its own name: nothing changes
+    ),
+    Rule(
         "DELETE",
         "/api/connect/profiles/{connect_id}",
         (401, 401, 404, 204, 404),
@@ -200,6 +206,12 @@ MATRIX: list[Rule] = [
     Rule("POST", "/api/admin/gateways/{gateway_id}/rotate-token", OPERATOR),
     Rule("POST", "/api/admin/gateways/{gateway_id}/disable", OPERATOR),
     Rule("POST", "/api/admin/gateways/{gateway_id}/enable", OPERATOR),
+    Rule(
+        "POST",
+        "/api/admin/gateways/{gateway_id}/endpoint",
+        OPERATOR,
+        json=lambda _w, _r: {"endpoint": "gw-c.example.net:51820"},
+    ),
     Rule("GET", "/api/admin/sessions", OPERATOR, operator_route=True),
     Rule(
         "POST",
@@ -276,11 +288,36 @@ MATRIX: list[Rule] = [
         "web",
         form=lambda _w, _r: {"device_name": "phone"},
     ),
+    Rule("GET", "/devices", WEB_LOGGED_IN, "web"),
+    Rule(
+        "POST",
+        "/devices/{device_id}/rename",
+        (303, 303, 404, 303, 404),
+        "web",
+        form=lambda _w, _r: {"device_name": "phone"},
+    ),
+    Rule("POST", "/devices/{device_id}/code", WEB_OWNER_ONLY, "web", form=lambda _w, _r: {}),
+    Rule(
+        "POST",
+        "/devices/{device_id}/remove",
+        # The owner's tablet may already be gone (the API's DELETE rule): removed or missing.
+        (303, 303, 404, frozenset({303, 404}), 404),
+        "web",
+        form=lambda _w, _r: {},
+        params={"device_id": "tablet"},
+    ),
     Rule("GET", "/offline", PUBLIC, "web"),
     Rule("GET", "/admin", CONSOLE, "web", operator_route=True),
     Rule("POST", "/admin", CONSOLE_POST, "web", form=_new_gateway, operator_route=True),
     Rule(
         "POST", "/admin/gateways/{gateway_id}/{action}", CONSOLE_POST, "web", form=lambda _w, _r: {}
+    ),
+    Rule(
+        "POST",
+        "/admin/gateways/{gateway_id}/endpoint",
+        CONSOLE_POST,
+        "web",
+        form=lambda _w, _r: {"endpoint": "gw-c.example.net:51820"},
     ),
     Rule("GET", "/admin/sessions", CONSOLE, "web", operator_route=True),
     Rule(
@@ -395,6 +432,7 @@ def _path(rule: Rule, world: World) -> str:
         "session_id": world.owner_session,
         "purchase_id": world.owner_purchase,
         "connect_id": world.owner_phone.id,
+        "device_id": world.owner_phone.id,
         "gateway_id": world.gw_c.id,
         "user_id": world.victim.id,
         "token": world.owner_phone.setup_token,
