@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import DESKTOP, PHONE, LiveServer
+from tests.browser.conftest import DESKTOP, PASSWORD, PHONE, LiveServer
 from tests.browser.test_journey import buy, decode_qr, new_page, sign_up
 
 pytestmark = pytest.mark.browser
@@ -131,4 +131,24 @@ def test_times_are_shown_in_the_persons_time_zone(browser: Any, live_server: Liv
     expect(bought).to_contain_text("GMT+9")  # the page said UTC; the script said Tokyo
     assert "UTC" not in (bought.text_content() or "")
     assert (bought.get_attribute("datetime") or "").endswith("+00:00")
+    context.close()
+
+
+def test_console_tables_read_at_phone_width(browser: Any, live_server: LiveServer) -> None:
+    """An operator on a phone: each gateway row is a card whose cells name their column, and
+    nothing runs off the screen."""
+    email, admin = live_server.make_admin()
+    live_server.gateway(admin, "eu-west-console")
+    context = browser.new_context(viewport=PHONE, base_url=live_server.url)
+    page = context.new_page()
+    page.goto("/login?next=/admin")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Operator console")).to_be_visible()
+    cell = page.locator("td[data-label='State']").first
+    expect(cell).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    box = cell.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= PHONE["width"]
     context.close()

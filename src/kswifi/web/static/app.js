@@ -7,6 +7,18 @@
     navigator.serviceWorker.register("/sw.js").catch(function () {});
   }
 
+  // Tables become labelled cards at phone width (app.css): each cell names its column.
+  Array.prototype.forEach.call(document.querySelectorAll(".table-wrap table"), function (table) {
+    var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    Array.prototype.forEach.call(table.querySelectorAll("tbody tr"), function (row) {
+      Array.prototype.forEach.call(row.children, function (cell, index) {
+        if (heads[index] && !cell.hasAttribute("data-label")) cell.setAttribute("data-label", heads[index]);
+      });
+    });
+  });
+
   // Moments are written in UTC by the server; shown in the person's own time zone.
   Array.prototype.forEach.call(document.querySelectorAll("time[data-local]"), function (el) {
     var when = new Date(el.getAttribute("datetime"));
