@@ -117,6 +117,39 @@ def test_my_devices_rename_show_again_and_remove(browser: Any, live_server: Live
     assert re.search(r"/devices\?notice=removed$", page.url)
 
 
+def test_open_pages_hear_of_new_keys_and_removal_elsewhere(
+    browser: Any, live_server: LiveServer
+) -> None:
+    code_page, _link, _config = _profile_ready(browser, live_server, "tab")
+    list_page = code_page.context.new_page()  # the same person in another tab
+    list_page.goto(live_server.url + "/devices")
+    expect(list_page.get_by_role("heading", name="tab")).to_be_visible()
+    elsewhere = code_page.context.new_page()
+    elsewhere.goto(live_server.url + "/devices")
+    elsewhere.get_by_text("Rename or give new keys").click()
+    elsewhere.get_by_label("I understand").check()
+    elsewhere.get_by_role("button", name="New keys").click()
+    expect(elsewhere.get_by_role("img", name="Connect QR Code")).to_be_visible()
+
+    expect(code_page.get_by_role("alert")).to_have_text(
+        "\u201ctab\u201d got new keys elsewhere: this code no longer works. Show its code "
+        "again from My devices."
+    )
+    expect(list_page.get_by_role("alert")).to_contain_text("\u201ctab\u201d got new keys")
+    # The page showing the new code is up to date: no notice there.
+    expect(elsewhere.get_by_role("alert")).to_have_count(0)
+
+    elsewhere.goto(live_server.url + "/devices")
+    elsewhere.get_by_role("button", name="Remove").click()
+    expect(elsewhere.get_by_text("Device removed. Its profile no longer works.")).to_be_visible()
+    expect(list_page.get_by_role("alert")).to_have_text(
+        "\u201ctab\u201d was removed elsewhere. Its profile no longer works."
+    )
+    expect(list_page.get_by_role("button", name="Show code again")).to_be_disabled()
+    # A page opened on an old code after the fact learns it from the first event.
+    expect(code_page.get_by_role("alert")).to_contain_text("was removed elsewhere")
+
+
 def test_times_are_shown_in_the_persons_time_zone(browser: Any, live_server: LiveServer) -> None:
     _email, admin = live_server.make_admin()
     [voucher] = live_server.vouchers(admin, "basic")

@@ -185,6 +185,7 @@ MATRIX: list[Rule] = [
         json=lambda w, _r: {"session_id": w.owner_session, "device_name": "phone"},
     ),
     Rule("GET", "/api/connect/profiles", EACH_THEIR_OWN),
+    Rule("GET", "/api/connect/profiles/events", EACH_THEIR_OWN),
     Rule("GET", "/api/connect/profiles/{connect_id}", OWNER_ONLY),
     Rule("GET", "/api/connect/profiles/{connect_id}/config", OWNER_ONLY),
     Rule("GET", "/api/connect/profiles/{connect_id}/mobileconfig", OWNER_ONLY),

@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     )
     wireguard_mtu: int = Field(1280, ge=1280, le=1500, description="MTU in generated profiles")
     longpoll_seconds: float = Field(25.0, gt=0, le=60, description="Desired-state long-poll wait")
-    sse_max_seconds: float = Field(300.0, gt=0, description="Lifetime of one usage stream")
+    sse_max_seconds: float = Field(
+        300.0, gt=0, description="Lifetime of one event stream (live usage, device notices)"
+    )
     login_attempts_per_minute: int = Field(
         10, ge=1, description="Failed logins per account/address"
     )

@@ -205,6 +205,11 @@ def gateway_channel(gateway_id: str) -> str:
     return f"gateway.{gateway_id}"
 
 
+def person_channel(user_id: str) -> str:
+    """Notices about a person's devices, for the pages they have open."""
+    return f"person.{user_id}"
+
+
 def publish_after_commit(db: AsyncSession, bus: EventBus, channel: str, payload: Message) -> None:
     """Publish `payload` on `channel` once the current transaction has committed."""
 

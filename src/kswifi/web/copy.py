@@ -17,6 +17,21 @@ SETUP_INSTRUCTIONS = (
     "4. Enjoy secure global internet access!",
 )
 
+# What an open page says when one of its devices changed on another page or phone ({name}: the
+# device's name). "code": a page showing the device's code; "list": My devices.
+DEVICE_NOTICES = {
+    "code": {
+        "rotated": "“{name}” got new keys elsewhere: this code no longer works. "
+        "Show its code again from My devices.",
+        "removed": "“{name}” was removed elsewhere: this code no longer works.",
+    },
+    "list": {
+        "rotated": "“{name}” got new keys elsewhere: the profile installed on it "
+        "stopped working until you set it up again with “Show code again”.",
+        "removed": "“{name}” was removed elsewhere. Its profile no longer works.",
+    },
+}
+
 
 @dataclass(frozen=True)
 class WorksLine:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.models import utcnow
+from kswifi.control.profiles import notices
 from kswifi.control.profiles import service as profiles
 from kswifi.control.sessions import service as sessions
 from kswifi.web import copy
@@ -42,6 +43,7 @@ async def _page(request: Request, user_id: str, db: DbSession, **extra: Any) -> 
     return {
         "nav": "devices",
         "devices": listed.profiles,
+        "device_keys": await notices.device_keys(db, user_id),
         "state_labels": STATE_LABELS,
         "new_keys_warning": NEW_KEYS_WARNING,
         "current": sessions.to_out(usable[0], now) if usable else None,
@@ -71,7 +73,9 @@ def _notice(request: Request) -> str | None:
 
 
 @router.post("/devices/{device_id}/rename", response_class=HTMLResponse)
-async def rename(device_id: str, request: Request, user: RequiredUser, db: DbSession) -> Response:
+async def rename(
+    device_id: str, request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
     fields = await form_fields(request)
     user_id = user.id  # read before a rollback expires it
     name = fields.get("device_name", "").strip()
@@ -79,7 +83,7 @@ async def rename(device_id: str, request: Request, user: RequiredUser, db: DbSes
         if not name or len(name) > 64 or not name.isprintable():
             raise Unprocessable("Give the device a name of 1 to 64 characters.")
         await profiles.rename_profile(
-            db, user_id=user_id, device_id=device_id, device_name=name, now=utcnow()
+            db, ctx.events, user_id=user_id, device_id=device_id, device_name=name, now=utcnow()
         )
     except KSWiFiError as exc:
         return await _refused(request, db, user_id, exc)

@@ -19,6 +19,7 @@ from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.models import USABLE_STATES, DataSession, utcnow
 from kswifi.control.plans import service as plans
+from kswifi.control.profiles import notices
 from kswifi.control.profiles import service as profiles
 from kswifi.control.profiles.schemas import ConnectProfileResponse
 from kswifi.control.purchases import service as purchases
@@ -391,7 +392,9 @@ async def ready_context(
     db: AsyncSession, profile: ConnectProfileResponse, session: SessionOut | None
 ) -> dict[str, Any]:
     """What the "profile ready" page shows (from the sessions and the devices pages)."""
+    device = await notices.shown_device(db, profile.connect_id)
     return {
+        "device": device,
         "nav": "sessions",
         "s": session,
         "profile": profile,

@@ -15,7 +15,8 @@ from kswifi.control.events import InProcessEventBus, session_channel
 from kswifi.control.models import utcnow
 from kswifi.control.sessions import service as sessions
 from kswifi.control.sessions.repository import UsageRow
-from kswifi.control.usage.service import format_event, parse_last_event_id, stream, usage_data
+from kswifi.control.sse import format_event, parse_last_event_id
+from kswifi.control.usage.service import stream, usage_data
 from tests.conftest import ApiUser, register_and_login
 from tests.control.conftest import MakeSession
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from kswifi.control.deps import (
     BearerCredentials,
+    BrowserOrBearerUserId,
     Ctx,
     CurrentUserId,
     DbSession,
     get_current_user_id,
 )
 from kswifi.control.errors import KSWiFiError
-from kswifi.control.profiles import mobileconfig, qr, service, setup_page
+from kswifi.control.profiles import mobileconfig, notices, qr, service, setup_page
 from kswifi.control.profiles.schemas import (
     ConnectProfileList,
     ConnectProfileOut,
@@ -24,6 +25,7 @@ from kswifi.control.profiles.schemas import (
     RenameProfile,
 )
 from kswifi.control.security import utcnow
+from kswifi.control.sse import parse_last_event_id
 
 router = APIRouter(prefix="/connect", tags=["connect profiles"])
 # Outside /api: the page a phone opens from a setup link (mounted by the app next to /api).
@@ -104,6 +106,33 @@ async def list_connect_profiles(user_id: CurrentUserId, db: DbSession) -> Connec
 
 
 @router.get(
+    "/profiles/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
+)
+async def device_notices(
+    user_id: BrowserOrBearerUserId,
+    ctx: Ctx,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    """Notices about your devices for an open page (server-sent events): first `devices`,
+    `{connect_id: key}` as they are now, then a `device` event when one gets new keys
+    (`rotated`), is `removed` or `renamed` anywhere."""
+    events = notices.stream(
+        ctx.db,
+        ctx.events,
+        user_id,
+        last_event_id=parse_last_event_id(last_event_id),
+        max_seconds=ctx.settings.sse_max_seconds,
+    )
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
     "/profiles/{connect_id}",
     response_model=ConnectProfileOut,
     responses={404: _error(404, "not_found", "No such Connect Profile")},
@@ -123,11 +152,16 @@ async def get_connect_profile(
     },
 )
 async def rename_connect_profile(
-    connect_id: ConnectId, body: RenameProfile, user_id: CurrentUserId, db: DbSession
+    connect_id: ConnectId, body: RenameProfile, user_id: CurrentUserId, db: DbSession, ctx: Ctx
 ) -> ConnectProfileOut:
     """Rename a device (its keys and profile stay as they are)."""
     return await service.rename_profile(
-        db, user_id=user_id, device_id=connect_id, device_name=body.device_name, now=utcnow()
+        db,
+        ctx.events,
+        user_id=user_id,
+        device_id=connect_id,
+        device_name=body.device_name,
+        now=utcnow(),
     )
 
 

@@ -1,8 +1,7 @@
 """Business rules of Connect Profiles: generate (or rotate) a device, its links and downloads.
 
-The client's private key is never stored. It exists in the response (QR code) and, encrypted,
-in the setup link row for the link's ten minutes so the phone can download the same config;
-after that, showing a profile again means generating it again, which rotates the keys.
+The device's private key is kept encrypted (so its code can be shown again without new keys);
+the rendered config lives, encrypted, only in the setup link row for the link's ten minutes.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from kswifi.control.gateways import garden
 from kswifi.control.gateways import service as gateways
 from kswifi.control.geoip import UNKNOWN, ClientLocation
 from kswifi.control.models import DataSession, Device, Gateway, new_id, utcnow
-from kswifi.control.profiles import qr, repository, setup_page
+from kswifi.control.profiles import notices, qr, repository, setup_page
 from kswifi.control.profiles.config_render import (
     ClientConfig,
     parse_dns_servers,
@@ -215,6 +214,7 @@ async def generate_profile(
             device.preshared_key_encrypted = secrets.encrypt(str(preshared_key))
             device.rotated_at = now
             await repository.delete_setup_links(db, [device.id])
+            notices.announce(db, bus, device, "rotated")
         else:
             assert device.private_key_encrypted is not None
             private_key = WireguardKey.from_base64(secrets.decrypt(device.private_key_encrypted))
@@ -554,7 +554,13 @@ def _to_out(
 
 
 async def rename_profile(
-    db: AsyncSession, *, user_id: str, device_id: str, device_name: str, now: datetime
+    db: AsyncSession,
+    bus: EventBus,
+    *,
+    user_id: str,
+    device_id: str,
+    device_name: str,
+    now: datetime,
 ) -> ConnectProfileOut:
     """A new name for one of the person's devices (names are one per device: the name is how
     generating again finds the device)."""
@@ -567,8 +573,11 @@ async def rename_profile(
     }
     if device_name in taken:
         raise Conflict(f"You already have a device named {device_name!r}.", field="device_name")
+    renamed = device.device_name != device_name
     device.device_name = device_name
     await db.flush()
+    if renamed:
+        notices.announce(db, bus, device, "renamed")
     return await get_profile(db, user_id, device.id, now)
 
 
@@ -592,6 +601,7 @@ async def _remove_devices(
         device.status = repository.REMOVED
         device.removed_at = now
         await gateway_addresses.release_host(db, device.gateway_id, device.host_index, now)
+        notices.announce(db, bus, device, "removed")
     await repository.delete_setup_links(db, [device.id for device in devices])
     await db.flush()
     await gateway_desired.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from kswifi.control.deps import BrowserOrBearerUserId, Ctx
 from kswifi.control.sessions import service as sessions
+from kswifi.control.sse import parse_last_event_id
 from kswifi.control.usage import service
 from kswifi.control.usage.schemas import UsageHistory
 
@@ -33,7 +34,7 @@ async def usage_stream(
         ctx.db,
         ctx.events,
         session_id,
-        last_event_id=service.parse_last_event_id(last_event_id),
+        last_event_id=parse_last_event_id(last_event_id),
         max_seconds=ctx.settings.sse_max_seconds,
     )
     return StreamingResponse(

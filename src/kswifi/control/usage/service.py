@@ -18,26 +18,22 @@ from kswifi.control.db import Database
 from kswifi.control.events import EventBus, UsageFacts, session_channel
 from kswifi.control.models import ENDED_STATES, DataSession, utcnow
 from kswifi.control.sessions import service as sessions
+from kswifi.control.sse import (
+    KEEPALIVE,
+    KEEPALIVE_SECONDS,
+    RETRY_MILLISECONDS,
+    format_event,
+)
 from kswifi.control.usage.schemas import UsageHistory, UsagePoint
 
 FINAL_EVENTS = ENDED_STATES
 """A stream ends with the event named after the state that ended its session."""
-KEEPALIVE_SECONDS = 15.0
-RETRY_MILLISECONDS = 1000
-
-
-# One encoder for every event (`json.dumps(..., default=str)` builds one per call).
-_to_json = json.JSONEncoder(separators=(",", ":"), default=str).encode
-_json_text = json.encoder.encode_basestring_ascii  # a str as `_to_json` writes it
-
-
-def format_event(event_id: int, kind: str, data: dict[str, Any]) -> str:
-    return f"id: {event_id}\nevent: {kind}\ndata: {_to_json(data)}\n\n"
+_json_text = json.encoder.encode_basestring_ascii  # a str as `to_json` writes it
 
 
 def usage_data(facts: UsageFacts) -> str:
-    """The JSON of a live `usage` event, rendered from its facts: exactly what `_to_json` makes
-    of the event's fields (in this order), without building a dict per event."""
+    """The JSON of a live `usage` event, rendered from its facts: exactly what `sse.to_json`
+    makes of the event's fields (in this order), without building a dict per event."""
     session_id, status, used, limit, expires_at, seconds_left, at = facts
     return (
         f'{{"type":"usage","session_id":{_json_text(session_id)},"status":{_json_text(status)},'
@@ -48,16 +44,6 @@ def usage_data(facts: UsageFacts) -> str:
         f'"data_limit_bytes":{limit},"usage_percent":{sessions.usage_percent(facts)!r},'
         f'"usage_text":{_json_text(sessions.usage_text(used, limit))}}}'
     )
-
-
-def parse_last_event_id(value: str | None) -> int:
-    """Event ids are increasing integers; anything else restarts the count."""
-    if value is None:
-        return 0
-    try:
-        return max(0, int(value.strip()))
-    except ValueError:
-        return 0
 
 
 def snapshot(session: DataSession, now: datetime) -> dict[str, Any]:
@@ -111,7 +97,7 @@ async def stream(
             message = await subscription.receive(min(remaining, KEEPALIVE_SECONDS))
             if message is None:
                 if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    yield ": keepalive\n\n"
+                    yield KEEPALIVE
                     last_sent = time.monotonic()
                 continue
             # Whatever else is already waiting goes out in the same write.

@@ -1,5 +1,6 @@
-// KSWiFi Connect page script: live usage over server-sent events, and the offline shell.
-// Everything works without it; it only makes the usage page update by itself.
+// KSWiFi Connect page script: live usage and device notices over server-sent events, and the
+// offline shell.
+// Everything works without it; it only makes pages update by themselves.
 (function () {
   "use strict";
 
@@ -29,6 +30,63 @@
     });
     el.title = el.getAttribute("datetime");
   });
+
+  // Device notices: a page showing devices (My devices, a device's code) hears when one of
+  // them gets new keys, is removed or renamed on another page or phone.
+  (function () {
+    var holder = document.querySelector("[data-device-notices]");
+    var shown = document.querySelectorAll("[data-device-key]");
+    if (!holder || !shown.length || !window.EventSource) return;
+    var words = JSON.parse(holder.getAttribute("data-device-notices"));
+
+    function element(id) {
+      return Array.prototype.find.call(shown, function (el) { return el.getAttribute("data-connect-id") === id; });
+    }
+    function nameOf(el) {
+      var named = el.querySelector('[data-field="device-name"]');
+      return named ? named.textContent.trim() : (el.getAttribute("data-device-name") || "");
+    }
+    function tell(el, change, name) {
+      if (!words[change] || el.getAttribute("data-device-change") === change) return;
+      el.setAttribute("data-device-change", change);
+      var note = el.querySelector('[data-field="device-notice"]');
+      if (!note) {
+        note = document.createElement("p");
+        note.className = "alert warn";
+        note.setAttribute("role", "alert");
+        note.setAttribute("data-field", "device-notice");
+        el.insertBefore(note, el.firstChild);
+      }
+      note.textContent = words[change].replace("{name}", name || nameOf(el));
+      if (change === "removed") {
+        Array.prototype.forEach.call(el.querySelectorAll("button, input"), function (b) { b.disabled = true; });
+      }
+    }
+
+    var source = new EventSource("/api/connect/profiles/events");
+    source.addEventListener("devices", function (e) {
+      // What is true now, after a first connect or a reconnect that may have missed notices.
+      var now = JSON.parse(e.data).devices;
+      Array.prototype.forEach.call(shown, function (el) {
+        var key = now[el.getAttribute("data-connect-id")];
+        if (key === undefined) tell(el, "removed");
+        else if (key !== el.getAttribute("data-device-key")) tell(el, "rotated");
+      });
+    });
+    source.addEventListener("device", function (e) {
+      var data = JSON.parse(e.data), el = element(data.connect_id);
+      if (!el) return;
+      if (data.change === "renamed") {
+        var named = el.querySelector('[data-field="device-name"]');
+        if (named) named.textContent = data.device_name;
+        el.setAttribute("data-device-name", data.device_name);
+      } else if (data.change === "removed") {
+        tell(el, "removed", data.device_name);
+      } else if (data.key !== el.getAttribute("data-device-key")) {
+        tell(el, "rotated", data.device_name);
+      }
+    });
+  })();
 
   var box = document.getElementById("usage");
   if (!box) return;
