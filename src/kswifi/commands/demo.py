@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
@@ -109,20 +109,21 @@ async def _unused_vouchers(db: AsyncSession, plan_code: str) -> list[str]:
     return list(rows)
 
 
-def _default_route_interface() -> str | None:
+def _ip_json(*arguments: str) -> list[dict[str, Any]]:
+    """What `ip -j ARGUMENTS` lists (empty when `ip` is missing, fails or says nonsense)."""
     try:
         result = subprocess.run(
-            ["ip", "-j", "route", "show", "default"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
+            ["ip", "-j", *arguments], capture_output=True, text=True, timeout=5, check=True
         )
-        routes = json.loads(result.stdout or "[]")
+        listed = json.loads(result.stdout or "[]")
     except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    for route in routes:
-        if isinstance(route, dict) and route.get("dev"):
+        return []
+    return [item for item in listed if isinstance(item, dict)] if isinstance(listed, list) else []
+
+
+def _default_route_interface() -> str | None:
+    for route in _ip_json("route", "show", "default"):
+        if route.get("dev"):
             return str(route["dev"])
     return None
 
@@ -133,19 +134,8 @@ def lan_address() -> str | None:
     interface = _default_route_interface()
     if interface is None:
         return None
-    try:
-        result = subprocess.run(
-            ["ip", "-j", "-4", "addr", "show", "dev", interface],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        links = json.loads(result.stdout or "[]")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    for link in links:
-        for address in link.get("addr_info", []) if isinstance(link, dict) else []:
+    for link in _ip_json("-4", "addr", "show", "dev", interface):
+        for address in link.get("addr_info", []):
             if address.get("family") == "inet" and address.get("scope") == "global":
                 return str(address["local"])
     return None
