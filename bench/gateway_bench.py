@@ -170,7 +170,7 @@ def make_dataplane(ns: str, wg: str, wan: str, ifb: str) -> KernelDataplane:
 class NoControlPlane:
     """The agent's control-plane calls are not part of these measurements."""
 
-    async def desired_state(self, since: int | None = None) -> DesiredState:
+    async def desired_update(self, since: int | None = None, known: str | None = None) -> object:
         raise NotImplementedError
 
     async def post_usage(self, report: object) -> object:

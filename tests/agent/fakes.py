@@ -22,6 +22,7 @@ from kswifi.agent.firewall import Garden
 from kswifi.agent.model import ActualState, Direction, SessionObjects
 from kswifi.protocol import (
     DesiredState,
+    DesiredUpdate,
     GatewayHeartbeat,
     HeartbeatAck,
     LeaseGrant,
@@ -29,6 +30,8 @@ from kswifi.protocol import (
     UsageAck,
     UsageReport,
 )
+from kswifi.protocol.deltas import make_delta, peers_by_key
+from kswifi.protocol.models import PeerSpec
 
 
 @dataclass
@@ -150,9 +153,24 @@ class FakeControlPlane:
         if not self.up:
             raise ControlPlaneError("connection refused")
 
-    async def desired_state(self, since: int | None = None) -> DesiredState:
+    sent: dict[str, tuple[int, dict[str, PeerSpec]]] = field(default_factory=dict)
+    """tag -> (revision, peers) of every answer given: a later ask names one to get a delta."""
+    answers: list[tuple[str, int]] = field(default_factory=list)
+    """(kind, revision) of every desired-state answer, in order."""
+
+    async def desired_update(
+        self, since: int | None = None, known: str | None = None
+    ) -> DesiredUpdate:
+        """The last state: whole, or as a delta from the answer `known` names."""
         self._check()
-        return self.states[-1]
+        state = self.states[-1]
+        tag = f"t{len(self.sent) + 1}"
+        base = self.sent.get(known) if since is not None and known is not None else None
+        self.sent[tag] = (state.revision, peers_by_key(state))
+        self.answers.append(("full" if base is None else "delta", state.revision))
+        if base is None:
+            return DesiredUpdate(kind="full", tag=tag, state=state)
+        return DesiredUpdate(kind="delta", tag=tag, delta=make_delta(base[1], base[0], state))
 
     async def post_usage(self, report: UsageReport) -> UsageAck:
         self._check()

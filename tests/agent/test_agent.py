@@ -84,8 +84,12 @@ def make_agent(
 
 
 async def poll_once(agent: Agent) -> None:
-    """One long-poll answer + reconcile, without running the loops."""
-    state = await agent.control.desired_state(None)
+    """One long-poll answer (a delta from the state held, if any) + reconcile, without
+    running the loops."""
+    book = agent.book
+    since, known = (book.state.revision, book.tag) if book is not None else (None, None)
+    state = agent._follow(await agent.control.desired_update(since, known))
+    assert state is not None
     agent.desired_state = state
     agent._store_desired_state(state)
     await agent.reconcile_once()
@@ -343,7 +347,19 @@ class TestRunLoop:
             await asyncio.sleep(0.02)
             if control.totals.get("s1") == 5000:
                 break
+        # A change reaches the running agent as a delta (the first answer was whole).
+        control.states.append(desired(2, peer(2, "s1"), peer(3, "s2")))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if key(3) in kernel.state.peers:
+                break
+        assert agent.book is not None and agent.book.state.revision == 2
+        assert [kind for kind, _ in control.answers] == [
+            "full",
+            *["delta"] * (len(control.answers) - 1),
+        ]
         agent.stop()
         await asyncio.wait_for(task, 5)
         assert control.totals == {"s1": 5000}
         assert key(2) in kernel.state.peers  # stopping the agent never tears down the data plane
+        assert key(3) in kernel.state.peers

@@ -27,15 +27,21 @@ class TestClient:
 
         def handler(request: httpx.Request) -> httpx.Response:
             seen.append(request)
-            return httpx.Response(200, json={"revision": 7, "peers": []})
+            return httpx.Response(
+                200,
+                json={"kind": "full", "tag": "t8", "state": {"revision": 7, "peers": []}},
+            )
 
         client = client_with(httpx.MockTransport(handler))
-        state = await client.desired_state(since=6)
+        update = await client.desired_update(since=6, known="t7")
+        first = await client.desired_update()
         await client.aclose()
-        assert state.revision == 7
+        assert update.revision == 7 and update.kind == "full" and update.tag == "t8"
         assert seen[0].url.path == "/api/gateway/v1/desired-state"
-        assert seen[0].url.params["since"] == "6"
+        assert dict(seen[0].url.params) == {"changes": "true", "since": "6", "known": "t7"}
+        assert dict(seen[1].url.params) == {"changes": "true"}  # nothing held: the whole state
         assert seen[0].headers["authorization"] == "Bearer secret-token"
+        assert first.state is not None and first.state.revision == 7
 
     async def test_usage_round_trip(self) -> None:
         def handler(request: httpx.Request) -> httpx.Response:
@@ -73,7 +79,7 @@ class TestClient:
     async def test_unreachable_is_a_control_plane_error(self, tmp_path: Path) -> None:
         client = ControlPlaneClient(f"unix:{tmp_path}/nothing.sock", "t")
         with pytest.raises(ControlPlaneError):
-            await client.desired_state()
+            await client.desired_update()
         await client.aclose()
 
     def test_unix_url_uses_a_uds_transport(self) -> None:

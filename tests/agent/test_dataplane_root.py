@@ -247,7 +247,7 @@ class TestAgentRestart:
         )
         first = Agent(settings, topology.dataplane(), control)
         await first.start()
-        first.desired_state = await control.desired_state()
+        first.desired_state = (await control.desired_update()).state
         assert await first.reconcile_once()
         topology.connect(phone)
         topology.serve(8000)

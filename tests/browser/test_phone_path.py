@@ -25,6 +25,8 @@ AGENTS = {
     " (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
     "ipad": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like"
     " Gecko) Version/17.4 Safari/605.1.15",  # an iPad's Safari asks for the desktop site
+    "mac": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like"
+    " Gecko) Chrome/124.0 Safari/537.36",
     "android": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko)"
     " Chrome/124.0 Mobile Safari/537.36",
     "desktop": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
@@ -51,7 +53,7 @@ def _profile_ready(browser: Any, live_server: LiveServer, device: str) -> tuple[
     return page, link, config
 
 
-@pytest.mark.parametrize("device", ["iphone", "ipad", "android", "desktop"])
+@pytest.mark.parametrize("device", ["iphone", "ipad", "mac", "android", "desktop"])
 def test_the_camera_code_opens_the_right_setup_for_each_device(
     browser: Any, live_server: LiveServer, device: str
 ) -> None:
@@ -69,7 +71,7 @@ def test_the_camera_code_opens_the_right_setup_for_each_device(
     if device == "iphone":
         expect(phone.get_by_role("link", name="Get it from the App Store")).to_be_visible()
         assert len(apple) == 1 and "os=macos" not in apple[0] and not conf
-    elif device == "ipad":  # or a Mac: both, the iPad's first
+    elif device in ("ipad", "mac"):  # they look alike: both, the iPad's first
         expect(phone.get_by_role("heading", name="On an iPad")).to_be_visible()
         expect(phone.get_by_role("heading", name="On a Mac")).to_be_visible()
         assert len(apple) == 2 and "os=macos" in apple[1] and not conf

@@ -1,5 +1,6 @@
-"""The gateway agent given a malformed or hostile desired state refuses it, says so in its log,
-and keeps serving the last good state.
+"""The gateway agent given a malformed or hostile desired state, or a delta that does not follow
+or would break the state it holds, refuses it, says so in its log, and keeps serving the last
+good state (asking for the whole state again after a refused delta).
 
 The agent's real control-plane client reads the answers (served by an httpx MockTransport); the
 kernel is the in-memory fake of tests/agent. Hostile here means: keys that are not keys, two
@@ -112,16 +113,37 @@ def settings(tmp_path: Path) -> GatewaySettings:
     )
 
 
+def full(body: dict[str, Any], tag: str = "t1") -> dict[str, Any]:
+    return {"kind": "full", "tag": tag, "state": body}
+
+
+def delta(base: int, revision: int, tag: str = "t2", **change: Any) -> dict[str, Any]:
+    body = {
+        "base_revision": base,
+        "revision": revision,
+        "interface": GOOD["interface"],
+        "upsert": [],
+        "remove": [],
+        **change,
+    }
+    return {"kind": "delta", "tag": tag, "delta": body}
+
+
 class Answers:
-    """The control plane's answers to the agent's desired-state requests, in order."""
+    """The control plane's answers to the agent's desired-state requests, in order (a bare
+    state is sent as a whole-state update)."""
 
     def __init__(self, *bodies: Any) -> None:
         self.bodies = list(bodies)
         self.served = 0
+        self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
         body = self.bodies[min(self.served, len(self.bodies) - 1)]
         self.served += 1
+        if isinstance(body, dict) and "kind" not in body:
+            body = full(body)
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return httpx.Response(200, content=content, headers={"Content-Type": "application/json"})
 
@@ -135,13 +157,13 @@ async def test_the_agent_keeps_its_last_good_state(settings: GatewaySettings) ->
     kernel = FakeDataplane()
     agent = Agent(settings, kernel, control)  # type: ignore[arg-type]
     await agent.start()
-    agent.desired_state = await control.desired_state(None)
+    agent.desired_state = (await control.desired_update()).state
     await agent.reconcile_once()
     good_peers = dict(kernel.state.peers)
     assert set(good_peers) == {key(2), key(3)}
     for body in hostile:
         with pytest.raises(ControlPlaneError):
-            await control.desired_state(None)
+            await control.desired_update()
         await agent.reconcile_once(full=True)
         assert agent.desired_state is not None and agent.desired_state.revision == 1
         assert dict(kernel.state.peers) == good_peers, body
@@ -170,3 +192,54 @@ async def test_the_refusal_is_logged_by_the_poll_loop(settings: GatewaySettings)
     assert refusals[0]["log_level"] in ("warning", "error")
     assert agent.desired_state is not None and agent.desired_state.revision == 1
     await control.aclose()
+
+
+HOSTILE_DELTAS: dict[str, dict[str, Any]] = {
+    "a gap: from a revision the agent does not hold": delta(5, 6, upsert=[peer(4)]),
+    "an address another peer keeps": delta(1, 2, upsert=[peer(4, v4="100.64.0.2/32")]),
+    "the interface's blocks changed under the peers": delta(
+        1, 2, interface={**GOOD["interface"], "addresses": ["10.9.0.1/16", "fd00:9::1/64"]}
+    ),
+}
+INVALID_DELTAS: dict[str, dict[str, Any]] = {
+    "a peer changed and removed at once": delta(1, 2, upsert=[peer(4)], remove=[key(4)]),
+    "two new peers, one address": delta(1, 2, upsert=[peer(4), peer(5, v4="100.64.0.4/32")]),
+    "an address outside the gateway's block": delta(1, 2, upsert=[peer(4, v4="1.1.1.1/32")]),
+    "back to an older revision": delta(1, 0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_DELTAS) + sorted(INVALID_DELTAS))
+async def test_a_hostile_delta_is_refused_and_the_whole_state_asked_again(
+    settings: GatewaySettings, case: str
+) -> None:
+    hostile = HOSTILE_DELTAS.get(case) or INVALID_DELTAS[case]
+    good_again = delta(1, 2, tag="t3", upsert=[peer(6)])
+    answers = Answers(full(GOOD), hostile, full(GOOD, tag="t4"), good_again)
+    control = ControlPlaneClient(
+        "http://control.invalid", "t0ken", transport=httpx.MockTransport(answers)
+    )
+    kernel = FakeDataplane()
+    agent = Agent(settings, kernel, control)  # type: ignore[arg-type]
+    await agent.start()
+    with structlog.testing.capture_logs() as logs:
+        poll = asyncio.create_task(agent._poll_loop())
+        for _ in range(400):
+            if answers.served >= 4 and agent.desired_state and agent.desired_state.revision == 2:
+                break
+            await asyncio.sleep(0.02)
+        poll.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await poll
+    await control.aclose()
+    # The hostile delta changed nothing; the agent then asked for the whole state (no
+    # `since`), and followed the next good delta from it.
+    params = [dict(request.url.params) for request in answers.requests[:4]]
+    assert params[1] == {"changes": "true", "since": "1", "known": "t1"}
+    assert params[2] == {"changes": "true"}, params
+    assert params[3] == {"changes": "true", "since": "1", "known": "t4"}
+    assert agent.desired_state is not None and agent.desired_state.revision == 2
+    assert {p.public_key for p in agent.desired_state.peers} == {key(2), key(3), key(6)}
+    if case in HOSTILE_DELTAS:
+        refused = [entry for entry in logs if entry["event"] == "desired_delta_refused"]
+        assert refused and refused[0]["log_level"] == "warning" and refused[0]["kept"] == 1

@@ -116,7 +116,7 @@ async def _run(settings: GatewaySettings) -> int:
     )
     try:
         try:
-            await client.desired_state(None)
+            await client.desired_update()
         except AuthenticationError:
             typer.echo(
                 "error: the control plane refused the gateway token "

@@ -17,7 +17,7 @@ from kswifi.agent.errors import AuthenticationError, ControlPlaneError, Protocol
 from kswifi.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
-    DesiredState,
+    DesiredUpdate,
     GatewayHeartbeat,
     HeartbeatAck,
     LeaseRequest,
@@ -72,7 +72,7 @@ class ControlPlaneClient:
         model: type[Model],
         *,
         body: BaseModel | None = None,
-        params: dict[str, int] | None = None,
+        params: dict[str, int | str] | None = None,
         read_timeout_s: float | None = None,
     ) -> Model:
         try:
@@ -109,12 +109,20 @@ class ControlPlaneClient:
         except ValidationError as exc:
             raise ControlPlaneError(f"{method} {path}: unexpected answer: {exc}") from exc
 
-    async def desired_state(self, since: int | None = None) -> DesiredState:
-        """The desired state; with `since` the server holds the answer until it changes."""
-        params = {"since": since} if since is not None else None
+    async def desired_update(
+        self, since: int | None = None, known: str | None = None
+    ) -> DesiredUpdate:
+        """The desired state or, when the control plane still knows the answer tagged
+        `known` (the state held, at revision `since`), what changed since (a delta); with
+        `since` the server holds the answer until something changed."""
+        params: dict[str, int | str] = {"changes": "true"}
+        if since is not None:
+            params["since"] = since
+            if known is not None:
+                params["known"] = known
         wait = self.poll_timeout_s + 15.0 if since is not None else None
         return await self._call(
-            "GET", "/desired-state", DesiredState, params=params, read_timeout_s=wait
+            "GET", "/desired-state", DesiredUpdate, params=params, read_timeout_s=wait
         )
 
     async def post_usage(self, report: UsageReport) -> UsageAck:

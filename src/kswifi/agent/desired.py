@@ -187,9 +187,11 @@ class DesiredTracker:
         state: DesiredState,
         now: datetime,
         lease_overrides: Mapping[str, int] | None = None,
+        changes: Mapping[str, PeerSpec | None] | None = None,
     ) -> Scope | None:
         """Follow `state` from the last one; the touched scope, or None if it was rebuilt in
-        full (then diff everything)."""
+        full (then diff everything). `changes` are the peers that differ between the two (a
+        delta's, None: removed), when known: then the others are not even looked at."""
         if self.state is None or self.ambiguous:
             self.rebuild(state, now, lease_overrides)
             return None
@@ -197,26 +199,34 @@ class DesiredTracker:
         touched_sessions: set[str] = set()
         touched_addresses: set[str] = set()
         if state is not self.state:
-            specs = {spec.public_key: spec for spec in state.peers}
-            if len(specs) != len(state.peers):
-                self.rebuild(state, now, lease_overrides)
-                return None
-            old_specs = self.specs
-            # PeerSpec has neither private nor extra attributes: its fields are its __dict__
-            # (a third of pydantic's __eq__ cost, which counts at 10,000 peers).
-            changed = [
-                key
-                for key, spec in specs.items()
-                if (old := old_specs.get(key)) is not spec
-                and (old is None or vars(old) != vars(spec))
-            ]
-            changed += [key for key in old_specs.keys() - specs.keys()]
+            if changes is not None:
+                changed = list(changes)
+                for key, spec in changes.items():
+                    if spec is None:
+                        self.specs.pop(key, None)
+                    else:
+                        self.specs[key] = spec
+            else:
+                specs = {spec.public_key: spec for spec in state.peers}
+                if len(specs) != len(state.peers):
+                    self.rebuild(state, now, lease_overrides)
+                    return None
+                old_specs = self.specs
+                # PeerSpec has neither private nor extra attributes: its fields are its
+                # __dict__ (a third of pydantic's __eq__ cost, which counts at 10,000 peers).
+                changed = [
+                    key
+                    for key, spec in specs.items()
+                    if (old := old_specs.get(key)) is not spec
+                    and (old is None or vars(old) != vars(spec))
+                ]
+                changed += [key for key in old_specs.keys() - specs.keys()]
+                self.specs = specs
             for key in changed:
                 self._forget(key, touched_sessions, touched_addresses)
-            self.specs = specs
             for key in changed:
                 touched_peers.add(key)
-                spec = specs.get(key)
+                spec = self.specs.get(key)
                 if spec is None:
                     continue
                 if not self._take(spec, now, touched_sessions):

@@ -44,13 +44,16 @@ from kswifi.agent.reconcile import Scope, diff, followup_scope
 from kswifi.agent.usage import UsageTracker, write_atomic
 from kswifi.protocol import (
     DesiredState,
+    DesiredUpdate,
     GatewayHeartbeat,
     HeartbeatAck,
     LeaseGrant,
     LeaseResponse,
+    PeerSpec,
     UsageAck,
     UsageReport,
 )
+from kswifi.protocol.deltas import DeltaRefused, PeerBook
 
 log = structlog.get_logger("kswifi.agent")
 PEER_LOG_LIMIT = 50
@@ -59,7 +62,9 @@ PEER_LOG_LIMIT = 50
 class ControlPlane(Protocol):
     """The calls the agent makes (ControlPlaneClient, or a fake in tests)."""
 
-    async def desired_state(self, since: int | None = None) -> DesiredState: ...
+    async def desired_update(
+        self, since: int | None = None, known: str | None = None
+    ) -> DesiredUpdate: ...
 
     async def post_usage(self, report: UsageReport) -> UsageAck: ...
 
@@ -110,6 +115,12 @@ class Agent:
             addresses=frozenset(settings.addresses),
         )
         self.desired_state: DesiredState | None = self._load_desired_state()
+        self.book: PeerBook | None = None
+        """The state the control plane last sent, which its deltas apply to (none after a
+        restart: the first answer is the whole state)."""
+        self.pending_changes: dict[str, PeerSpec | None] | None = None
+        """Peers changed by deltas since the last reconcile took the state (None: unknown,
+        compare the whole state)."""
         self.applied_revision = 0
         self.reported_revision = 0  # the last applied revision a prompt heartbeat reported
         self.observation: Observation | None = None
@@ -177,6 +188,16 @@ class Agent:
         state = self.desired_state
         if state is None:
             return []  # never touch a data plane before knowing what it should be
+        changes, self.pending_changes = self.pending_changes, {}
+        try:
+            return await self._reconcile(state, changes, full)
+        except BaseException:
+            self.pending_changes = None  # what the tracker followed is unknown: compare all
+            raise
+
+    async def _reconcile(
+        self, state: DesiredState, changes: dict[str, PeerSpec | None] | None, full: bool
+    ) -> list[Action]:
         async with self.lock:
             started = time.perf_counter()
             observation = None if full else self.observation
@@ -199,7 +220,7 @@ class Agent:
             if full:
                 self.desired.rebuild(state, now, self.lease_overrides)
             else:
-                scope = self.desired.update(state, now, self.lease_overrides)
+                scope = self.desired.update(state, now, self.lease_overrides, changes)
             if fresh:
                 scope = None  # a read of the whole data plane is diffed whole
             elif scope is not None:
@@ -316,23 +337,34 @@ class Agent:
         backoff = 1.0
         while not self.stopping.is_set():
             asked_at = time.monotonic()
+            known = self.book.tag if self.book is not None and since is not None else None
             try:
-                state = await self.control.desired_state(since)
+                update = await self.control.desired_update(since, known)
             except AuthenticationError as exc:
                 self._control_plane_down(exc)
                 await asyncio.sleep(30.0)
                 continue
             except ControlPlaneError as exc:
                 self._control_plane_down(exc)
+                since = None  # a refused answer may have been a delta: start over whole
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            backoff = 1.0
             self._control_plane_back()
+            state = self._follow(update)
+            if state is None:
+                since = None  # a delta that does not follow: ask for the whole state
+                await asyncio.sleep(backoff)  # never a tight loop against a broken server
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 1.0
             current = self.desired_state
             # A new revision differs: no need to compare 10,000 peers to know it.
             if current is None or state.revision != current.revision or state != current:
-                log.info("desired_state", revision=state.revision, peers=len(state.peers))
+                log.info(
+                    "desired_state", revision=state.revision, peers=len(state.peers),
+                    kind=update.kind,
+                )  # fmt: skip
                 self.desired_state = state
                 await asyncio.to_thread(self._store_desired_state, state)
                 self.desired_changed.set()
@@ -341,6 +373,25 @@ class Agent:
                 # Same revision answered at once: a server that does not hold long-polls.
                 await asyncio.sleep(1.0)
             since = state.revision
+
+    def _follow(self, update: DesiredUpdate) -> DesiredState | None:
+        """The state an answer makes: the whole one, or the one held with the delta applied
+        (None: the delta does not follow from what is held, or would break it)."""
+        if update.state is not None:
+            self.book = PeerBook.of(update.state, update.tag)
+            self.pending_changes = None
+            return update.state
+        if self.book is None or update.delta is None:
+            return None
+        try:
+            changes = self.book.apply(update.delta, update.tag)
+        except DeltaRefused as exc:
+            log.warning("desired_delta_refused", error=str(exc), kept=self.book.state.revision)
+            self.book = None
+            return None
+        if self.pending_changes is not None:
+            self.pending_changes.update(changes)
+        return self.book.state
 
     def _control_plane_down(self, exc: Exception) -> None:
         self.metrics.control_plane_errors.inc()

@@ -12,10 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """2: peers without a session (the walled garden) and the garden's spec in the desired state.
-Every agent request names its version in `PROTOCOL_HEADER`; the control plane refuses other
-versions (426) rather than have an agent misread a state it does not know."""
+3: desired-state deltas (`changes=true`, answered with a `DesiredUpdate`).
+Every agent request names its version in `PROTOCOL_HEADER`; the control plane refuses
+versions it does not serve (426) rather than have an agent misread a state it does not know."""
+SERVED_PROTOCOL_VERSIONS = (2, 3)
+"""What the control plane serves: agents of version 2 keep getting whole states, so gateways
+upgrade one at a time after the control plane."""
 PROTOCOL_HEADER = "X-KSWiFi-Protocol"
 PACKET_BYTES = 1500
 """What one full-size packet counts (an Ethernet-MTU IP packet). A quota or lease with less
@@ -141,30 +145,85 @@ class DesiredState(_Model):
         """Refused as a whole (the agent keeps its last good state): two peers with one key
         or one address, or an address outside the interface's blocks, would route one
         person's traffic to another peer."""
-        blocks: dict[int, list[tuple[int, int]]] = {}  # IP version -> (network, netmask)
-        for cidr in self.interface.addresses if self.interface is not None else []:
-            network = ipaddress.ip_interface(cidr).network
-            blocks.setdefault(network.version, []).append(
-                (int(network.network_address), int(network.netmask))
-            )
-        keys: set[str] = set()
-        addresses: set[str] = set()
-        for peer in self.peers:
-            if peer.public_key in keys:
-                raise ValueError(f"two peers share the public key {peer.public_key[:8]}…")
-            keys.add(peer.public_key)
-            for address in peer.allowed_ips:
-                if address in addresses:
-                    raise ValueError(f"two peers share the address {address}")
-                addresses.add(address)
-                host = address.partition("/")[0]
-                version = 6 if ":" in host else 4
-                family = socket.AF_INET6 if version == 6 else socket.AF_INET
-                value = int.from_bytes(socket.inet_pton(family, host))  # already validated
-                own = blocks.get(version)
-                if own and not any(value & mask == net for net, mask in own):
-                    raise ValueError(f"{address} is outside the gateway's address blocks")
+        check_peers(self.interface, self.peers)
         return self
+
+
+def check_peers(interface: GatewayInterface | None, peers: list[PeerSpec]) -> None:
+    """No two of `peers` share a key or an address, and every address lies in the
+    interface's blocks (ValueError otherwise)."""
+    blocks: dict[int, list[tuple[int, int]]] = {}  # IP version -> (network, netmask)
+    for cidr in interface.addresses if interface is not None else []:
+        network = ipaddress.ip_interface(cidr).network
+        blocks.setdefault(network.version, []).append(
+            (int(network.network_address), int(network.netmask))
+        )
+    keys: set[str] = set()
+    addresses: set[str] = set()
+    for peer in peers:
+        if peer.public_key in keys:
+            raise ValueError(f"two peers share the public key {peer.public_key[:8]}…")
+        keys.add(peer.public_key)
+        for address in peer.allowed_ips:
+            if address in addresses:
+                raise ValueError(f"two peers share the address {address}")
+            addresses.add(address)
+            host = address.partition("/")[0]
+            version = 6 if ":" in host else 4
+            family = socket.AF_INET6 if version == 6 else socket.AF_INET
+            value = int.from_bytes(socket.inet_pton(family, host))  # already validated
+            own = blocks.get(version)
+            if own and not any(value & mask == net for net, mask in own):
+                raise ValueError(f"{address} is outside the gateway's address blocks")
+
+
+class DesiredDelta(_Model):
+    """What changed in a gateway's desired state since the state the agent holds
+    (`base_revision`, named by the `tag` it came with): peers added or changed, in full;
+    peers removed, by public key; the interface and the garden as they are now (small)."""
+
+    base_revision: int = Field(ge=0)
+    revision: int = Field(ge=0)
+    interface: GatewayInterface | None = None
+    upsert: list[PeerSpec] = Field(default_factory=list, max_length=MAX_PEERS)
+    remove: list[WireguardKeyText] = Field(default_factory=list, max_length=MAX_PEERS)
+    report_applied: bool = False
+    garden: GardenSpec | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DesiredDelta:
+        if self.revision < self.base_revision:
+            raise ValueError("a delta never goes back to an older revision")
+        if set(self.remove) & {peer.public_key for peer in self.upsert}:
+            raise ValueError("a peer is both changed and removed")
+        check_peers(self.interface, self.upsert)
+        return self
+
+
+class DesiredUpdate(_Model):
+    """The answer to an agent that takes changes (`changes=true`): the whole state
+    (`kind` `full`: the first answer, or the agent's state is unknown here or too old) or
+    what changed since it (`delta`). `tag` names this answer: the agent sends it back as
+    `known`, and only a control plane that sent it answers with a delta from it."""
+
+    kind: Literal["full", "delta"]
+    tag: str = Field(min_length=1, max_length=64)
+    state: DesiredState | None = None
+    delta: DesiredDelta | None = None
+
+    @model_validator(mode="after")
+    def _one_body(self) -> DesiredUpdate:
+        if (self.state is not None) != (self.kind == "full") or (self.delta is not None) != (
+            self.kind == "delta"
+        ):
+            raise ValueError("a full answer carries `state`, a delta `delta`, never both")
+        return self
+
+    @property
+    def revision(self) -> int:
+        body = self.state if self.state is not None else self.delta
+        assert body is not None  # the validator makes sure
+        return body.revision
 
 
 class SessionUsageDelta(_Model):

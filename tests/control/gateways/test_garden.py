@@ -83,7 +83,7 @@ async def test_the_garden_names_dns_the_app_and_the_buy_page(ctx: AppContext, wo
     assert state.garden.rate_kbit == 128
 
 
-@pytest.mark.parametrize("version", [None, "1", "3"])
+@pytest.mark.parametrize("version", [None, "1", "4"])
 async def test_an_agent_speaking_another_protocol_is_refused_clearly(
     client: httpx.AsyncClient, world: World, version: str | None
 ) -> None:
@@ -114,14 +114,27 @@ async def test_the_agent_client_speaks_the_protocol_and_names_a_refusal(
     gateway = await world.gateway()
     agent = ControlPlaneClient("http://cp", gateway.token, transport=httpx.ASGITransport(app))
     try:
-        state = await agent.desired_state()
-        assert state.garden is not None
+        update = await agent.desired_update()
+        assert update.state is not None and update.state.garden is not None
         agent._http.headers[PROTOCOL_HEADER] = "1"  # an agent from before the garden
         with pytest.raises(ProtocolMismatch) as refused:
-            await agent.desired_state()
+            await agent.desired_update()
     finally:
         await agent.aclose()
     message = str(refused.value)
     assert "refused this agent's gateway protocol version" in message
-    assert "speaks gateway protocol version 2; the agent speaks version 1" in message
+    assert "speaks gateway protocol version 3; the agent speaks version 1" in message
     assert "Upgrade the agent" in message
+
+
+async def test_an_agent_of_version_2_still_gets_whole_states(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    """Gateways upgrade one at a time after the control plane: version 2 is still served."""
+    gateway = await world.gateway()
+    response = await client.get(
+        "/api/gateway/v1/desired-state", headers={**gateway.headers, PROTOCOL_HEADER: "2"}
+    )
+    assert response.status_code == 200, response.text
+    state = DesiredState.model_validate_json(response.content)
+    assert state.interface is not None

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
 from kswifi.control.errors import Unauthorized, UpgradeRequired
 from kswifi.control.events import Subscription, gateway_channel
-from kswifi.control.gateways import desired, ingest, leases, service
+from kswifi.control.gateways import answers, desired, ingest, leases, service
 from kswifi.control.gateways.schemas import (
     GatewayCreate,
     GatewayCreated,
@@ -34,7 +34,7 @@ def agent_protocol(
 ) -> None:
     """Every agent request names the protocol version it speaks; another one (an older agent
     sends none) is refused with a clear error instead of being misread."""
-    if version != str(protocol.PROTOCOL_VERSION):
+    if version not in {str(served) for served in protocol.SERVED_PROTOCOL_VERSIONS}:
         spoken = f"version {version}" if version else "version 1 (it names none)"
         raise UpgradeRequired(
             f"This control plane speaks gateway protocol version {protocol.PROTOCOL_VERSION};"
@@ -129,7 +129,7 @@ async def _authenticated_gateway_id(ctx: Ctx, credentials: BearerCredentials) ->
     "/gateway/v1/desired-state",
     tags=["gateway"],
     dependencies=AgentProtocol,
-    response_model=protocol.DesiredState,
+    response_model=protocol.DesiredState | protocol.DesiredUpdate,
 )
 async def get_desired_state(
     ctx: Ctx,
@@ -138,10 +138,19 @@ async def get_desired_state(
         int | None,
         Query(ge=0, description="The revision the agent holds: wait until there is a newer one"),
     ] = None,
+    changes: Annotated[
+        bool,
+        Query(description="Answer with a DesiredUpdate: the whole state or a delta (protocol 3)"),
+    ] = False,
+    known: Annotated[
+        str | None,
+        Query(max_length=64, description="The tag of the answer the agent holds (with `since`)"),
+    ] = None,
 ) -> Response:
     """The gateway's desired state. With `since` equal to the current revision the answer
     waits (up to `KSWIFI_LONGPOLL_SECONDS`) for a change; on timeout it is the same revision.
-    """
+    With `changes` the answer is a DesiredUpdate: what changed since the answer tagged
+    `known` when this process sent it, else the whole state (`kind` says which)."""
     gateway_id = await _authenticated_gateway_id(ctx, credentials)
     # Subscribe before reading the revision, so a change in between still wakes us.
     async with ctx.events.subscribe(gateway_channel(gateway_id)) as subscription:
@@ -155,8 +164,11 @@ async def get_desired_state(
         state = await desired.desired_state(
             db, ctx.secrets, gateway_id, utcnow(), ctx.events, ctx.settings
         )
+    body: protocol.DesiredState | protocol.DesiredUpdate = state
+    if changes:
+        body = answers.answer(gateway_id, state, known if since is not None else None)
     # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
-    return Response(state.model_dump_json(), media_type="application/json")
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 async def _wait_for_new_revision(subscription: Subscription, since: int, seconds: float) -> None:

@@ -382,7 +382,7 @@ async def record_heartbeat(
         log.info("gateway_online", gateway_id=gateway.id, name=gateway.name)
     gateway.is_online = True
     gateway.last_heartbeat_at = now
-    if heartbeat.protocol_version != protocol.PROTOCOL_VERSION:
+    if heartbeat.protocol_version not in protocol.SERVED_PROTOCOL_VERSIONS:
         log.warning(
             "gateway_protocol_mismatch",
             gateway_id=gateway.id,
