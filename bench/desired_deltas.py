@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import os
 import platform
 import secrets
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.control_common import SECRET, bench_database, seed
+from bench.control_common import SECRET, BenchDatabase, bench_database, seed
 from kswifi.agent.desired import DesiredTracker
 from kswifi.control.config import Settings
 from kswifi.control.db import Database
@@ -102,16 +103,19 @@ def agent_side(count: int, runs: int) -> dict[str, float]:
         book = PeerBook.of(before, "t1")
         tracker = DesiredTracker()
         tracker.rebuild(book.state, NOW)
+        gc.collect()  # each side starts from a clean heap (a collection is not its cost)
         started = time.perf_counter()
-        update = DesiredUpdate.model_validate_json(whole_bytes)
-        assert update.state is not None
-        PeerBook.of(update.state, update.tag)
-        scope = tracker.update(update.state, NOW)
+        whole = DesiredUpdate.model_validate_json(whole_bytes)
+        assert whole.state is not None
+        PeerBook.of(whole.state, whole.tag)
+        scope = tracker.update(whole.state, NOW)
         whole_times.append(time.perf_counter() - started)
         assert scope is not None and "s-new" in scope.sessions
 
+        del whole, scope  # freed here, not inside the next measurement
         tracker = DesiredTracker()
         tracker.rebuild(book.state, NOW)
+        gc.collect()
         started = time.perf_counter()
         update = DesiredUpdate.model_validate_json(delta_bytes)
         assert update.delta is not None
@@ -127,40 +131,44 @@ def agent_side(count: int, runs: int) -> dict[str, float]:
     }
 
 
-async def control_side(count: int, runs: int) -> dict[str, float]:
+def control_side(count: int, runs: int) -> dict[str, float]:
     with bench_database() as database:
-        seeded = await seed(database, gateway_count=1, sessions_per_gateway=count, free_sessions=0)
-        gateway_id = seeded.gateway_ids[0]
-        box = SecretBox(SECRET)
-        connection = await asyncpg.connect(database.dsn)
-        try:  # the seed's placeholder keys: one real encrypted preshared key for all
-            await connection.execute(
-                "UPDATE devices SET preshared_key_encrypted = $1", box.encrypt(_key())
-            )
-        finally:
-            await connection.close()
-        settings = Settings(database_url=database.url, secret_key=SECRET)  # type: ignore[arg-type]
-        db = Database(database.url)
-        cpu: list[float] = []
-        kinds: list[str] = []
-        try:
-            known: str | None = None
-            for run in range(runs + 1):
-                if run:
-                    await _add_device(database.dsn, gateway_id, seeded.user_id, count + run + 1)
-                started = time.process_time()
-                async with db.transaction() as session:
-                    state = await gateway_desired.desired_state(
-                        session, box, gateway_id, datetime.now(UTC), None, settings
-                    )
-                update = answers.answer(gateway_id, state, known)
-                update.model_dump_json()
-                if run:  # the first answer is whole and warms the caches
-                    cpu.append(time.process_time() - started)
-                    kinds.append(update.kind)
-                known = update.tag
-        finally:
-            await db.dispose()
+        return asyncio.run(_control_side(database, count, runs))
+
+
+async def _control_side(database: BenchDatabase, count: int, runs: int) -> dict[str, float]:
+    seeded = await seed(database, gateway_count=1, sessions_per_gateway=count, free_sessions=0)
+    gateway_id = seeded.gateway_ids[0]
+    box = SecretBox(SECRET)
+    connection = await asyncpg.connect(database.dsn)
+    try:  # the seed's placeholder keys: one real encrypted preshared key for all
+        await connection.execute(
+            "UPDATE devices SET preshared_key_encrypted = $1", box.encrypt(_key())
+        )
+    finally:
+        await connection.close()
+    settings = Settings(database_url=database.url, secret_key=SECRET)  # type: ignore[arg-type]
+    db = Database(database.url)
+    cpu: list[float] = []
+    kinds: list[str] = []
+    try:
+        known: str | None = None
+        for run in range(runs + 1):
+            if run:
+                await _add_device(database.dsn, gateway_id, seeded.user_id, count + run + 1)
+            started = time.process_time()
+            async with db.transaction() as session:
+                state = await gateway_desired.desired_state(
+                    session, box, gateway_id, datetime.now(UTC), None, settings
+                )
+            update = answers.answer(gateway_id, state, known)
+            update.model_dump_json()
+            if run:  # the first answer is whole and warms the caches
+                cpu.append(time.process_time() - started)
+                kinds.append(update.kind)
+            known = update.tag
+    finally:
+        await db.dispose()
     assert set(kinds) == {"delta"}, kinds
     return {"cpu_ms": _median_ms(cpu)}
 
@@ -257,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     control: dict[int, dict[str, float]] = {}
     for count in (SIZES[0], SIZES[-1]):
         print(f"control plane, {count:,} profiles ...", flush=True)
-        control[count] = asyncio.run(control_side(count, args.runs))
+        control[count] = control_side(count, args.runs)
         print(f"  {control[count]}", flush=True)
     text = render(agent, control)
     print(text)

@@ -123,6 +123,8 @@ class TestReconcileLoop:
         assert kernel.observed == 1  # adding a peer diffs against the state in memory
         assert [type(a).__name__ for a in kernel.applied[-1]].count("AddPeer") == 1
         assert key(3) in kernel.state.peers
+        # Persisted beside the reconcile (never before it), and written before the agent stops.
+        assert DesiredState.model_validate_json(agent.desired_path.read_bytes()).revision == 2
         await poll_once(agent)
         assert kernel.applied[-1] != [] and len(kernel.applied) == 2  # no-op: nothing applied
         await agent.reconcile_once(full=True)

@@ -118,6 +118,8 @@ class Agent:
         self.book: PeerBook | None = None
         """The state the control plane last sent, which its deltas apply to (none after a
         restart: the first answer is the whole state)."""
+        self._store_pending = False
+        self._store_task: asyncio.Task[None] | None = None
         self.pending_changes: dict[str, PeerSpec | None] | None = None
         """Peers changed by deltas since the last reconcile took the state (None: unknown,
         compare the whole state)."""
@@ -163,6 +165,21 @@ class Agent:
     def _store_desired_state(self, state: DesiredState) -> None:
         # Holds preshared keys and the interface key: 0600 (write_atomic), never logged.
         write_atomic(self.desired_path, state.model_dump_json().encode())
+
+    def _store_soon(self) -> None:
+        """Persist the latest desired state beside the reconcile, never before it: at 50,000
+        peers it is megabytes of JSON. Changes that arrive during a write are written after
+        it, together."""
+        self._store_pending = True
+        if self._store_task is None or self._store_task.done():
+            self._store_task = asyncio.create_task(self._store_latest(), name="store")
+
+    async def _store_latest(self) -> None:
+        while self._store_pending:
+            self._store_pending = False
+            state = self.desired_state
+            if state is not None:
+                await asyncio.to_thread(self._store_desired_state, state)
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -366,9 +383,9 @@ class Agent:
                     kind=update.kind,
                 )  # fmt: skip
                 self.desired_state = state
-                await asyncio.to_thread(self._store_desired_state, state)
                 self.desired_changed.set()
                 self.reconcile_needed.set()
+                self._store_soon()
             elif time.monotonic() - asked_at < 0.5:
                 # Same revision answered at once: a server that does not hold long-polls.
                 await asyncio.sleep(1.0)
@@ -615,6 +632,8 @@ class Agent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self._store_task is not None:
+                await asyncio.gather(self._store_task, return_exceptions=True)
             # Final read so bytes counted up to now are spooled (the data plane stays up).
             with contextlib.suppress(AgentError):
                 await self.usage_once()
