@@ -276,7 +276,9 @@ async def seed(
             ],
         )  # fmt: skip
         await connection.execute(
-            "UPDATE gateways SET next_host_index = $1", sessions_per_gateway + 2
+            "UPDATE gateways SET next_host_index = $1, installed_devices = $2",
+            sessions_per_gateway + 2,
+            sessions_per_gateway,
         )
         await connection.execute("ANALYZE")
     finally:

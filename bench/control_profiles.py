@@ -223,13 +223,25 @@ async def measure(
 
 
 def run(
-    *, seconds: float = 20.0, concurrency: int = 8, rate: float = 40.0, sessions: int = 5000
+    *,
+    seconds: float = 20.0,
+    concurrency: int = 8,
+    rate: float = 40.0,
+    sessions: int = 5000,
+    installed: int = 0,
 ) -> ProfileResult:
-    """One full run on a fresh database and two fresh replicas."""
+    """One full run on a fresh database and two fresh replicas; the gateway already holds
+    `installed` profiles."""
     raise_fd_limit()
     with bench_database() as database:
         seeded = asyncio.run(
-            seed(database, gateway_count=1, sessions_per_gateway=0, free_sessions=sessions)
+            seed(
+                database,
+                gateway_count=1,
+                sessions_per_gateway=installed,
+                free_sessions=sessions,
+                capacity=installed + sessions + 10_000,
+            )
         )
         with replicas(database, 2) as servers:
             return asyncio.run(
@@ -242,8 +254,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rate", type=float, default=40.0, help="offered profiles/s (open loop)")
+    parser.add_argument(
+        "--installed", type=int, default=0, help="profiles the gateway holds already"
+    )
     args = parser.parse_args()
-    result = run(seconds=args.seconds, concurrency=args.concurrency, rate=args.rate)
+    result = run(
+        seconds=args.seconds,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        installed=args.installed,
+    )
     print(json.dumps(result.__dict__, indent=2))
 
 

@@ -126,6 +126,8 @@ def test_devices_become_profiles_that_outlive_their_sessions(tmp_path: Path) -> 
         rows = dict(db.execute("SELECT id, session_id FROM devices").fetchall())
         statuses = dict(db.execute("SELECT id, status FROM devices").fetchall())
         garden = db.execute("SELECT garden_rx_bytes, garden_tx_bytes FROM gateways").fetchone()
+        installed = db.execute("SELECT installed_devices FROM gateways").fetchone()
     assert rows == {"d-live": "live", "d-over": None, "d-gone": "over"}
     assert statuses == {"d-live": "active", "d-over": "active", "d-gone": "removed"}
     assert garden == (0, 0)
+    assert installed == (2,)  # revision 0007 counts the installed devices, not the removed one

@@ -15,6 +15,7 @@ from kswifi.control.gateways import addresses as gateway_addresses
 from kswifi.control.gateways import service
 from kswifi.control.geoip import UNKNOWN
 from kswifi.control.models import AddressRelease, DataSession, Device, Gateway, utcnow
+from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import placement
 from kswifi.control.regions import service as regions
 from tests.control.gateways.conftest import World
@@ -169,8 +170,11 @@ class TestPlacement:
             )
         with pytest.raises(placement.NoGatewayAvailable):
             await self._choose(ctx, "eu-west")
+        owner = (await world.get_session(session_id)).user_id
         async with ctx.db.transaction() as db:
-            await db.execute(update(Device).where(Device.id == device.id).values(status="removed"))
+            await profiles.remove_profile(
+                db, ctx.events, user_id=owner, device_id=device.id, now=utcnow()
+            )
         assert (await self._choose(ctx, "eu-west")).id == full.id
 
     async def test_online_first_then_never_seen_never_offline(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import func, select, update
 
 from kswifi.control.deps import AppContext
 from kswifi.control.errors import Unprocessable
 from kswifi.control.geoip import UNKNOWN, ClientLocation, locate_country
-from kswifi.control.models import Gateway, Region, utcnow
+from kswifi.control.models import Device, DeviceStatus, Gateway, Region, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service
 from kswifi.control.regions.placement import NoGatewayAvailable
@@ -182,3 +185,53 @@ class TestExplicit:
         with pytest.raises(Unprocessable) as error:
             await _place(ctx, LONDON, region=region)
         assert "us-east" in error.value.message
+
+
+async def test_each_gateways_kept_up_count_is_its_installed_devices(
+    ctx: AppContext, add_gateway: AddGateway, make_session: MakeSession
+) -> None:
+    """Placement reads `installed_devices` instead of counting devices: new devices, a device
+    moved off a gateway that went offline, and removals all keep it exact."""
+    first = await add_gateway("eu-west", capacity=10)
+    second = await add_gateway("eu-west", capacity=10)
+
+    async def generate(user_id: str, session_id: str) -> str:
+        async with ctx.db.transaction() as db:
+            made = await profiles.generate_profile(
+                db, secrets=ctx.secrets, settings=ctx.settings, bus=ctx.events,
+                user_id=user_id, session_id=session_id, region="eu-west",
+                device_name="phone", now=utcnow(),
+            )  # fmt: skip
+            return made.connect_id
+
+    sessions = [await make_session(plan_code="basic") for _ in range(5)]
+    devices = [await generate(s.user_id, s.id) for s in sessions]
+    async with ctx.db.transaction() as db:  # the first gateway goes silent: its devices move
+        await db.execute(
+            update(Gateway)
+            .where(Gateway.id == first.id)
+            .values(is_online=False, last_heartbeat_at=utcnow() - timedelta(hours=1))
+        )
+    moved = await generate(sessions[0].user_id, sessions[0].id)
+    assert moved == devices[0]
+    for session, device in list(zip(sessions, devices, strict=True))[1:3]:
+        async with ctx.db.transaction() as db:
+            await profiles.remove_profile(
+                db, ctx.events, user_id=session.user_id, device_id=device, now=utcnow()
+            )
+    async with ctx.db.transaction() as db:
+        counted = dict(
+            (
+                await db.execute(
+                    select(Device.gateway_id, func.count())
+                    .where(Device.status == DeviceStatus.ACTIVE)
+                    .group_by(Device.gateway_id)
+                )
+            ).all()
+        )
+        kept = dict((await db.execute(select(Gateway.id, Gateway.installed_devices))).all())
+    assert sum(counted.values()) == 3
+    assert {first.id: kept[first.id], second.id: kept[second.id]} == {
+        first.id: counted.get(first.id, 0),
+        second.id: counted.get(second.id, 0),
+    }

@@ -118,6 +118,7 @@ _TAKE_AND_BUMP_PG = (
         revision=_gateways.c.revision + 1,
         next_host_index=_gateways.c.next_host_index
         + case((exists(select(_reused.c.host_index)), 0), else_=1),
+        installed_devices=_gateways.c.installed_devices + 1,
     )
     .returning(select(_reused.c.host_index).scalar_subquery(), *_TAKEN_COLUMNS)
     .add_cte(_reused)
@@ -130,6 +131,7 @@ _TAKE_AND_BUMP_SQLITE = (
     .values(
         revision=_gateways.c.revision + 1,
         next_host_index=_gateways.c.next_host_index + bindparam("step"),
+        installed_devices=_gateways.c.installed_devices + 1,
     )
     .returning(literal(None), *_TAKEN_COLUMNS)
 )
@@ -165,3 +167,12 @@ async def take_host_and_bump(
             return None
     host_index = int(reused) if reused is not None else int(row[1]) - 1
     return TakenHost(host_index, int(row[2]), row[3], row[4], row[5])
+
+
+async def count_installed(db: AsyncSession, gateway_id: str, change: int) -> None:
+    """Move the gateway's count of installed devices by `change` (one statement: no lock)."""
+    await db.execute(
+        update(_gateways)
+        .where(_gateways.c.id == gateway_id)
+        .values(installed_devices=_gateways.c.installed_devices + change)
+    )

@@ -1,5 +1,6 @@
 """Addresses: the gateway's pools carved at registration, a device's host taken and released
-(one allocation path)."""
+(one allocation path). Taking a host installs a device on the gateway and giving it back
+removes it: the gateway's `installed_devices` count moves here, and only here."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ async def allocate_host(
                 " Try another region or try again later."
             )
         locked.next_host_index = host_index + 1
+    locked.installed_devices += 1
     ipv4, ipv6 = blocks.device_addresses(host_index)
     await db.flush()
     return host_index, ipv4, ipv6
@@ -112,9 +114,11 @@ async def allocate_host_and_bump(
 
 
 async def release_host(db: AsyncSession, gateway_id: str, host_index: int, now: datetime) -> None:
-    """Give a device's address back; it is handed out again after the cool-down."""
+    """Give a device's address back (the device leaves the gateway); it is handed out again
+    after the cool-down."""
     if host_index < ipam.FIRST_DEVICE_HOST_INDEX:
         raise ValueError(f"host index {host_index} is not a device address")
+    await address_repository.count_installed(db, gateway_id, -1)
     existing = await address_repository.get_release(db, gateway_id, host_index)
     if existing is not None:
         existing.released_at = now

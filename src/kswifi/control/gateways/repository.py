@@ -97,7 +97,9 @@ async def list_regions(db: AsyncSession) -> list[Region]:
 
 
 async def list_all(db: AsyncSession) -> list[Gateway]:
-    return list(await db.scalars(select(Gateway).order_by(Gateway.region_code, Gateway.name)))
+    """Every gateway, read afresh (counts such as `installed_devices` move by SQL)."""
+    query = select(Gateway).order_by(Gateway.region_code, Gateway.name)
+    return list(await db.scalars(query.execution_options(populate_existing=True)))
 
 
 async def list_enabled(db: AsyncSession, region_code: str | None) -> list[Gateway]:
@@ -119,17 +121,6 @@ def live_session_filter(now: datetime | ColumnElement[datetime]) -> ColumnElemen
         DataSession.status.in_(LIVE_STATES),
         or_(DataSession.expires_at.is_(None), DataSession.expires_at > now),
     )
-
-
-async def installed_device_counts(db: AsyncSession) -> dict[str, int]:
-    """Installed devices per gateway (each is a peer, with or without a session): the load
-    that counts against capacity."""
-    rows = await db.execute(
-        select(Device.gateway_id, func.count())
-        .where(Device.status == DeviceStatus.ACTIVE)
-        .group_by(Device.gateway_id)
-    )
-    return {gateway_id: count for gateway_id, count in rows}
 
 
 @dataclass(frozen=True)

@@ -307,9 +307,8 @@ def to_out(
 
 async def list_out(db: AsyncSession, now: datetime, settings: Settings) -> list[GatewayOut]:
     """Every gateway as the operator sees it, with its current load."""
-    counts = await repository.installed_device_counts(db)
     return [
-        to_out(gateway, active_devices=counts.get(gateway.id, 0), now=now, settings=settings)
+        to_out(gateway, active_devices=gateway.installed_devices, now=now, settings=settings)
         for gateway in await repository.list_all(db)
     ]
 

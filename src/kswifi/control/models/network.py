@@ -33,6 +33,9 @@ class Gateway(Base):
     ipv6_pool: Mapped[str] = mapped_column(String(64), unique=True)
     capacity: Mapped[int] = mapped_column(default=10_000)
     next_host_index: Mapped[int] = mapped_column(BigInteger, default=2)
+    # Devices installed on it (its peers), kept up where a device's address is taken and
+    # given back (`gateways.addresses`): placement reads it instead of counting devices.
+    installed_devices: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     revision: Mapped[int] = mapped_column(BigInteger, default=1)
     is_enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
