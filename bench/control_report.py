@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import control_profiles, control_usage
 from bench.control_common import median
+from bench.sections_common import write_section
 
 START = "<!-- control-bench:start -->"
 END = "<!-- control-bench:end -->"
@@ -162,14 +163,7 @@ def section(
 
 
 def write(text: str, path: Path = BENCHMARKS) -> None:
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        after = rest.split(END, 1)[1]
-        updated = before + text + after
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(updated)
+    write_section(text.rstrip("\n") + "\n", START, END, path)
 
 
 def from_log(path: Path) -> tuple[list[Any], list[Any]]:

@@ -27,12 +27,12 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
 
 from bench import control_profiles
 from bench.control_common import SECRET, BenchDatabase, bench_database, seed
+from bench.sections_common import write_section
 from kswifi.agent.desired import DesiredTracker
 from kswifi.control.config import Settings
 from kswifi.control.db import Database
@@ -42,7 +42,6 @@ from kswifi.control.security import SecretBox
 from kswifi.protocol import DesiredState, DesiredUpdate, GardenSpec, GatewayInterface, PeerSpec
 from kswifi.protocol.deltas import PeerBook, make_delta
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 START = "<!-- deltas-bench:start -->"
 END = "<!-- deltas-bench:end -->"
 SIZES = (1_000, 10_000, 50_000)
@@ -261,17 +260,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    current = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        before = current[: current.index(START)]
-        after = current[current.index(END) + len(END) :].lstrip("\n")
-        current = before + text + ("\n" + after if after else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    BENCHMARKS.write_text(current)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -296,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(agent, control, generation)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, START, END)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from kswifi.control import sse
 from kswifi.control.deps import (
     BearerCredentials,
     BrowserOrBearerUserId,
@@ -25,7 +26,6 @@ from kswifi.control.profiles.schemas import (
     RenameProfile,
 )
 from kswifi.control.security import utcnow
-from kswifi.control.sse import parse_last_event_id
 
 router = APIRouter(prefix="/connect", tags=["connect profiles"])
 # Outside /api: the page a phone opens from a setup link (mounted by the app next to /api).
@@ -122,14 +122,10 @@ async def device_notices(
         ctx.db,
         ctx.events,
         user_id,
-        last_event_id=parse_last_event_id(last_event_id),
+        last_event_id=sse.parse_last_event_id(last_event_id),
         max_seconds=ctx.settings.sse_max_seconds,
     )
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.response(events)
 
 
 @router.get(

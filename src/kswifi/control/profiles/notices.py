@@ -19,10 +19,16 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import Database
-from kswifi.control.events import EventBus, UsageFacts, person_channel, publish_after_commit
+from kswifi.control.events import (
+    EventBus,
+    Message,
+    UsageFacts,
+    person_channel,
+    publish_after_commit,
+)
 from kswifi.control.models import Device
 from kswifi.control.profiles import repository
-from kswifi.control.sse import KEEPALIVE, KEEPALIVE_SECONDS, RETRY_MILLISECONDS, format_event
+from kswifi.control.sse import RETRY_MILLISECONDS, format_event, relay
 
 Change = Literal["rotated", "removed", "renamed"]
 
@@ -88,24 +94,10 @@ async def stream(
         yield f"retry: {RETRY_MILLISECONDS}\n" + format_event(
             event_id, "devices", {"type": "devices", "devices": devices}
         )
-        last_sent = time.monotonic()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                event_id += 1
-                yield format_event(event_id, "reconnect", {"type": "reconnect"})
-                return
-            message = await subscription.receive(min(remaining, KEEPALIVE_SECONDS))
-            if message is None:
-                if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    yield KEEPALIVE
-                    last_sent = time.monotonic()
-                continue
-            chunks: list[str] = []
-            for waiting in [message, *subscription.drain()]:
-                if isinstance(waiting, UsageFacts):  # pragma: no cover - not on this channel
-                    continue
-                event_id += 1
-                chunks.append(format_event(event_id, str(waiting.get("type", "device")), waiting))
-            yield "".join(chunks)
-            last_sent = time.monotonic()
+        async for chunk in relay(subscription, _render, event_id=event_id, deadline=deadline):
+            yield chunk
+
+
+def _render(event_id: int, message: Message) -> tuple[str, bool]:
+    data = message.as_dict() if isinstance(message, UsageFacts) else message
+    return format_event(event_id, str(data.get("type", "device")), data), False

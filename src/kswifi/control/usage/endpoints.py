@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 
+from kswifi.control import sse
 from kswifi.control.deps import BrowserOrBearerUserId, Ctx
 from kswifi.control.sessions import service as sessions
-from kswifi.control.sse import parse_last_event_id
 from kswifi.control.usage import service
 from kswifi.control.usage.schemas import UsageHistory
 
@@ -34,14 +34,10 @@ async def usage_stream(
         ctx.db,
         ctx.events,
         session_id,
-        last_event_id=parse_last_event_id(last_event_id),
+        last_event_id=sse.parse_last_event_id(last_event_id),
         max_seconds=ctx.settings.sse_max_seconds,
     )
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.response(events)
 
 
 @router.get("/sessions/{session_id}/usage/history", response_model=UsageHistory)

@@ -15,15 +15,10 @@ from datetime import datetime
 from typing import Any
 
 from kswifi.control.db import Database
-from kswifi.control.events import EventBus, UsageFacts, session_channel
+from kswifi.control.events import EventBus, Message, UsageFacts, session_channel
 from kswifi.control.models import ENDED_STATES, DataSession, utcnow
 from kswifi.control.sessions import service as sessions
-from kswifi.control.sse import (
-    KEEPALIVE,
-    KEEPALIVE_SECONDS,
-    RETRY_MILLISECONDS,
-    format_event,
-)
+from kswifi.control.sse import RETRY_MILLISECONDS, format_event, relay
 from kswifi.control.usage.schemas import UsageHistory, UsagePoint
 
 FINAL_EVENTS = ENDED_STATES
@@ -87,33 +82,15 @@ async def stream(
             event_id += 1
             yield format_event(event_id, ended, {"type": ended, "session_id": session_id})
             return
-        last_sent = time.monotonic()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                event_id += 1
-                yield format_event(event_id, "reconnect", {"type": "reconnect"})
-                return
-            message = await subscription.receive(min(remaining, KEEPALIVE_SECONDS))
-            if message is None:
-                if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
-                    yield KEEPALIVE
-                    last_sent = time.monotonic()
-                continue
-            # Whatever else is already waiting goes out in the same write.
-            chunks: list[str] = []
-            for waiting in [message, *subscription.drain()]:
-                event_id += 1
-                if isinstance(waiting, UsageFacts):
-                    chunks.append(f"id: {event_id}\nevent: usage\ndata: {usage_data(waiting)}\n\n")
-                    continue
-                kind = str(waiting.get("type", "usage"))
-                chunks.append(format_event(event_id, kind, waiting))
-                if kind in FINAL_EVENTS:
-                    yield "".join(chunks)
-                    return
-            yield "".join(chunks)
-            last_sent = time.monotonic()
+        async for chunk in relay(subscription, _render, event_id=event_id, deadline=deadline):
+            yield chunk
+
+
+def _render(event_id: int, message: Message) -> tuple[str, bool]:
+    if isinstance(message, UsageFacts):
+        return f"id: {event_id}\nevent: usage\ndata: {usage_data(message)}\n\n", False
+    kind = str(message.get("type", "usage"))
+    return format_event(event_id, kind, message), kind in FINAL_EVENTS
 
 
 async def history(database: Database, session: DataSession) -> UsageHistory:
