@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from kswifi.agent.dataplane import KernelDataplane
 from kswifi.agent.desired import desired_from_state
+from kswifi.agent.model import SessionObjects
 from kswifi.agent.reconcile import diff
 from kswifi.protocol import DesiredState, GatewayInterface, PeerSpec
 
@@ -54,6 +56,20 @@ def reconcile(dataplane: KernelDataplane, desired_state: DesiredState) -> int:
     actions = diff(desired, observation.actual({}))
     dataplane.apply(actions, observation)
     return len(actions)
+
+
+def settled_usage(dataplane: KernelDataplane, session_id: str) -> SessionObjects:
+    """The session's quota and counters once no packet moves them any more: one read dumps
+    the counters and the quota one after the other, so a last ACK of a closing connection
+    can land between them."""
+    previous = None
+    for _ in range(50):
+        current = dataplane.read_usage().sessions[session_id]
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.1)
+    raise AssertionError(f"usage of {session_id} still moving: {previous}")
 
 
 def converged(dataplane: KernelDataplane, desired_state: DesiredState) -> list[object]:
@@ -142,7 +158,7 @@ class TestQuota:
         dataplane.apply(actions, observation)
         again = topology.traffic(phone, "fetch", SERVER_V4, "8000", str(1 * MB), "3")
         assert again["received"] == 1 * MB
-        after = dataplane.read_usage().sessions["sess-q"]
+        after = settled_usage(dataplane, "sess-q")
         assert after.used_bytes == after.upload_bytes + after.download_bytes
         assert not after.exhausted
 
