@@ -24,6 +24,7 @@ from kswifi.agent.model import (
 )
 from kswifi.agent.reconcile import Scope
 from kswifi.protocol import DesiredState, PeerSpec
+from kswifi.protocol.deltas import changed_peers
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -212,14 +213,7 @@ class DesiredTracker:
                     self.rebuild(state, now, lease_overrides)
                     return None
                 old_specs = self.specs
-                # PeerSpec has neither private nor extra attributes: its fields are its
-                # __dict__ (a third of pydantic's __eq__ cost, which counts at 10,000 peers).
-                changed = [
-                    key
-                    for key, spec in specs.items()
-                    if (old := old_specs.get(key)) is not spec
-                    and (old is None or vars(old) != vars(spec))
-                ]
+                changed = [spec.public_key for spec in changed_peers(old_specs, specs.values())]
                 changed += [key for key in old_specs.keys() - specs.keys()]
                 self.specs = specs
             for key in changed:
