@@ -28,6 +28,18 @@ READABLE_ATTRIBUTES = {"alt", "title", "aria-label", "placeholder", "label", "co
 GIB = 1024**3
 
 
+SHOWN_META = {"description", "og:title", "og:description", "application-name"}
+
+
+def is_opaque(tag: str, attrs: dict[str, str | None]) -> bool:
+    """Data no person sees: hidden form fields and machine-read meta tags (the CSRF token)."""
+    if tag == "input":
+        return attrs.get("type") == "hidden"
+    if tag == "meta":
+        return (attrs.get("name") or attrs.get("property")) not in SHOWN_META
+    return False
+
+
 class ReadableText(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -37,6 +49,8 @@ class ReadableText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._skip += 1
+        if is_opaque(tag, dict(attrs)):
+            return
         for name, value in attrs:
             shown = name in READABLE_ATTRIBUTES or (tag == "input" and name == "value")
             if value and shown and not value.startswith("data:"):
@@ -97,6 +111,13 @@ def test_the_scanner_catches_the_words() -> None:
     with pytest.raises(AssertionError):
         assert_clean("sample", '<img alt="eSIM QR Code" src="x.png">')
     assert_clean("sample", '<img alt="Connect QR Code" src="data:image/png;base64,VPNeSIM">')
+    with pytest.raises(AssertionError):
+        assert_clean("sample", '<input type="text" value="My VPN">')
+    with pytest.raises(AssertionError):
+        assert_clean("sample", '<meta name="description" content="A VPN shop">')
+    # a random CSRF token is not words, even when its letters happen to spell one
+    assert_clean("sample", '<meta name="csrf-token" content="x_vPN-3">')
+    assert_clean("sample", '<input type="hidden" name="csrf_token" value="x_vPN-3">')
 
 
 async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: AppContext) -> None:
