@@ -1,4 +1,5 @@
-"""Periodic jobs of the control plane: expiry, offline gateways, old setup links and tokens.
+"""Periodic jobs of the control plane: expiry, offline gateways, old setup links, tokens and
+desired-state change records.
 
 Each job is one short transaction and safe to run on several replicas at once: expiry claims
 its rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite has one writer anyway), and the
@@ -35,6 +36,7 @@ class JobSchedule:
     mark_offline_gateways: float = 5.0
     purge_setup_links: float = 60.0
     purge_refresh_tokens: float = 3600.0
+    purge_desired_changes: float = 300.0
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Worker:
                 moved = await sessions.end(
                     db, self.ctx.events, session, SessionStatus.EXPIRED, "time_up", now
                 )
-                await gateway_desired.bump_revision(db, moved, self.ctx.events)
+                await gateway_desired.bump_revision(db, moved, self.ctx.events, [session.user_id])
         return len(due)
 
     async def hand_over_devices(self, now: datetime) -> int:
@@ -75,6 +77,10 @@ class Worker:
         async with self.ctx.db.transaction() as db:
             return await users.purge_expired_refresh_tokens(db, now=now)
 
+    async def purge_desired_changes(self, now: datetime) -> int:
+        async with self.ctx.db.transaction() as db:
+            return await gateway_desired.purge_changes(db, now)
+
     async def run_due(self, *, force: bool = False) -> dict[str, int]:
         """Run every job whose period has passed (all of them with `force`)."""
         done: dict[str, int] = {}
@@ -85,6 +91,7 @@ class Worker:
             "mark_offline_gateways",
             "purge_setup_links",
             "purge_refresh_tokens",
+            "purge_desired_changes",
         ):
             period: float = getattr(self.schedule, name)
             if not force and clock - self._last_run.get(name, float("-inf")) < period:

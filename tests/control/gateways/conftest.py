@@ -154,7 +154,9 @@ class World:
             )
             db.add(device)
             await db.flush()
-            await gateway_desired.bump_revision(db, [gateway_id], self.ctx.events)
+            await gateway_desired.bump_revision(
+                db, [gateway_id], self.ctx.events, [session.user_id]
+            )
             return MadeDevice(
                 device.id, session_id, gateway_id, public_key, preshared_key, host_index, ipv4, ipv6
             )

@@ -31,7 +31,7 @@ async def _allocate(ctx: AppContext, gateway_id: str, when: object = None) -> tu
     async with ctx.db.transaction() as db:
         if _path["name"] == "allocate_host_and_bump":
             host = await gateway_addresses.allocate_host_and_bump(
-                db, gateway_id, ctx.settings, now, ctx.events
+                db, gateway_id, ctx.settings, now, ctx.events, user_id="u" * 32
             )  # type: ignore[arg-type]
             return host.host_index, host.ipv4, host.ipv6
         gateway = await db.get(Gateway, gateway_id)

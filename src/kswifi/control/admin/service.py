@@ -127,7 +127,7 @@ async def revoke_session(
     if session.status not in USABLE_STATES:
         raise SessionAlreadyEnded(f"This session has already ended ({status})", status=status)
     moved = await sessions.end(db, bus, session, SessionStatus.REVOKED, "operator", now)
-    await gateway_desired.bump_revision(db, moved, bus)
+    await gateway_desired.bump_revision(db, moved, bus, [session.user_id])
     record(
         db,
         actor=actor.email,
@@ -160,7 +160,8 @@ async def extend_session(
     before = session.expires_at
     changed = await sessions.extend(session, days, now, db=db, bus=bus)
     await db.flush()
-    await gateway_desired.bump_revision(db, changed, bus)  # new expiry in the desired state
+    # new expiry in the desired state
+    await gateway_desired.bump_revision(db, changed, bus, [session.user_id])
     record(
         db,
         actor=actor.email,

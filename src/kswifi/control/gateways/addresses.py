@@ -86,13 +86,20 @@ class NewHost:
 
 
 async def allocate_host_and_bump(
-    db: AsyncSession, gateway_id: str, settings: Settings, now: datetime, bus: EventBus
+    db: AsyncSession,
+    gateway_id: str,
+    settings: Settings,
+    now: datetime,
+    bus: EventBus,
+    *,
+    user_id: str,
 ) -> NewHost:
     """`allocate_host` and `bump_revision` of one gateway in a single statement (PostgreSQL).
 
     The gateway row stays locked until the transaction ends, so callers do this last, just
     before their inserts and the commit. Same rules: the lowest address released longer than
     the cool-down ago first, else the next never-used index; the long-polls wake on commit.
+    The revision is recorded as a change of `user_id`'s peers (the device's owner).
     """
     cutoff = now - timedelta(seconds=settings.address_cooldown_seconds)
     taken = await address_repository.take_host_and_bump(db, gateway_id, cutoff)
@@ -107,6 +114,7 @@ async def allocate_host_and_bump(
             " Try another region or try again later."
         )
     ipv4, ipv6 = blocks.device_addresses(taken.host_index)
+    await repository.record_changes(db, {gateway_id: taken.revision}, [user_id], now)
     publish_after_commit(
         db, bus, gateway_channel(gateway_id), {"type": "revision", "revision": taken.revision}
     )

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from kswifi.control.deps import AdminUser, BearerCredentials, Ctx, DbSession, GatewayNode
 from kswifi.control.errors import Unauthorized, UpgradeRequired
 from kswifi.control.events import Subscription, gateway_channel
-from kswifi.control.gateways import answers, desired, ingest, leases, service
+from kswifi.control.gateways import desired, ingest, leases, service
 from kswifi.control.gateways.schemas import (
     GatewayCreate,
     GatewayCreated,
@@ -160,13 +160,17 @@ async def get_desired_state(
                 undelivered = await leases.has_undelivered_holds(db, gateway_id)
             if since == revision and not undelivered:
                 await _wait_for_new_revision(subscription, since, ctx.settings.longpoll_seconds)
+    body: protocol.DesiredState | protocol.DesiredUpdate
     async with ctx.db.transaction() as db:
-        state = await desired.desired_state(
-            db, ctx.secrets, gateway_id, utcnow(), ctx.events, ctx.settings
-        )
-    body: protocol.DesiredState | protocol.DesiredUpdate = state
-    if changes:
-        body = answers.answer(gateway_id, state, known if since is not None else None)
+        if changes:
+            held = known if since is not None else None
+            body = await desired.desired_update(
+                db, ctx.secrets, gateway_id, utcnow(), ctx.events, ctx.settings, held
+            )
+        else:
+            body = await desired.desired_state(
+                db, ctx.secrets, gateway_id, utcnow(), ctx.events, ctx.settings
+            )
     # Serialized once by pydantic-core, not re-validated by FastAPI: 10,000 peers stay cheap.
     return Response(body.model_dump_json(), media_type="application/json")
 

@@ -106,7 +106,9 @@ async def apply_usage(
     if ended:
         bumped.add(locked.id)
     if bumped:
-        await desired.bump_revision(db, bumped, bus)
+        owners = [o.user_id for o in outcomes if o.gateway_ids or o.session_id in ended]
+        people = None if None in owners else {owner for owner in owners if owner is not None}
+        await desired.bump_revision(db, bumped, bus, people)
     # Every accepted session's lease counts what was served (a new one gets its row); the
     # live ones are topped up.
     grants = await leases.record_served(

@@ -13,7 +13,9 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    delete,
     func,
+    insert,
     or_,
     select,
     text,
@@ -35,6 +37,7 @@ from kswifi.control.db import (
 from kswifi.control.models import (
     LIVE_STATES,
     DataSession,
+    DesiredChange,
     Device,
     DeviceStatus,
     Gateway,
@@ -141,13 +144,28 @@ class PeerRow:
     lease_used_bytes: int | None
     lease_held_bytes: int | None
     lease_served_at: datetime | None
+    user_id: str
+    host_index: int
 
 
-async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[PeerRow]:
-    """Devices the gateway must carry (every installed one), with the limits of the live
-    session each draws from (None: the garden) and the gateway's own lease of it (None before
-    the first one), in a stable order."""
-    rows = await db.execute(
+async def live_peers(
+    db: AsyncSession, gateway_id: str, now: datetime, users: Iterable[str] | None = None
+) -> list[PeerRow]:
+    """Devices the gateway must carry (every installed one, or those of `users`), with the
+    limits of the live session each draws from (None: the garden) and the gateway's own lease
+    of it (None before the first one), in a stable order."""
+    if users is not None:
+        found: list[PeerRow] = []
+        for chunk in chunks(users):
+            found.extend(await _live_peers(db, gateway_id, now, one_of(db, Device.user_id, chunk)))
+        return sorted(found, key=lambda row: row.host_index)
+    return await _live_peers(db, gateway_id, now, None)
+
+
+async def _live_peers(
+    db: AsyncSession, gateway_id: str, now: datetime, which: ColumnElement[bool] | None
+) -> list[PeerRow]:
+    query = (
         select(
             Device.public_key,
             Device.preshared_key_encrypted,
@@ -162,6 +180,8 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
             GatewayLease.used_bytes,
             GatewayLease.held_bytes,
             GatewayLease.served_at,
+            Device.user_id,
+            Device.host_index,
         )
         .outerjoin(DataSession, and_(DataSession.id == Device.session_id, live_session_filter(now)))
         .outerjoin(
@@ -172,7 +192,9 @@ async def live_peers(db: AsyncSession, gateway_id: str, now: datetime) -> list[P
         .where(Device.gateway_id == gateway_id, Device.status == DeviceStatus.ACTIVE)
         .order_by(Device.host_index)
     )
-    return [PeerRow(*tuple[Any, ...](row)) for row in rows]
+    if which is not None:
+        query = query.where(which)
+    return [PeerRow(*tuple[Any, ...](row)) for row in await db.execute(query)]
 
 
 def sessions_carried_by(gateway_id: str) -> Select[Any]:
@@ -290,6 +312,50 @@ async def sessions_with_device_on(
         )
         found.update(session_id for session_id in rows if session_id is not None)
     return found
+
+
+async def record_changes(
+    db: AsyncSession, revisions: Mapping[str, int], users: Iterable[str] | None, now: datetime
+) -> None:
+    """Whose peers the new `revisions` changed (None: anyone's), for `changed_users`."""
+    people = sorted(set(users)) if users is not None else [DesiredChange.EVERYONE]
+    rows = [
+        {"gateway_id": gateway_id, "revision": revision, "user_id": user_id, "created_at": now}
+        for gateway_id, revision in revisions.items()
+        for user_id in people
+    ]
+    if rows:
+        await db.execute(insert(DesiredChange), rows)
+
+
+async def changed_users(db: AsyncSession, gateway_id: str, after_revision: int) -> set[str] | None:
+    """The people whose peers on the gateway changed after `after_revision` (None: it may be
+    anyone's; read under the gateway's row lock, every writer's bump is in)."""
+    rows = await db.scalars(
+        select(DesiredChange.user_id).where(
+            DesiredChange.gateway_id == gateway_id, DesiredChange.revision > after_revision
+        )
+    )
+    users = set(rows)
+    return None if DesiredChange.EVERYONE in users else users
+
+
+async def owners_of_sessions(db: AsyncSession, session_ids: Iterable[str]) -> set[str]:
+    owners: set[str] = set()
+    for chunk in chunks(session_ids):
+        owners.update(
+            await db.scalars(select(DataSession.user_id).where(one_of(db, DataSession.id, chunk)))
+        )
+    return owners
+
+
+async def purge_changes(db: AsyncSession, before: datetime) -> int:
+    result = await db.execute(
+        delete(DesiredChange)
+        .where(DesiredChange.created_at < before)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def bump_revisions(db: AsyncSession, gateway_ids: Sequence[str]) -> dict[str, int]:

@@ -6,6 +6,7 @@ from kswifi.control.models.commerce import ProviderEvent, Purchase, Voucher
 from kswifi.control.models.network import (
     AddressRelease,
     AuditEntry,
+    DesiredChange,
     Device,
     DeviceStatus,
     Gateway,
@@ -33,6 +34,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "DataSession",
+    "DesiredChange",
     "Device",
     "DeviceStatus",
     "Gateway",

@@ -98,6 +98,24 @@ class AddressRelease(Base):
     released_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DesiredChange(Base):
+    """Whose peers a desired-state revision of a gateway changed: a person (`user_id`), or
+    everything (`EVERYONE`). A control plane that sent the gateway an earlier revision reads
+    these to build the next answer from the changed people alone (see
+    `kswifi.control.gateways.desired`); rows older than an hour are purged."""
+
+    __tablename__ = "desired_changes"
+
+    EVERYONE = ""
+
+    gateway_id: Mapped[str] = mapped_column(
+        ForeignKey("gateways.id", ondelete="CASCADE"), primary_key=True
+    )
+    revision: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class GatewayLease(Base):
     """Bytes a gateway may serve a session over its life (cumulative) and what it reported."""
 

@@ -223,7 +223,7 @@ async def generate_profile(
             )
         await db.flush()
         if rotated:
-            await gateway_desired.bump_revision(db, [gateway.id, *moved_from], bus)
+            await gateway_desired.bump_revision(db, [gateway.id, *moved_from], bus, [user_id])
         dns_servers = (await gateways.gateway_public_info(db, gateway)).dns_servers
         device_id, ipv4, ipv6 = device.id, device.ipv4, device.ipv6
         new_device: dict[str, object] | None = None
@@ -250,7 +250,9 @@ async def generate_profile(
         )
         # Last, because the gateway row stays locked from here to the commit: the address and
         # the revision bump in one statement, then the device and its setup link in one more.
-        host = await gateway_addresses.allocate_host_and_bump(db, gateway.id, settings, now, bus)
+        host = await gateway_addresses.allocate_host_and_bump(
+            db, gateway.id, settings, now, bus, user_id=user_id
+        )
         device_id, ipv4, ipv6 = new_id(), host.ipv4, host.ipv6
         new_device = {
             "id": device_id,
@@ -299,7 +301,9 @@ async def generate_profile(
         }
         await repository.insert_device_and_link(db, new_device, link)
     moved = await sessions.hand_over(db, user_id, now)
-    await gateway_desired.bump_revision(db, moved - {gateway.id} if new_device else moved, bus)
+    await gateway_desired.bump_revision(
+        db, moved - {gateway.id} if new_device else moved, bus, [user_id]
+    )
     drawn = await repository.session_of_device(db, device_id)
     shown = drawn or named or (usable[0] if usable else None)
     return GeneratedProfile(
@@ -591,7 +595,9 @@ async def remove_profile(
     if locked is None or locked.user_id != user_id or locked.status != repository.ACTIVE:
         raise NotFound("No such Connect Profile")
     await _remove_devices(db, bus, [locked], now)
-    await gateway_desired.bump_revision(db, await sessions.hand_over(db, user_id, now), bus)
+    await gateway_desired.bump_revision(
+        db, await sessions.hand_over(db, user_id, now), bus, [user_id]
+    )
 
 
 async def _remove_devices(
@@ -604,7 +610,12 @@ async def _remove_devices(
         notices.announce(db, bus, device, "removed")
     await repository.delete_setup_links(db, [device.id for device in devices])
     await db.flush()
-    await gateway_desired.bump_revision(db, sorted({device.gateway_id for device in devices}), bus)
+    await gateway_desired.bump_revision(
+        db,
+        sorted({device.gateway_id for device in devices}),
+        bus,
+        {device.user_id for device in devices},
+    )
 
 
 async def purge_expired_setup_links(db: AsyncSession, now: datetime) -> int:

@@ -269,7 +269,7 @@ async def _new_session(
         activation_days=settings.activation_days,
         now=now,
     )
-    await gateway_desired.bump_revision(db, new.gateway_ids, bus)
+    await gateway_desired.bump_revision(db, new.gateway_ids, bus, [purchase.user_id])
     return new.session.id
 
 

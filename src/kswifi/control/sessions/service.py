@@ -188,6 +188,7 @@ class SessionUsageOutcome:
     gateway_ids: frozenset[str] = frozenset()
     """Gateways whose peers changed: it ended and its devices moved on, or its clock started
     with this batch (their desired state now carries its end)."""
+    user_id: str | None = None  # the owner, when `gateway_ids` has any
 
 
 async def record_usage_batch(
@@ -223,6 +224,7 @@ async def record_usage_batch(
     )
     # A session's first bytes start its clock (the few sessions starting in this batch).
     changed: dict[str, frozenset[str]] = {}
+    owners: dict[str, str] = {}
     first_use = [
         row.id
         for row in rows
@@ -233,6 +235,7 @@ async def record_usage_batch(
         for starting in await repository.not_started(db, first_use):
             start_clock(starting, now)
             started[starting.id] = starting
+            owners[starting.id] = starting.user_id
             changed[starting.id] = frozenset(await repository.gateways_carrying(db, starting.id))
         rows = [
             row._replace(expires_at=started[row.id].expires_at, status=started[row.id].status)
@@ -279,6 +282,7 @@ async def record_usage_batch(
                 db, bus, session, SessionStatus.EXHAUSTED, "data_used_up", now, wait=False
             )
             ended[session_id] = session.status
+            owners[session_id] = session.user_id
             changed[session_id] = changed.get(session_id, frozenset()) | moved
     return [
         SessionUsageOutcome(
@@ -288,6 +292,7 @@ async def record_usage_batch(
             used_bytes=row.used_bytes,
             data_limit_bytes=row.data_limit_bytes,
             gateway_ids=changed.get(row.id, frozenset()),
+            user_id=owners.get(row.id),
         )
         for row in rows
     ]

@@ -13,6 +13,7 @@ from kswifi.control.gateways.leases.ledger import (
     note_exhausted,
     record_served,
     release_holds,
+    stamp_for_desired_state,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "note_exhausted",
     "record_served",
     "release_holds",
+    "stamp_for_desired_state",
 ]

@@ -218,6 +218,15 @@ class DesiredLeases:
     quotas: dict[str, int]
     new_revision: bool  # it delivers a hold or changes a grant the gateway holds
     report_applied: bool  # the gateway reports this revision applied: it frees held bytes
+    shared: frozenset[str] = frozenset()  # sessions other gateways carry or hold leases of
+
+
+async def stamp_for_desired_state(
+    db: AsyncSession, gateway_id: str, next_revision: int
+) -> list[str]:
+    """Stamp the gateway's undelivered holds with `next_revision` (the desired state about to
+    be sent delivers them); their sessions. The caller holds the gateway's row lock."""
+    return await lease_repository.stamp_holds(db, gateway_id, next_revision)
 
 
 async def for_desired_state(
@@ -227,10 +236,19 @@ async def for_desired_state(
     peers: Sequence[repository.PeerRow],
     now: datetime,
     bus: EventBus | None,
+    *,
+    stamped: Sequence[str] | None = None,
 ) -> DesiredLeases:
     """Stamp the gateway's undelivered holds with `next_revision` and top up its lease of
-    every session its peers draw from. The caller holds the gateway's row lock."""
-    delivered_holds = await lease_repository.stamp_holds(db, gateway_id, next_revision)
+    every session its peers draw from. The caller holds the gateway's row lock.
+
+    `peers` are all the gateway's peers, or, with `stamped` (the sessions whose holds the
+    caller stamped with `stamp_for_desired_state`), a part of them: then only their sessions
+    are planned, and the queries read those sessions alone."""
+    if stamped is None:
+        delivered_holds = await stamp_for_desired_state(db, gateway_id, next_revision)
+    else:
+        delivered_holds = list(stamped)
     budgets: dict[str, tuple[int, int]] = {}
     own: list[lease_repository.LeaseRow] = []
     for row in peers:
@@ -248,13 +266,19 @@ async def for_desired_state(
                     row.lease_served_at,
                 )
             )
+    if stamped is None:
+        carriers = await repository.other_carriers(db, gateway_id)
+        others = await lease_repository.other_leases_of_sessions_carried_by(db, gateway_id)
+    else:
+        carriers = await repository.other_carriers_of(db, gateway_id, budgets)
+        others = await lease_repository.other_leases_of(db, gateway_id, budgets)
     stored = {row.session_id: row.granted_bytes for row in own}
     quotas = await _refresh(
         db,
         gateway_id,
         budgets,
-        carriers=await repository.other_carriers(db, gateway_id),
-        rows=own + await lease_repository.other_leases_of_sessions_carried_by(db, gateway_id),
+        carriers=carriers,
+        rows=own + others,
         now=now,
         bus=bus,
         delivered_revision=next_revision,
@@ -268,6 +292,7 @@ async def for_desired_state(
         quotas=quotas,
         new_revision=bool(delivered_holds or changed),
         report_applied=bool(delivered_holds or lowered),
+        shared=frozenset(carriers) | {row.session_id for row in others},
     )
 
 

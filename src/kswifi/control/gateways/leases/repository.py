@@ -201,9 +201,10 @@ async def has_undelivered_holds(db: AsyncSession, gateway_id: str) -> bool:
     return found is not None
 
 
-async def stamp_holds(db: AsyncSession, gateway_id: str, revision: int) -> int:
-    """Give the gateway's holds not delivered yet the revision that delivers them; how many."""
-    result = await db.execute(
+async def stamp_holds(db: AsyncSession, gateway_id: str, revision: int) -> list[str]:
+    """Give the gateway's holds not delivered yet the revision that delivers them; their
+    sessions."""
+    rows = await db.execute(
         update(GatewayLease)
         .where(
             GatewayLease.gateway_id == gateway_id,
@@ -211,9 +212,10 @@ async def stamp_holds(db: AsyncSession, gateway_id: str, revision: int) -> int:
             GatewayLease.held_until_revision == 0,
         )
         .values(held_until_revision=revision)
+        .returning(GatewayLease.session_id)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return sorted(rows.scalars())
 
 
 async def release_holds(db: AsyncSession, gateway_id: str, applied_revision: int) -> list[str]:
