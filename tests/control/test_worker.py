@@ -9,7 +9,7 @@ from sqlalchemy import select
 from kswifi.control.deps import AppContext
 from kswifi.control.events import gateway_channel, session_channel
 from kswifi.control.gateways import service as gateways
-from kswifi.control.models import Device, Gateway, utcnow
+from kswifi.control.models import DesiredChange, Device, Gateway, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.sessions import service as sessions
 from kswifi.control.worker import Worker
@@ -69,6 +69,13 @@ class TestExpiry:
             after = (await db.get(Gateway, gateway.id)).revision  # type: ignore[union-attr]
         assert bumped is not None
         assert after > before
+        async with ctx.db.transaction() as db:  # recorded as the owner's change alone
+            recorded = await db.scalars(
+                select(DesiredChange.user_id).where(
+                    DesiredChange.gateway_id == gateway.id, DesiredChange.revision == after
+                )
+            )
+            assert set(recorded) == {session.user_id}
         # The profile outlives the session: still installed, drawing from nothing (garden).
         assert len(devices) == 1 and devices[0].status == "active"
         assert devices[0].session_id is None

@@ -60,8 +60,10 @@ class Worker:
         """Devices left drawing from a session that ended move on (see `handover`)."""
         async with self.ctx.db.transaction() as db:
             moved = await sessions.hand_over_pending(db, now)
-            await gateway_desired.bump_revision(db, moved, self.ctx.events)
-        return len(moved)
+            await gateway_desired.bump_revision(
+                db, moved.gateway_ids, self.ctx.events, moved.user_ids
+            )
+        return len(moved.gateway_ids)
 
     async def mark_offline_gateways(self, now: datetime) -> int:
         """Silent gateways go offline; their devices' usage streams are told."""

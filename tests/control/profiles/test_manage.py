@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from kswifi.control.deps import AppContext
-from kswifi.control.models import AddressRelease, DataSession, Device, SetupLink
+from kswifi.control.models import AddressRelease, DataSession, DesiredChange, Device, SetupLink
 from kswifi.control.profiles import service
 from kswifi.control.profiles.config_render import parse_config
 from kswifi.control.worker import Worker
@@ -234,7 +234,15 @@ class TestProfilesOutliveSessions:
             assert await db.scalar(select(func.count()).select_from(AddressRelease)) == 0
             promoted = await db.get(DataSession, queued.id)
             assert promoted is not None and promoted.status == "active"
-        assert (await gateway_row(ctx, gateway.id)).revision > revision
+        after = (await gateway_row(ctx, gateway.id)).revision
+        assert after > revision
+        async with ctx.db.transaction() as db:  # recorded as this person's change alone
+            recorded = await db.scalars(
+                select(DesiredChange.user_id).where(
+                    DesiredChange.gateway_id == gateway.id, DesiredChange.revision == after
+                )
+            )
+            assert set(recorded) == {owner.id}
         peers = await desired_peers(client, gateway)
         assert len(peers) == 3  # every installed device stays a peer
         [peer] = [peer for peer in peers if peer["session_id"] is not None]

@@ -93,13 +93,23 @@ async def hand_over(
     return Handover(current, frozenset(gateway_ids), promoted)
 
 
-async def hand_over_pending(db: AsyncSession, now: datetime, limit: int = 200) -> frozenset[str]:
+@dataclass(frozen=True)
+class Moved:
+    """The gateways whose peers changed, and whose peers they are."""
+
+    gateway_ids: frozenset[str]
+    user_ids: frozenset[str]
+
+
+async def hand_over_pending(db: AsyncSession, now: datetime, limit: int = 200) -> Moved:
     """Worker job: the people a hand-over was left for (devices still drawing from a session
     that ended or ran out of time, or in the garden while a session could carry them); the
-    gateways whose peers changed."""
+    gateways whose peers changed, and the people they changed for."""
     gateway_ids: set[str] = set()
+    user_ids: set[str] = set()
     for user_id in await repository.users_needing_handover(db, now, limit):
         moved = await hand_over(db, user_id, now)
-        if moved is not None:
+        if moved is not None and moved.gateway_ids:
             gateway_ids |= moved.gateway_ids
-    return frozenset(gateway_ids)
+            user_ids.add(user_id)
+    return Moved(frozenset(gateway_ids), frozenset(user_ids))

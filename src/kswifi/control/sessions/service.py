@@ -370,7 +370,7 @@ async def extend(
     return frozenset(carrying) | moved.gateway_ids
 
 
-async def hand_over_pending(db: AsyncSession, now: datetime) -> frozenset[str]:
+async def hand_over_pending(db: AsyncSession, now: datetime) -> handover.Moved:
     """Worker job, see `handover.hand_over_pending`."""
     return await handover.hand_over_pending(db, now)
 
