@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kswifi.agent.hosts import canonical_host
 from kswifi.agent.model import (
     Desired,
     DesiredPeer,
@@ -30,7 +31,7 @@ from kswifi.protocol.deltas import changed_peers
 @functools.lru_cache(maxsize=1 << 17)
 def normalize_address(value: str) -> str:
     """Canonical host address text (`100.64.0.2/32` and `100.64.0.2` both give `100.64.0.2`)."""
-    return str(ipaddress.ip_interface(value).ip)
+    return canonical_host(value)
 
 
 @functools.lru_cache(maxsize=1 << 16)

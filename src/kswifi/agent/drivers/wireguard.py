@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 from kswifi.agent import keys
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.errors import CommandError, DriverError
+from kswifi.agent.hosts import host_cidr
 from kswifi.agent.model import InterfaceState, PeerState
 
 InterfaceMode = Literal["kernel", "userspace"]
@@ -63,11 +64,6 @@ class WireguardDriver(Protocol):
     def apply_peers(self, changes: Sequence[PeerChange]) -> None: ...
 
     def delete_interface(self) -> None: ...
-
-
-def host_cidr(address: str) -> str:
-    """`100.64.0.2` -> `100.64.0.2/32`; networks keep their prefix."""
-    return str(ipaddress.ip_network(address, strict=False))
 
 
 def normalize_allowed_ip(cidr: str) -> str:
