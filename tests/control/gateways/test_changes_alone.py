@@ -264,3 +264,32 @@ async def test_old_change_records_are_purged(ctx: AppContext, world: World) -> N
         later = now + gateway_desired.CHANGES_KEPT + timedelta(seconds=1)
         assert await gateway_desired.purge_changes(db, later) == before
         assert list(await db.scalars(select(DesiredChange.revision))) == []
+
+
+async def test_an_answer_that_fails_half_way_leaves_the_whole_state_next(
+    ctx: AppContext, world: World, reads: Reads, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was sent is updated as the answer is built (the session that ran out is taken
+    off its list): an answer that fails on the way forgets it, and the next is whole."""
+    gateway = await world.gateway()
+    soon = utcnow() + timedelta(seconds=30)
+    ending = await world.device(await world.session(expires_at=soon), gateway.id)
+    agent = Follower(ctx, gateway.id, reads)
+    await agent.ask()
+    assert agent.book is not None
+    tag = agent.book.tag
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(gateway_desired.leases, "for_desired_state", broken)
+        with pytest.raises(RuntimeError):
+            async with ctx.db.transaction() as db:
+                await gateway_desired.desired_update(
+                    db, ctx.secrets, gateway.id, soon, None, ctx.settings, tag
+                )
+    answer = await agent.ask(soon + timedelta(seconds=1))
+    assert answer.kind == "full" and answer.state is not None
+    [peer] = answer.state.peers
+    assert peer.public_key == ending.public_key and peer.session_id is None

@@ -85,6 +85,11 @@ def _tag() -> str:
     return f"{_PROCESS}.{next(_NUMBERS)}"
 
 
+def drop(gateway_id: str) -> None:
+    """Forget what was sent the gateway: its next answer is whole (an answer failed half-way)."""
+    _SENT.pop(gateway_id, None)
+
+
 def held(gateway_id: str, known: str | None, now: datetime) -> Sent | None:
     """The answer tagged `known` if this process sent it last and it may be built on."""
     sent = _SENT.get(gateway_id)
@@ -98,7 +103,7 @@ def answer(
     state: protocol.DesiredState,
     known: str | None,
     now: datetime,
-    rows: Sequence[PeerRow] = (),
+    rows: Sequence[PeerRow] | None = None,
     shared: Collection[str] = (),
 ) -> protocol.DesiredUpdate:
     """`state` (made from every device: `rows`, in the order of its peers) as the whole
@@ -106,7 +111,7 @@ def answer(
     tag = _tag()
     sent = _SENT.get(gateway_id)
     kept = Sent(tag, state.revision, state.interface, now, {})
-    if rows:
+    if rows is not None:
         kept.note(rows, state.peers, shared)
     else:
         kept.peers = peers_by_key(state)

@@ -102,7 +102,11 @@ async def desired_update(
         changed = await repository.changed_users(db, gateway.id, sent.revision)
         interface = _interface(secrets, gateway)
         if changed is not None and interface == sent.interface:
-            return await _changes(db, secrets, gateway, now, bus, settings, sent, changed)
+            try:
+                return await _changes(db, secrets, gateway, now, bus, settings, sent, changed)
+            except BaseException:
+                answers.drop(gateway.id)  # `sent` may be half-updated: start over from whole
+                raise
     whole = await _whole(db, secrets, gateway, now, bus, settings)
     return answers.answer(gateway.id, whole.state, known, now, whole.rows, whole.shared)
 
