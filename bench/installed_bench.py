@@ -163,8 +163,9 @@ def render(alone: list[dict[str, float]], installed: list[dict[str, float]]) -> 
         " their firewall elements, not per-profile HTB classes (tested in"
         " `tests/agent/test_idle_profiles_root.py`). wireguard-go takes each peer with a key"
         " agreement of its own, and the drivers share the 2 vCPUs; the agent's own Python part"
-        " of this reconcile fell from about 11 s to 3 s (under cProfile) when host addresses moved from"
-        " `ipaddress` to inet_pton/inet_ntop (`kswifi.agent.hosts`). The 10,000 sessions alone"
+        " of this reconcile fell from about 11 s to 3 s (under cProfile) when host addresses"
+        " moved from `ipaddress` to inet_pton/inet_ntop (`kswifi.agent.hosts`). The 10,000"
+        " sessions alone"
         " miss 5 s on this machine already (tc's HTB class creation, see the gateway section):"
         " the target is out of reach here whatever the garden adds.",
         "",
