@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kswifi.agent.hosts import canonical_host, host_cidr
+from kswifi.agent.hosts import canonical_host, host_cidr, normalize_allowed_ip
 
 
 def _expected(function: object, value: str) -> str | type[ValueError]:
     try:
         if function is canonical_host:
             return str(ipaddress.ip_interface(value).ip)
-        return str(ipaddress.ip_network(value, strict=False))
+        network = ipaddress.ip_network(value, strict=False)
+        if function is normalize_allowed_ip and network.prefixlen == network.max_prefixlen:
+            return str(network.network_address)
+        return str(network)
     except ValueError:
         return ValueError
 
@@ -34,7 +37,7 @@ addresses = st.one_of(
 @settings(max_examples=2000, deadline=None)
 @given(addresses)
 def test_the_same_answers_as_ipaddress(value: str) -> None:
-    for function in (canonical_host, host_cidr):
+    for function in (canonical_host, host_cidr, normalize_allowed_ip):
         expected = _expected(function, value)
         if expected is ValueError:
             with pytest.raises(ValueError):
@@ -50,5 +53,7 @@ def test_the_usual_forms() -> None:
     assert host_cidr("100.64.0.2") == "100.64.0.2/32"
     assert host_cidr("fd4b:5357:4946::2") == "fd4b:5357:4946::2/128"
     assert host_cidr("10.1.2.3/8") == "10.0.0.0/8"
+    assert normalize_allowed_ip("fd4b:5357:4946:0::2/128") == "fd4b:5357:4946::2"
+    assert normalize_allowed_ip("10.1.2.3/8") == "10.0.0.0/8"
     with pytest.raises(ValueError):
         canonical_host("100.64.0.256")

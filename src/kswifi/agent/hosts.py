@@ -39,3 +39,16 @@ def host_cidr(address: str) -> str:
     if found is not None and found[0] == address:
         return f"{address}/{_HOST_PREFIX[found[1]]}"
     return str(ipaddress.ip_network(address, strict=False))
+
+
+def normalize_allowed_ip(cidr: str) -> str:
+    """Host routes as bare addresses (the reconcile key), anything wider as a network: what
+    `host_cidr` wrote, read back (`100.64.0.2/32` -> `100.64.0.2`)."""
+    host, _, prefix = cidr.partition("/")
+    found = _canonical(host)
+    if found is not None and prefix == _HOST_PREFIX[found[1]]:
+        return found[0]
+    network = ipaddress.ip_network(cidr, strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)

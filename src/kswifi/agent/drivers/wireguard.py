@@ -22,7 +22,7 @@ from typing import Literal, Protocol
 from kswifi.agent import keys
 from kswifi.agent.drivers.command import Runner
 from kswifi.agent.errors import CommandError, DriverError
-from kswifi.agent.hosts import host_cidr
+from kswifi.agent.hosts import host_cidr, normalize_allowed_ip
 from kswifi.agent.model import InterfaceState, PeerState
 
 InterfaceMode = Literal["kernel", "userspace"]
@@ -64,14 +64,6 @@ class WireguardDriver(Protocol):
     def apply_peers(self, changes: Sequence[PeerChange]) -> None: ...
 
     def delete_interface(self) -> None: ...
-
-
-def normalize_allowed_ip(cidr: str) -> str:
-    """Host routes as bare addresses (the reconcile key), anything wider as a network."""
-    network = ipaddress.ip_network(cidr, strict=False)
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
 
 
 @dataclass

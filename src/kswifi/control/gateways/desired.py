@@ -136,9 +136,7 @@ async def _whole(
     next_revision = gateway.revision + 1
     peer_rows = await repository.live_peers(db, gateway.id, now)
     lease_state = await leases.for_desired_state(db, gateway.id, next_revision, peer_rows, now, bus)
-    if lease_state.new_revision:
-        await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
-        gateway.revision = next_revision
+    await _take_revision_if(db, gateway, lease_state)
     state = protocol.DesiredState.model_construct(
         revision=gateway.revision,
         interface=_interface(secrets, gateway),
@@ -168,9 +166,7 @@ async def _changes(
     lease_state = await leases.for_desired_state(
         db, gateway.id, next_revision, peer_rows, now, bus, stamped=stamped
     )
-    if lease_state.new_revision:
-        await repository.bump_revisions(db, [gateway.id])  # the gateway row is locked: +1
-        gateway.revision = next_revision
+    await _take_revision_if(db, gateway, lease_state)
     return answers.answer_changes(
         gateway.id,
         sent,
@@ -182,6 +178,15 @@ async def _changes(
         report_applied=lease_state.report_applied,
         garden=await _garden(db, gateway, settings),
     )
+
+
+async def _take_revision_if(
+    db: AsyncSession, gateway: Gateway, lease_state: leases.DesiredLeases
+) -> None:
+    """The answer's own new revision, when its leases ask for one (the row is locked: +1)."""
+    if lease_state.new_revision:
+        revisions = await repository.bump_revisions(db, [gateway.id])
+        gateway.revision = revisions[gateway.id]
 
 
 def _interface(secrets: SecretBox, gateway: Gateway) -> protocol.GatewayInterface:

@@ -95,18 +95,21 @@ async def apply_usage(
     )
     ended: list[str] = []
     live: dict[str, sessions_service.SessionUsageOutcome] = {}
+    # Sessions that ended (their devices moved on) or started their clock (the desired state
+    # now carries their end): the gateways whose peers changed, and whose peers they are.
+    bumped: set[str] = set()
+    owners: set[str | None] = set()
     for outcome in outcomes:
         if outcome.status in LIVE_STATES:
             live[outcome.session_id] = outcome
         elif outcome.was_live:
             ended.append(outcome.session_id)
-    # Sessions that ended (their devices moved on) or started their clock (the desired state
-    # now carries their end): the gateways whose peers changed.
-    bumped = set().union(*(outcome.gateway_ids for outcome in outcomes))
-    if ended:
-        bumped.add(locked.id)
+            bumped.add(locked.id)
+            owners.add(outcome.user_id)
+        if outcome.gateway_ids:
+            bumped |= outcome.gateway_ids
+            owners.add(outcome.user_id)
     if bumped:
-        owners = [o.user_id for o in outcomes if o.gateway_ids or o.session_id in ended]
         people = None if None in owners else {owner for owner in owners if owner is not None}
         await desired.bump_revision(db, bumped, bus, people)
     # Every accepted session's lease counts what was served (a new one gets its row); the
