@@ -23,6 +23,7 @@ from kswifi.control.events import InProcessEventBus
 from kswifi.control.migrate import upgrade
 from kswifi.control.security import use_password_hasher
 from kswifi.protocol import PROTOCOL_HEADER, PROTOCOL_VERSION
+from tests.mailsink import MailSink, mail_sink
 
 # argon2id with the smallest parameters: the same code path, a fraction of the CPU. The
 # production parameters are checked in tests/control/test_security.py.
@@ -141,6 +142,13 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def smtp() -> Iterator[MailSink]:
+    """A real SMTP server on loopback that keeps every message it receives."""
+    with mail_sink() as sink:
+        yield sink
+
+
+@pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     # Domain tests run on the in-process bus on both databases; the PostgreSQL default
     # (LISTEN/NOTIFY on the database) is tested with real replicas in tests/scale.
@@ -182,7 +190,7 @@ async def register_and_login(
 ) -> ApiUser:
     email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
     created = await client.post("/api/auth/register", json={"email": email, "password": password})
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     login = await client.post("/api/auth/login", json={"email": email, "password": password})
     assert login.status_code == 200, login.text
     return ApiUser(email, password, login.json())

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,8 +165,12 @@ class LiveServer:
         beat.raise_for_status()
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextmanager
+def serve_live(
+    tmp_path_factory: pytest.TempPathFactory, *, with_worker: bool = False, **overrides: Any
+) -> Iterator[LiveServer]:
+    """The app under uvicorn on a free loopback port with a fresh SQLite database;
+    `overrides` change its settings (a mail server, say)."""
     data_dir = tmp_path_factory.mktemp("live")
     database_url = f"sqlite+aiosqlite:///{data_dir / 'kswifi.db'}"
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -180,8 +185,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         dev_payments=True,
         sse_max_seconds=60,
         log_level="warning",
+        **overrides,
     )
-    app = create_app(settings)
+    app = create_app(settings, with_worker=with_worker)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
     )
@@ -193,12 +199,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the live server did not start")
         time.sleep(0.05)
-    with httpx.Client(
-        base_url=url, timeout=30, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
-    ) as api:
-        yield LiveServer(url=url, settings=settings, api=api)
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        with httpx.Client(
+            base_url=url, timeout=30, headers={PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
+        ) as api:
+            yield LiveServer(url=url, settings=settings, api=api)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with serve_live(tmp_path_factory) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

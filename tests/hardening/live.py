@@ -158,7 +158,7 @@ def ok(response: httpx.Response, status: int = 200) -> Any:
 def person(server: LiveServer, *, admin: bool = False, label: str = "user") -> Person:
     email = f"{label}-{os.urandom(4).hex()}@example.com"
     with server.client() as http:
-        ok(http.post("/api/auth/register", json={"email": email, "password": PASSWORD}), 201)
+        ok(http.post("/api/auth/register", json={"email": email, "password": PASSWORD}), 202)
         if admin:  # what `kswifi admin users create --admin` does, without a second process
             server.query("UPDATE users SET is_admin = true WHERE email = $1", email)
         tokens = ok(http.post("/api/auth/login", json={"email": email, "password": PASSWORD}))

@@ -130,7 +130,7 @@ MATRIX: list[Rule] = [
     Rule("GET", "/api/regions", PUBLIC),
     Rule("GET", "/api/regions/{code}/probe", (204,) * 5, params={"code": "eu-west"}),
     # --- accounts: the body's credential decides, not the caller ---------------------------
-    Rule("POST", "/api/auth/register", (201,) * 5, json=_fresh_email),
+    Rule("POST", "/api/auth/register", (202,) * 5, json=_fresh_email),
     Rule("POST", "/api/auth/login", (200,) * 5, json=_login_owner, bearer_credential=True),
     Rule("POST", "/api/auth/refresh", (401, 401, 200, 200, 200), json=_own_refresh),
     Rule("GET", "/api/auth/me", EACH_THEIR_OWN),

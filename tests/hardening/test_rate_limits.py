@@ -47,7 +47,7 @@ async def test_registration(app: object, ctx: AppContext) -> None:
     async with client_for(app, "198.51.100.8") as http:  # type: ignore[arg-type]
         for number in range(REGISTRATIONS_PER_MINUTE):
             body = {"email": f"rl-{number}@example.com", "password": PASSWORD}
-            assert (await http.post("/api/auth/register", json=body)).status_code == 201
+            assert (await http.post("/api/auth/register", json=body)).status_code == 202
         before = await count(ctx, User)
         body = {"email": "rl-one-too-many@example.com", "password": PASSWORD}
         assert_limited(await http.post("/api/auth/register", json=body))

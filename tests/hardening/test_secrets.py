@@ -110,7 +110,7 @@ def test_no_secret_in_logs_or_error_bodies(server: LiveServer) -> None:
     secrets |= {"short password": short, "long password": long_password, "wrong password": wrong}
     http.post("/api/auth/register", json={"email": email, "password": short})
     http.post("/api/auth/register", json={"email": email, "password": long_password})
-    ok(http.post("/api/auth/register", json={"email": email, "password": PASSWORD}), 201)
+    ok(http.post("/api/auth/register", json={"email": email, "password": PASSWORD}), 202)
     http.post("/api/auth/login", json={"email": email, "password": wrong})
     web = httpx.Client(base_url=server.url, timeout=30, event_hooks={"response": [recorder]})
     form = _csrf(web.get("/login").text)

@@ -71,7 +71,7 @@ def cluster(
 async def _buyer(client: httpx.AsyncClient, tag: str) -> tuple[dict[str, str], str]:
     email = f"scale-{tag}-{time.monotonic_ns()}@example.com"
     created = await client.post("/api/auth/register", json={"email": email, "password": PASSWORD})
-    assert created.status_code == 201, created.text
+    assert created.status_code == 202, created.text
     login = await client.post("/api/auth/login", json={"email": email, "password": PASSWORD})
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
     bought = await client.post(

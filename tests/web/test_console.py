@@ -36,6 +36,7 @@ CONSOLE_PAGES = [
     "/admin/vouchers",
     "/admin/reports",
     "/admin/audit",
+    "/admin/mail",
 ]
 
 

@@ -128,8 +128,9 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
         assert response.status_code == expected, (path, response.status_code)
         pages[path] = response.text
 
-    for path in ("/", "/signup", "/login", "/plans", "/offline"):
+    for path in ("/", "/signup", "/login", "/plans", "/offline", "/password-reset"):
         await visit(path)
+    await visit("/password-reset/not-a-token")
     await visit("/no-such-page", 404)
     refused = await client.post("/signup", data={"email": "a@example.com"})
     pages["csrf refusal"] = refused.text
@@ -137,6 +138,7 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
     pages["failed login"] = wrong.text
 
     await web_signup(client)
+    await visit("/account")
     token = await add_gateway(ctx)
     for path in ("/plans", "/sessions", "/checkout/basic", "/checkout/premium", "/checkout/ultra"):
         await visit(path)

@@ -6,14 +6,17 @@ import ipaddress
 import os
 import secrets
 import warnings
+from email.utils import parseaddr
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("./var")
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
 
 # Names these settings had when they shared the agent's KSWIFI_GATEWAY_ prefix: still read,
 # with a warning, so an operator's old environment keeps working through the upgrade.
@@ -96,6 +99,22 @@ class Settings(BaseSettings):
         description="Latency probe URL per region, `{region}` replaced (e.g. on the gateway "
         "host); empty: this server's /api/regions/{region}/probe",
     )
+    smtp_url: SecretStr = Field(
+        SecretStr(""),
+        description="Mail server: smtp://user:pass@host:587 (STARTTLS when offered), "
+        "smtp+starttls://… (STARTTLS required) or smtps://…:465 (TLS); empty: every message "
+        "is kept in data_dir/outbox and shown in the console instead",
+    )
+    mail_from: str = Field(
+        "KSWiFi Connect <no-reply@localhost>", description="From: of every e-mail sent"
+    )
+    email_verification: bool | None = Field(
+        None,
+        description="New accounts log in only after opening the e-mailed link; empty: on "
+        "when KSWIFI_SMTP_URL is set (without a mail server nobody could open it)",
+    )
+    support_url: str = Field("", description="Help page shown in the footer and e-mails")
+    support_email: str = Field("", description="Support address shown in the footer and e-mails")
     metrics_token: SecretStr = Field(
         SecretStr(""), description="Bearer token /metrics asks for; empty: /metrics is open"
     )
@@ -128,6 +147,33 @@ class Settings(BaseSettings):
                 except ValueError as exc:
                     raise ValueError(f"{item.strip()!r} is not a network") from exc
         return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        if "@" not in address:
+            raise ValueError(f"{value!r} is not an e-mail address (Name <user@host>)")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in SMTP_SCHEMES or not parts.hostname:
+                raise ValueError(
+                    "use smtp://host[:port], smtp+starttls://host[:port] or smtps://host[:port]"
+                )
+        return value
+
+    @property
+    def verify_email(self) -> bool:
+        """Whether new accounts must confirm their address before they can log in."""
+        if self.email_verification is not None:
+            return self.email_verification
+        return bool(self.smtp_url.get_secret_value())
 
     @field_validator("data_dir")
     @classmethod

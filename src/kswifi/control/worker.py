@@ -1,9 +1,10 @@
-"""Periodic jobs of the control plane: expiry, offline gateways, old setup links, tokens and
-desired-state change records.
+"""Periodic jobs of the control plane: expiry, offline gateways, e-mail delivery, old setup
+links, tokens and desired-state change records.
 
 Each job is one short transaction and safe to run on several replicas at once: expiry claims
 its rows with `FOR UPDATE SKIP LOCKED` on PostgreSQL (SQLite has one writer anyway), and the
-other jobs are idempotent conditional updates.
+other jobs are idempotent conditional updates. E-mail is claimed for a while, sent outside
+any transaction, then settled (see `kswifi.control.mail.service`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from datetime import datetime
 
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import desired as gateway_desired
+from kswifi.control.mail import service as mail
+from kswifi.control.mail.transport import MailTransport, transport_for
 from kswifi.control.models import SessionStatus, utcnow
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
+from kswifi.control.users import recovery
 from kswifi.control.users import service as users
 from kswifi.logs import get_logger
 
@@ -37,13 +41,21 @@ class JobSchedule:
     purge_setup_links: float = 60.0
     purge_refresh_tokens: float = 3600.0
     purge_desired_changes: float = 300.0
+    deliver_mail: float = 2.0
+    purge_mail: float = 3600.0
 
 
 @dataclass
 class Worker:
     ctx: AppContext
     schedule: JobSchedule = field(default_factory=JobSchedule)
+    mail_transport: MailTransport | None = None
+    mail_claim_seconds: float = mail.CLAIM_SECONDS
     _last_run: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mail_transport is None:
+            self.mail_transport = transport_for(self.ctx.settings)
 
     async def expire_sessions(self, now: datetime) -> int:
         """Live sessions past their validity (or activation deadline) become `expired`."""
@@ -77,11 +89,38 @@ class Worker:
 
     async def purge_refresh_tokens(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
-            return await users.purge_expired_refresh_tokens(db, now=now)
+            tokens = await users.purge_expired_refresh_tokens(db, now=now)
+            return tokens + await recovery.purge_expired_tokens(db, now=now)
 
     async def purge_desired_changes(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
             return await gateway_desired.purge_changes(db, now)
+
+    async def deliver_mail(self, now: datetime) -> int:
+        """Send what is queued: claim a batch (committed), send each, settle each."""
+        assert self.mail_transport is not None
+        sent = 0
+        while True:
+            async with self.ctx.db.transaction() as db:
+                claim = await mail.claim_due(
+                    db, self.ctx.settings, now=now, claim_seconds=self.mail_claim_seconds
+                )
+            if not claim.items:
+                return sent
+            for item in claim.items:
+                try:
+                    await self.mail_transport.send(item.message)
+                except Exception as exc:  # the server said no, or was not there: retry later
+                    async with self.ctx.db.transaction() as db:
+                        await mail.record_failure(db, claim, item, f"{type(exc).__name__}: {exc}")
+                    continue
+                async with self.ctx.db.transaction() as db:
+                    sent += await mail.record_sent(db, claim, item)
+            now = utcnow()
+
+    async def purge_mail(self, now: datetime) -> int:
+        async with self.ctx.db.transaction() as db:
+            return await mail.purge_old(db, now)
 
     async def run_due(self, *, force: bool = False) -> dict[str, int]:
         """Run every job whose period has passed (all of them with `force`)."""
@@ -94,6 +133,8 @@ class Worker:
             "purge_setup_links",
             "purge_refresh_tokens",
             "purge_desired_changes",
+            "deliver_mail",
+            "purge_mail",
         ):
             period: float = getattr(self.schedule, name)
             if not force and clock - self._last_run.get(name, float("-inf")) < period:

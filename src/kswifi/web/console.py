@@ -19,7 +19,9 @@ from kswifi.control.admin.schemas import MAX_EXTEND_DAYS
 from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.gateways import service as gateways
-from kswifi.control.models import SESSION_STATES, utcnow
+from kswifi.control.mail import service as mail
+from kswifi.control.mail.transport import transport_for
+from kswifi.control.models import SESSION_STATES, MailStatus, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.plans.schemas import PlanCreate, PlanUpdate
 from kswifi.control.purchases import service as purchases
@@ -393,3 +395,34 @@ async def audit_page(request: Request, user: Operator, db: DbSession) -> Respons
         actor=actor,
         pages=_pages(request, offset, log.total),
     )
+
+
+# --- mail ----------------------------------------------------------------------------------------
+
+
+@router.get("/mail", response_class=HTMLResponse)
+async def mail_page(request: Request, user: Operator, ctx: Ctx, db: DbSession) -> Response:
+    status = request.query_params.get("status", "")
+    status = status if status in set(MailStatus) else ""
+    offset = _int(request.query_params.get("offset"), 0, 0, 1_000_000)
+    rows = await mail.recent(db, limit=PAGE + 1, offset=offset, status=status or None)
+    total = offset + len(rows)
+    return _page(
+        request,
+        "mail.html",
+        "mail",
+        messages=rows[:PAGE],
+        status=status,
+        statuses=list(MailStatus),
+        delivery=transport_for(ctx.settings).describe(),
+        smtp=bool(ctx.settings.smtp_url.get_secret_value()),
+        pages=_pages(request, offset, total),
+    )
+
+
+@router.get("/mail/{mail_id}", response_class=HTMLResponse)
+async def mail_message_page(
+    request: Request, mail_id: str, user: Operator, db: DbSession
+) -> Response:
+    message = await mail.get(db, mail_id[:32])
+    return _page(request, "mail_message.html", "mail", message=message)

@@ -29,6 +29,7 @@ from kswifi.control.security import new_opaque_token
 from kswifi.control.sessions import service as sessions
 from kswifi.control.sessions.schemas import SessionOut
 from kswifi.control.sessions.service import ENDED_MESSAGES
+from kswifi.control.users import recovery
 from kswifi.control.users import service as users
 from kswifi.web import auth, chart, copy
 from kswifi.web.deps import OptionalUser, PageNotFound, RequiredUser, safe_next
@@ -76,14 +77,31 @@ async def signup(request: Request, ctx: Ctx, db: DbSession) -> Response:
     limits = users.rate_limits(request.app.state, ctx.settings)
     address = users.client_address(request.client.host if request.client else None)
     try:
-        user = await users.register_limited(db, limits, address, email, password)
-        tokens = await users.issue_tokens(db, ctx.secrets, ctx.settings, user)
+        notice = await recovery.sign_up(db, ctx.settings, limits, address, email, password)
     except KSWiFiError as exc:
         await abandon(db)
         context = {"nav": "signup", "email": email, "next": next_path, "error": say(exc)}
         return render(request, "signup.html", context, status_code=exc.status_code)
-    auth.set_login_cookies(request, tokens)
-    return redirect(request, next_path)
+    if not ctx.settings.verify_email:
+        # Without a mail server nobody could confirm an address, so a new account opens at
+        # once (the answer then differs for an existing address: see KSWIFI_EMAIL_VERIFICATION).
+        try:
+            tokens = await users.login_limited(
+                db, ctx.secrets, ctx.settings, limits, address, email, password
+            )
+        except KSWiFiError:
+            tokens = None
+        if tokens is not None:
+            auth.set_login_cookies(request, tokens)
+            return redirect(request, next_path)
+    return render(request, "signup.html", {"nav": "signup", "notice": notice, "sent": True})
+
+
+_LOGIN_NOTICES = {
+    "password-reset": "Your password has been changed. Log in with the new one.",
+    "verified": "Your e-mail address is confirmed. Log in to start.",
+    "email-changed": "Your e-mail address has been changed. Log in with the new one.",
+}
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -91,7 +109,8 @@ async def login_page(request: Request, user: OptionalUser) -> Response:
     next_path = safe_next(request.query_params.get("next"), "")
     if user is not None:
         return redirect(request, next_path or "/sessions")
-    return render(request, "login.html", {"nav": "login", "next": next_path})
+    notice = _LOGIN_NOTICES.get(request.query_params.get("notice", ""))
+    return render(request, "login.html", {"nav": "login", "next": next_path, "notice": notice})
 
 
 @router.post("/login", response_class=HTMLResponse)

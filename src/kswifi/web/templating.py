@@ -99,9 +99,12 @@ def render(
     no_store: bool = False,
 ) -> HTMLResponse:
     """Render a page with the common context (user, CSRF token) and pending cookies."""
+    settings = request.app.state.ctx.settings
     values: dict[str, Any] = {
         "user": auth.identity(request),
         "csrf_token": auth.csrf_token(request),
+        "support_url": settings.support_url,
+        "support_email": settings.support_email,
     }
     values.update(context or {})
     response = templates.TemplateResponse(request, name, values, status_code=status_code)

@@ -119,7 +119,7 @@ class TestRegistration:
                 "/api/auth/register",
                 json={"email": f"new{index}@example.com", "password": "long enough"},
             )
-            assert response.status_code == 201
+            assert response.status_code == 202
         refused = await client.post(
             "/api/auth/register", json={"email": "one-more@example.com", "password": "long enough"}
         )
@@ -130,4 +130,4 @@ class TestRegistration:
         allowed = await client.post(
             "/api/auth/register", json={"email": "one-more@example.com", "password": "long enough"}
         )
-        assert allowed.status_code == 201
+        assert allowed.status_code == 202

@@ -3,6 +3,7 @@
 from kswifi.control.models.base import Base, new_id, utcnow
 from kswifi.control.models.catalog import Plan, Region
 from kswifi.control.models.commerce import ProviderEvent, Purchase, Voucher
+from kswifi.control.models.messages import MailStatus, OutgoingMail
 from kswifi.control.models.network import (
     AddressRelease,
     AuditEntry,
@@ -23,13 +24,14 @@ from kswifi.control.models.sessions import (
     SessionStatus,
     UsageRollup,
 )
-from kswifi.control.models.users import RefreshToken, User
+from kswifi.control.models.users import AccountToken, RefreshToken, TokenPurpose, User
 
 __all__ = [
     "ENDED_STATES",
     "LIVE_STATES",
     "SESSION_STATES",
     "USABLE_STATES",
+    "AccountToken",
     "AddressRelease",
     "AuditEntry",
     "Base",
@@ -39,6 +41,8 @@ __all__ = [
     "DeviceStatus",
     "Gateway",
     "GatewayLease",
+    "MailStatus",
+    "OutgoingMail",
     "Plan",
     "ProviderEvent",
     "Purchase",
@@ -46,6 +50,7 @@ __all__ = [
     "Region",
     "SessionStatus",
     "SetupLink",
+    "TokenPurpose",
     "UsageBatch",
     "UsageRollup",
     "User",

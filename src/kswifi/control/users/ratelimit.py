@@ -1,4 +1,5 @@
-"""In-memory sliding-window rate limiting for login and registration (one process's view)."""
+"""In-memory sliding-window rate limiting for login, registration and e-mailed links (one
+process's view)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ Clock = Callable[[], float]
 # often than a single account before it is slowed down.
 ADDRESS_FACTOR = 5
 REGISTRATIONS_PER_MINUTE = 20
+# Reset and confirmation requests per address and minute (beyond: 429), and messages about
+# their account one person may be sent by such requests per hour (beyond: silently none).
+RESETS_PER_MINUTE = 10
+ACCOUNT_MAILS_PER_HOUR = 3
 
 
 class SlidingWindowLimiter:
@@ -109,6 +114,8 @@ class AuthRateLimits:
     login_by_account: SlidingWindowLimiter
     login_by_address: SlidingWindowLimiter
     register_by_address: SlidingWindowLimiter
+    reset_by_address: SlidingWindowLimiter
+    mail_by_account: SlidingWindowLimiter
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Clock = time.monotonic) -> AuthRateLimits:
@@ -117,6 +124,8 @@ class AuthRateLimits:
             login_by_account=SlidingWindowLimiter(per_minute, clock=clock),
             login_by_address=SlidingWindowLimiter(per_minute * ADDRESS_FACTOR, clock=clock),
             register_by_address=SlidingWindowLimiter(REGISTRATIONS_PER_MINUTE, clock=clock),
+            reset_by_address=SlidingWindowLimiter(RESETS_PER_MINUTE, clock=clock),
+            mail_by_account=SlidingWindowLimiter(ACCOUNT_MAILS_PER_HOUR, 3600.0, clock=clock),
         )
 
     def login_wait(self, email: str, address: str) -> int | None:

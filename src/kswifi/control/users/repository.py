@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import RefreshToken, User
+from kswifi.control.models import AccountToken, RefreshToken, User
 
 
 async def get_user(db: AsyncSession, user_id: str) -> User | None:
@@ -98,6 +98,44 @@ async def delete_refresh_tokens_expired_before(db: AsyncSession, cutoff: datetim
     result = await db.execute(
         delete(RefreshToken)
         .where(RefreshToken.expires_at < cutoff)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def add_account_token(db: AsyncSession, token: AccountToken) -> None:
+    db.add(token)
+    await db.flush()
+
+
+async def get_account_token(db: AsyncSession, token_hash: str, purpose: str) -> AccountToken | None:
+    """The token row for this hash and purpose, locked (PostgreSQL) so it is spent once."""
+    return await db.scalar(
+        select(AccountToken)
+        .where(AccountToken.token_hash == token_hash, AccountToken.purpose == purpose)
+        .with_for_update()
+    )
+
+
+async def spend_account_tokens(db: AsyncSession, user_id: str, purpose: str, now: datetime) -> int:
+    """Mark every unspent token of this purpose of a user as spent (one link works, once)."""
+    result = await db.execute(
+        update(AccountToken)
+        .where(
+            AccountToken.user_id == user_id,
+            AccountToken.purpose == purpose,
+            AccountToken.used_at.is_(None),
+        )
+        .values(used_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_account_tokens_expired_before(db: AsyncSession, cutoff: datetime) -> int:
+    result = await db.execute(
+        delete(AccountToken)
+        .where(AccountToken.expires_at < cutoff)
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)

@@ -21,13 +21,17 @@ from kswifi.control.security import (
     verify_password,
 )
 from kswifi.control.users import repository
+from kswifi.control.users.passwords import check_password
 from kswifi.control.users.ratelimit import AuthRateLimits
-from kswifi.control.users.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, TokenOut
+from kswifi.control.users.schemas import TokenOut
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.users")
 
 WRONG_CREDENTIALS = "Wrong email or password"
+# With e-mail verification on, an account not yet confirmed is refused with the same words as a
+# wrong password (anything else would tell who has an account), so they cover both.
+WRONG_OR_UNCONFIRMED = "Wrong email or password. New here? Open the link we e-mailed you first."
 
 
 class EmailTaken(Conflict):
@@ -58,7 +62,7 @@ def normalize_email(email: str) -> str:
         raise Unprocessable(f"That email address is not valid: {exc}", field="email") from exc
 
 
-def _lookup_email(email: str) -> str:
+def lookup_email(email: str) -> str:
     """Lower-cased for lookups; never raises, so a malformed login is just a failed login."""
     try:
         return normalize_email(email)
@@ -66,18 +70,15 @@ def _lookup_email(email: str) -> str:
         return email.strip().lower()
 
 
-def _check_password(password: str) -> None:
-    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
-        raise Unprocessable(
-            f"Use a password of {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters.",
-            field="password",
-        )
-
-
-async def register(db: AsyncSession, email: str, password: str, *, is_admin: bool = False) -> User:
-    """Create an account. EmailTaken (409) if the address exists in any letter case."""
+async def register(
+    db: AsyncSession, email: str, password: str, *, is_admin: bool = False, verified: bool = True
+) -> User:
+    """Create an account. EmailTaken (409) if the address exists in any letter case (for
+    operators, whose accounts count as `verified`; people sign up through `recovery.sign_up`,
+    which never tells)."""
+    now = utcnow()
     normalized = normalize_email(email)
-    _check_password(password)
+    check_password(password, normalized)
     if await repository.get_user_by_email(db, normalized) is not None:
         raise EmailTaken("An account with this email already exists")
     user = User(
@@ -86,7 +87,8 @@ async def register(db: AsyncSession, email: str, password: str, *, is_admin: boo
         password_hash=hash_password(password),
         is_admin=is_admin,
         is_disabled=False,
-        created_at=utcnow(),
+        created_at=now,
+        email_verified_at=now if verified else None,
     )
     if not await repository.insert_user(db, user):
         raise EmailTaken("An account with this email already exists")
@@ -99,15 +101,20 @@ async def create_admin(db: AsyncSession, email: str, password: str) -> User:
     return await register(db, email, password, is_admin=True)
 
 
-async def authenticate(db: AsyncSession, email: str, password: str) -> User:
+async def authenticate(
+    db: AsyncSession, email: str, password: str, *, require_verified: bool = False
+) -> User:
     """The account these credentials open; InvalidCredentials (401) otherwise.
 
-    Unknown email and wrong password give the same answer in about the same time.
+    Unknown email, wrong password and (with `require_verified`) an address not yet confirmed
+    give the same answer in about the same time.
     """
-    user = await repository.get_user_by_email(db, _lookup_email(email))
+    user = await repository.get_user_by_email(db, lookup_email(email))
     # Verify first, even for an unknown email (against a dummy hash), so timing tells nothing.
     if not verify_password(user.password_hash if user else None, password) or user is None:
-        raise InvalidCredentials(WRONG_CREDENTIALS)
+        raise InvalidCredentials(WRONG_OR_UNCONFIRMED if require_verified else WRONG_CREDENTIALS)
+    if require_verified and user.email_verified_at is None:
+        raise InvalidCredentials(WRONG_OR_UNCONFIRMED)
     if user.is_disabled:
         raise Unauthorized("The account is not active")
     return user
@@ -135,7 +142,7 @@ async def try_lock(db: AsyncSession, user_id: str) -> bool:
 
 
 async def get_user_by_email(db: AsyncSession, email: str) -> User:
-    user = await repository.get_user_by_email(db, _lookup_email(email))
+    user = await repository.get_user_by_email(db, lookup_email(email))
     if user is None:
         raise NotFound("No such user")
     return user
@@ -199,7 +206,7 @@ async def login(
     *,
     now: datetime | None = None,
 ) -> TokenOut:
-    user = await authenticate(db, email, password)
+    user = await authenticate(db, email, password, require_verified=settings.verify_email)
     tokens = await issue_tokens(db, secrets, settings, user, now=now)
     log.info("user_logged_in", user_id=user.id)
     return tokens
@@ -223,16 +230,6 @@ def client_address(peer_host: str | None) -> str:
     """The address a client is limited by: the connection's peer. X-Forwarded-For is not
     trusted here: any client can write it."""
     return peer_host or "unknown"
-
-
-async def register_limited(
-    db: AsyncSession, limits: AuthRateLimits, address: str, email: str, password: str
-) -> User:
-    """`register`, refused (429) past the sign-ups one address may make."""
-    wait = limits.register_by_address.hit(address)
-    if wait is not None:
-        raise TooManyRequests("Too many sign-ups from this address; try again shortly", wait)
-    return await register(db, email, password)
 
 
 async def login_limited(

@@ -1,0 +1,46 @@
+"""Messages the control plane sends outside the page: e-mail, queued for the worker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kswifi.control.models.base import Base, new_id, utcnow
+
+
+class MailStatus(StrEnum):
+    QUEUED = "queued"  # waiting for `next_attempt_at`
+    SENDING = "sending"  # claimed by a worker until `claimed_until`
+    SENT = "sent"
+    FAILED = "failed"  # gave up after the last attempt
+
+
+class OutgoingMail(Base):
+    """One e-mail, queued by the request that decided to send it and delivered by the worker.
+
+    `dedupe_key` (unique) makes "send this once" a database fact: a second request or replica
+    that decides the same thing (the 80 % alert of one session) inserts nothing.
+    """
+
+    __tablename__ = "outgoing_mail"
+    __table_args__ = (Index("ix_outgoing_mail_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(40))
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    user_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
+    to_address: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=MailStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)

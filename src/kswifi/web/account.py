@@ -1,0 +1,152 @@
+"""Account pages: forgotten password, the e-mailed links (reset, confirm an address), and the
+logged-in person's settings (change password or e-mail).
+
+The reset link's token travels in the path of a page that only shows a form (mail scanners
+that open links spend nothing); the POST spends it. Every answer about an address is the same
+whether or not it has an account.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+
+from kswifi.control.deps import Ctx, DbSession, abandon
+from kswifi.control.errors import KSWiFiError
+from kswifi.control.users import recovery
+from kswifi.control.users import service as users
+from kswifi.web import auth
+from kswifi.web.deps import OptionalUser, RequiredUser
+from kswifi.web.pages import form_fields, redirect, say
+from kswifi.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+
+TOKEN_MAX = 512
+
+
+def _address(request: Request) -> str:
+    return users.client_address(request.client.host if request.client else None)
+
+
+# --- forgotten password --------------------------------------------------------------------------
+
+
+@router.get("/password-reset", response_class=HTMLResponse)
+async def forgot_page(request: Request, user: OptionalUser) -> Response:
+    return render(request, "password_forgot.html", {"nav": "login"})
+
+
+@router.post("/password-reset", response_class=HTMLResponse)
+async def forgot(request: Request, ctx: Ctx, db: DbSession) -> Response:
+    fields = await form_fields(request)
+    email = fields.get("email", "").strip()[:320]
+    limits = users.rate_limits(request.app.state, ctx.settings)
+    try:
+        notice = await recovery.request_password_reset(
+            db, ctx.settings, limits, _address(request), email
+        )
+    except KSWiFiError as exc:
+        await abandon(db)
+        context = {"nav": "login", "email": email, "error": say(exc)}
+        return render(request, "password_forgot.html", context, status_code=exc.status_code)
+    return render(request, "password_forgot.html", {"nav": "login", "notice": notice, "sent": True})
+
+
+@router.get("/password-reset/{token}", response_class=HTMLResponse)
+async def reset_page(request: Request, token: str, user: OptionalUser) -> Response:
+    context = {"nav": "login", "token": token[:TOKEN_MAX]}
+    return render(request, "password_reset.html", context, no_store=True)
+
+
+@router.post("/password-reset/{token}", response_class=HTMLResponse)
+async def reset(request: Request, token: str, ctx: Ctx, db: DbSession) -> Response:
+    fields = await form_fields(request)
+    password = fields.get("password", "")
+    try:
+        await recovery.reset_password(db, ctx.settings, token[:TOKEN_MAX], password)
+    except KSWiFiError as exc:
+        await abandon(db)
+        context = {
+            "nav": "login",
+            "token": token[:TOKEN_MAX],
+            "error": say(exc),
+            "expired": isinstance(exc, recovery.InvalidLink),
+        }
+        return render(
+            request, "password_reset.html", context, status_code=exc.status_code, no_store=True
+        )
+    auth.clear_login_cookies(request)
+    return redirect(request, "/login?notice=password-reset")
+
+
+# --- e-mailed confirmation links -----------------------------------------------------------------
+
+
+@router.get("/verify-email/{token}", response_class=HTMLResponse)
+async def verify(request: Request, token: str, ctx: Ctx, db: DbSession) -> Response:
+    """Opening the link is the confirmation (it proves the mailbox, nothing more)."""
+    change = request.query_params.get("change") == "1"
+    try:
+        if change:
+            await recovery.confirm_email_change(db, ctx.settings, token[:TOKEN_MAX])
+        else:
+            await recovery.verify_email(db, token[:TOKEN_MAX])
+    except KSWiFiError as exc:
+        await abandon(db)
+        context = {
+            "heading": "This link no longer works",
+            "message": say(exc),
+            "back_url": "/login",
+        }
+        return render(request, "error.html", context, status_code=exc.status_code)
+    return redirect(request, "/login?notice=" + ("email-changed" if change else "verified"))
+
+
+# --- the logged-in person's settings -------------------------------------------------------------
+
+
+_SETTINGS_NOTICES = {"password": "Your password has been changed. Other devices were logged out."}
+
+
+@router.get("/account", response_class=HTMLResponse)
+async def account_page(request: Request, user: RequiredUser) -> Response:
+    notice = _SETTINGS_NOTICES.get(request.query_params.get("notice", ""))
+    return render(request, "account.html", {"nav": "account", "notice": notice})
+
+
+@router.post("/account/password", response_class=HTMLResponse)
+async def change_password(
+    request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
+) -> Response:
+    fields = await form_fields(request)
+    try:
+        tokens = await recovery.change_password(
+            db,
+            ctx.secrets,
+            ctx.settings,
+            user,
+            fields.get("current_password", ""),
+            fields.get("new_password", ""),
+        )
+    except KSWiFiError as exc:
+        await abandon(db)
+        context = {"nav": "account", "error": say(exc)}
+        return render(request, "account.html", context, status_code=exc.status_code)
+    auth.set_login_cookies(request, tokens)
+    return redirect(request, "/account?notice=password")
+
+
+@router.post("/account/email", response_class=HTMLResponse)
+async def change_email(request: Request, user: RequiredUser, ctx: Ctx, db: DbSession) -> Response:
+    fields = await form_fields(request)
+    new_email = fields.get("new_email", "").strip()[:320]
+    try:
+        notice = await recovery.request_email_change(
+            db, ctx.settings, user, fields.get("password", ""), new_email
+        )
+    except KSWiFiError as exc:
+        await abandon(db)
+        context = {"nav": "account", "error": say(exc), "new_email": new_email}
+        return render(request, "account.html", context, status_code=exc.status_code)
+    return render(request, "account.html", {"nav": "account", "notice": notice})
