@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := .make
-APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iperf3 chromium zbar-tools procps
+APT_PACKAGES := wireguard-go wireguard-tools nftables iproute2 iperf3 chromium zbar-tools procps prometheus
 export KSWIFI_DATA_DIR ?= $(CURDIR)/var
 
 .PHONY: schema run run-lan test lint typecheck unit e2e browser bench deps system-deps clean help soak
@@ -28,7 +28,7 @@ $(STAMP)/system: | $(STAMP)
 	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then \
 	    echo "==> installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    apt-get -o DPkg::Lock::Timeout=900 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
 	else \
 	  echo "==> not root: skipping Debian packages ($(APT_PACKAGES)); gateway and browser tests will be skipped"; \

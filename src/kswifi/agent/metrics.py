@@ -115,14 +115,14 @@ class _AgentState(Collector):
             "1 when the last call to the control plane succeeded",
             1 if agent.control_plane_up else 0,
         )
-        yield _gauge(
-            "kswifi_gateway_rx_bits_per_second", "Upload rate, last second", agent.throughput.rx_bps
+        rate = GaugeMetricFamily(
+            "kswifi_gateway_throughput_bytes_per_second",
+            "Bytes per second through the WireGuard interface over the last second",
+            labels=["direction"],
         )
-        yield _gauge(
-            "kswifi_gateway_tx_bits_per_second",
-            "Download rate, last second",
-            agent.throughput.tx_bps,
-        )
+        rate.add_metric(["upload"], agent.throughput.rx_bps / 8)
+        rate.add_metric(["download"], agent.throughput.tx_bps / 8)
+        yield rate
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

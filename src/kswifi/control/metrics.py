@@ -45,6 +45,8 @@ from kswifi.control.models import (
     Device,
     DeviceStatus,
     Gateway,
+    MailStatus,
+    OutgoingMail,
     Purchase,
     UsageBatch,
     utcnow,
@@ -242,7 +244,7 @@ async def database_families(db: AsyncSession, settings: Settings, now: datetime)
 
     served = CounterMetricFamily(
         "kswifi_served_bytes",
-        "Bytes carried for all sessions (rx: to the phones, tx: from them)",
+        "Bytes carried for all sessions (rx: from the phones, upload; tx: to them, download)",
         labels=["direction"],
     )
     rx, tx = (
@@ -263,6 +265,8 @@ async def database_families(db: AsyncSession, settings: Settings, now: datetime)
     batches.add_metric([], int(await db.scalar(select(func.count()).select_from(UsageBatch)) or 0))
     families.append(batches)
 
+    families += await _mail_families(db, now)
+
     devices = dict(
         (
             await db.execute(
@@ -274,6 +278,32 @@ async def database_families(db: AsyncSession, settings: Settings, now: datetime)
     )
     families += _gateway_families(list(await db.scalars(select(Gateway))), devices, settings, now)
     return families
+
+
+async def _mail_families(db: AsyncSession, now: datetime) -> list[Metric]:
+    messages = GaugeMetricFamily(
+        "kswifi_mail_messages", "E-mail kept in the queue, by status", labels=["status"]
+    )
+    counts = dict(
+        (
+            await db.execute(
+                select(OutgoingMail.status, func.count()).group_by(OutgoingMail.status)
+            )
+        ).all()
+    )
+    for status in MailStatus:
+        messages.add_metric([status], counts.get(status, 0))
+    oldest = await db.scalar(
+        select(func.min(OutgoingMail.next_attempt_at)).where(
+            OutgoingMail.status.in_([MailStatus.QUEUED, MailStatus.SENDING])
+        )
+    )
+    waiting = GaugeMetricFamily(
+        "kswifi_mail_oldest_queued_seconds",
+        "How long the longest-waiting unsent e-mail has been due (0: none waiting)",
+        value=max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0,
+    )
+    return [messages, waiting]
 
 
 def _gateway_families(

@@ -225,3 +225,24 @@ def test_every_letter_speaks_the_products_words(settings: Settings) -> None:
         for part in (letter.subject, letter.text, letter.html):
             assert not FORBIDDEN.search(part), (kind, part)
         assert "KSWiFi Connect" in letter.text and letter.subject
+
+
+async def test_metrics_show_the_queue_and_its_oldest_wait(ctx: AppContext, smtp: MailSink) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kswifi.control import metrics
+    from tests.scale.test_metrics import sample
+
+    metrics._SNAPSHOTS.clear()
+    smtp.handler.refuse = True
+    await _queue(ctx)
+    await Worker(ctx).deliver_mail(utcnow())
+    async with ctx.db.transaction() as db:
+        families = await metrics.database_families(db, ctx.settings, utcnow() + timedelta(hours=1))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics._Families(families))
+    text = generate_latest(registry).decode()
+    assert sample(text, "kswifi_mail_messages", status="queued") == 1
+    assert sample(text, "kswifi_mail_messages", status="sent") == 0
+    waited = sample(text, "kswifi_mail_oldest_queued_seconds")
+    assert waited is not None and 3500 < waited <= 3600
