@@ -131,6 +131,24 @@ class TestAccountSettings:
         (confirm,) = await deliver(ctx, smtp, 1)
         assert confirm.recipients == ["moved@example.com"]
 
+    async def test_alert_choices_are_saved_from_the_account_page(
+        self, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink
+    ) -> None:
+        await signed_up(client, ctx, smtp, "alerts@example.com")
+        await web_login(client, "alerts@example.com")
+        page = await client.get("/account")
+        assert page.text.count('type="checkbox"') == 6
+        assert 'name="email:usage_80" checked' in page.text
+        saved = await post_form(
+            client, "/account", "/account/alerts", **{"email:usage_95": "on", "email:expired": "on"}
+        )
+        assert saved.status_code == 303
+        page = await client.get(saved.headers["location"])
+        assert "Your alert choices are saved" in page.text
+        assert 'name="email:usage_80" checked' not in page.text
+        assert 'name="email:usage_95" checked' in page.text
+        assert 'name="email:expired" checked' in page.text
+
     async def test_the_footer_names_support(self, client: httpx.AsyncClient) -> None:
         page = await client.get("/")
         assert 'href="https://help.kswifi.test/"' in page.text

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from kswifi.control.admin.endpoints import router as admin_router
 from kswifi.control.config import Settings
 from kswifi.control.gateways.endpoints import router as gateways_router
+from kswifi.control.notify.endpoints import router as alerts_router
 from kswifi.control.plans.endpoints import router as plans_router
 from kswifi.control.profiles import endpoints as profiles_endpoints
 from kswifi.control.profiles.endpoints import router as profiles_router
@@ -33,6 +34,7 @@ for router in (
     gateways_router,
     admin_router,
     regions_router,
+    alerts_router,
 ):
     api_router.include_router(router)
 

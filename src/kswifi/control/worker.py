@@ -21,6 +21,7 @@ from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.mail import service as mail
 from kswifi.control.mail.transport import MailTransport, transport_for
 from kswifi.control.models import SessionStatus, utcnow
+from kswifi.control.notify import service as notify
 from kswifi.control.profiles import service as profiles
 from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
@@ -41,6 +42,8 @@ class JobSchedule:
     purge_setup_links: float = 60.0
     purge_refresh_tokens: float = 3600.0
     purge_desired_changes: float = 300.0
+    note_expiring_sessions: float = 60.0
+    send_alerts: float = 1.0
     deliver_mail: float = 2.0
     purge_mail: float = 3600.0
 
@@ -96,6 +99,15 @@ class Worker:
         async with self.ctx.db.transaction() as db:
             return await gateway_desired.purge_changes(db, now)
 
+    async def note_expiring_sessions(self, now: datetime) -> int:
+        async with self.ctx.db.transaction() as db:
+            return await sessions.note_expiring(db, now)
+
+    async def send_alerts(self, now: datetime) -> int:
+        """Session alerts noted since the last run become messages (see `notify`)."""
+        async with self.ctx.db.transaction() as db:
+            return await notify.send_pending_alerts(db, self.ctx.settings, now=now)
+
     async def deliver_mail(self, now: datetime) -> int:
         """Send what is queued: claim a batch (committed), send each, settle each."""
         assert self.mail_transport is not None
@@ -133,6 +145,8 @@ class Worker:
             "purge_setup_links",
             "purge_refresh_tokens",
             "purge_desired_changes",
+            "note_expiring_sessions",
+            "send_alerts",
             "deliver_mail",
             "purge_mail",
         ):

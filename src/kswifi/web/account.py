@@ -13,6 +13,8 @@ from fastapi.responses import HTMLResponse, Response
 
 from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError
+from kswifi.control.models import ALERT_KINDS
+from kswifi.control.notify import service as notify
 from kswifi.control.users import recovery
 from kswifi.control.users import service as users
 from kswifi.web import auth
@@ -106,13 +108,31 @@ async def verify(request: Request, token: str, ctx: Ctx, db: DbSession) -> Respo
 # --- the logged-in person's settings -------------------------------------------------------------
 
 
-_SETTINGS_NOTICES = {"password": "Your password has been changed. Other devices were logged out."}
+Choices = dict[str, dict[str, bool]]
+
+_SETTINGS_NOTICES = {
+    "password": "Your password has been changed. Other devices were logged out.",
+    "alerts": "Your alert choices are saved.",
+}
+
+
+def _account(
+    request: Request, alerts: Choices, status_code: int = 200, **values: object
+) -> Response:
+    """The account page; `alerts` read before any rollback (which expires the user row)."""
+    context = {
+        "nav": "account",
+        "alerts": alerts,
+        "alert_labels": notify.ALERT_LABELS,
+        **values,
+    }
+    return render(request, "account.html", context, status_code=status_code)
 
 
 @router.get("/account", response_class=HTMLResponse)
 async def account_page(request: Request, user: RequiredUser) -> Response:
     notice = _SETTINGS_NOTICES.get(request.query_params.get("notice", ""))
-    return render(request, "account.html", {"nav": "account", "notice": notice})
+    return _account(request, notify.choices(user), notice=notice)
 
 
 @router.post("/account/password", response_class=HTMLResponse)
@@ -120,6 +140,7 @@ async def change_password(
     request: Request, user: RequiredUser, ctx: Ctx, db: DbSession
 ) -> Response:
     fields = await form_fields(request)
+    alerts = notify.choices(user)
     try:
         tokens = await recovery.change_password(
             db,
@@ -131,8 +152,7 @@ async def change_password(
         )
     except KSWiFiError as exc:
         await abandon(db)
-        context = {"nav": "account", "error": say(exc)}
-        return render(request, "account.html", context, status_code=exc.status_code)
+        return _account(request, alerts, exc.status_code, error=say(exc))
     auth.set_login_cookies(request, tokens)
     return redirect(request, "/account?notice=password")
 
@@ -141,12 +161,24 @@ async def change_password(
 async def change_email(request: Request, user: RequiredUser, ctx: Ctx, db: DbSession) -> Response:
     fields = await form_fields(request)
     new_email = fields.get("new_email", "").strip()[:320]
+    alerts = notify.choices(user)
     try:
         notice = await recovery.request_email_change(
             db, ctx.settings, user, fields.get("password", ""), new_email
         )
     except KSWiFiError as exc:
         await abandon(db)
-        context = {"nav": "account", "error": say(exc), "new_email": new_email}
-        return render(request, "account.html", context, status_code=exc.status_code)
-    return render(request, "account.html", {"nav": "account", "notice": notice})
+        return _account(request, alerts, exc.status_code, error=say(exc), new_email=new_email)
+    return _account(request, alerts, notice=notice)
+
+
+@router.post("/account/alerts", response_class=HTMLResponse)
+async def choose_alerts(request: Request, user: RequiredUser, db: DbSession) -> Response:
+    """Checkboxes: a ticked box posts `email:usage_80=on`; an unticked one posts nothing."""
+    fields = await form_fields(request)
+    wanted = {
+        channel: {kind.value: f"{channel}:{kind.value}" in fields for kind in ALERT_KINDS}
+        for channel in notify.CHANNELS
+    }
+    await notify.choose(db, user, wanted)
+    return redirect(request, "/account?notice=alerts")

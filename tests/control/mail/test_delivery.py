@@ -212,6 +212,18 @@ SAMPLES = {
     "password_changed": {"reset_url": "http://t/r"},
     "change_email": {"url": "http://t/c", "old_email": "old@example.com"},
     "email_changed": {"new_email": "new@example.com"},
+    **{
+        f"alert_{kind}": {
+            "plan_name": "Premium Session",
+            "usage": "4 GB of 5 GB used",
+            "percent": "80",
+            "expires": "8 Dec 2026, 10:00 UTC",
+            "session_url": "http://t/s",
+            "plans_url": "http://t/p",
+            "account_url": "http://t/a",
+        }
+        for kind in ("usage_80", "usage_95", "data_used_up", "expiring", "expired", "next_started")
+    },
 }
 
 

@@ -16,23 +16,28 @@ from kswifi.control.models.network import (
     UsageBatch,
 )
 from kswifi.control.models.sessions import (
+    ALERT_KINDS,
     ENDED_STATES,
     LIVE_STATES,
     SESSION_STATES,
     USABLE_STATES,
+    AlertKind,
     DataSession,
+    SessionAlert,
     SessionStatus,
     UsageRollup,
 )
 from kswifi.control.models.users import AccountToken, RefreshToken, TokenPurpose, User
 
 __all__ = [
+    "ALERT_KINDS",
     "ENDED_STATES",
     "LIVE_STATES",
     "SESSION_STATES",
     "USABLE_STATES",
     "AccountToken",
     "AddressRelease",
+    "AlertKind",
     "AuditEntry",
     "Base",
     "DataSession",
@@ -48,6 +53,7 @@ __all__ = [
     "Purchase",
     "RefreshToken",
     "Region",
+    "SessionAlert",
     "SessionStatus",
     "SetupLink",
     "TokenPurpose",

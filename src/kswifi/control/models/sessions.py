@@ -79,3 +79,33 @@ class UsageRollup(Base):
     bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
     rx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     tx_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AlertKind(StrEnum):
+    """What a person may be told about a session, each at most once per session."""
+
+    USAGE_80 = "usage_80"
+    USAGE_95 = "usage_95"
+    DATA_USED_UP = "data_used_up"
+    EXPIRING = "expiring"
+    """24 hours before the session's validity ends."""
+    EXPIRED = "expired"
+    NEXT_STARTED = "next_started"
+    """A queued session became current by itself."""
+
+
+ALERT_KINDS = tuple(AlertKind)
+
+
+class SessionAlert(Base):
+    """A fact a person should hear about (`kind` of `session_id`), noted once (the key) by
+    whatever transaction made it true, and sent by the worker (`handled_at` set then)."""
+
+    __tablename__ = "session_alerts"
+
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("data_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(20), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    handled_at: Mapped[datetime | None] = mapped_column(default=None, index=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import JSON, ForeignKey, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kswifi.control.models.base import Base, new_id, utcnow
@@ -23,6 +23,9 @@ class User(Base):
     # None until the person opens the link we e-mailed (accounts made before e-mail
     # verification existed count as verified from their creation).
     email_verified_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Alerts the person turned off, as "channel:kind" (e.g. "email:usage_80"); all are on
+    # until then.
+    alerts_off: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
 
 class TokenPurpose(StrEnum):

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from kswifi.control.models import LIVE_STATES, DataSession, SessionStatus
+from kswifi.control.models import LIVE_STATES, AlertKind, DataSession, SessionStatus
 from kswifi.control.sessions import repository
 from kswifi.control.users import service as users
 
@@ -76,6 +76,7 @@ async def hand_over(
             current.status = SessionStatus.ACTIVE
             current.activation_deadline = max(current.activation_deadline, now + window)
             promoted = current
+            await repository.note_alerts(db, [(current.id, AlertKind.NEXT_STARTED)], now)
     # Devices already drawing from the current session keep their places (one that is on is
     # never switched off for one installed later); then first installed first.
     devices = sorted(

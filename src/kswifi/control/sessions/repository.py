@@ -29,9 +29,11 @@ from kswifi.control.db import id_list_text, is_postgresql
 from kswifi.control.models import (
     LIVE_STATES,
     USABLE_STATES,
+    AlertKind,
     DataSession,
     Device,
     DeviceStatus,
+    SessionAlert,
     UsageRollup,
 )
 from kswifi.control.models.base import UTCDateTime
@@ -39,6 +41,9 @@ from kswifi.control.models.base import UTCDateTime
 # Sessions per statement of a batch: a few bound parameters each, far below both databases'
 # limits (SQLite 32,766; PostgreSQL 32,767 — the unnest form binds only arrays anyway).
 _BATCH_CHUNK = 500
+# The `expiring` alert comes this long before a session's validity ends (sessions valid for
+# no longer than this are not warned: it would come with their first byte).
+EXPIRING_NOTICE_SECONDS = 86_400
 
 
 def _chunked(values: Sequence[str]) -> list[Sequence[str]]:
@@ -358,3 +363,68 @@ async def users_needing_handover(db: AsyncSession, now: datetime, limit: int) ->
     )
     rows = await db.scalars(stale.union(waiting).limit(limit))
     return sorted(rows)
+
+
+async def note_alerts(db: AsyncSession, alerts: Sequence[tuple[str, str]], now: datetime) -> None:
+    """Note (session_id, kind) alerts; one already noted is left as it is (at most once)."""
+    if not alerts:
+        return
+    dialect_insert = postgresql_insert if is_postgresql(db) else sqlite_insert
+    table = cast(Table, SessionAlert.__table__)
+    rows = [{"session_id": s, "kind": k, "created_at": now} for s, k in sorted(set(alerts))]
+    for start in range(0, len(rows), _BATCH_CHUNK):
+        await db.execute(
+            dialect_insert(table)
+            .values(rows[start : start + _BATCH_CHUNK])
+            .on_conflict_do_nothing()
+        )
+
+
+async def claim_pending_alerts(
+    db: AsyncSession, limit: int
+) -> list[tuple[SessionAlert, DataSession]]:
+    """Alerts not sent yet, oldest first, with their sessions; locked (PostgreSQL: skipping
+    those another worker holds), so each is handled by one transaction."""
+    pick = (
+        select(SessionAlert)
+        .where(SessionAlert.handled_at.is_(None))
+        .order_by(SessionAlert.created_at)
+        .limit(limit)
+    )
+    if is_postgresql(db):
+        pick = pick.with_for_update(skip_locked=True)
+    alerts = list(await db.scalars(pick))
+    if not alerts:
+        return []
+    sessions = {
+        s.id: s
+        for s in await db.scalars(
+            select(DataSession).where(DataSession.id.in_({a.session_id for a in alerts}))
+        )
+    }
+    return [(alert, sessions[alert.session_id]) for alert in alerts]
+
+
+async def live_sessions_expiring_before(
+    db: AsyncSession, before: datetime, limit: int
+) -> list[str]:
+    """Live sessions whose validity ends before `before` and whose `expiring` alert has not
+    been noted."""
+    noted = (
+        select(SessionAlert.session_id)
+        .where(SessionAlert.session_id == DataSession.id, SessionAlert.kind == AlertKind.EXPIRING)
+        .exists()
+    )
+    rows = await db.scalars(
+        select(DataSession.id)
+        .where(
+            DataSession.status.in_(LIVE_STATES),
+            DataSession.expires_at.is_not(None),
+            DataSession.expires_at <= before,
+            DataSession.validity_seconds > EXPIRING_NOTICE_SECONDS,  # else: told at once
+            ~noted,
+        )
+        .order_by(DataSession.expires_at)
+        .limit(limit)
+    )
+    return list(rows)

@@ -22,8 +22,10 @@ from kswifi.control.events import (
 from kswifi.control.models import (
     ENDED_STATES,
     LIVE_STATES,
+    AlertKind,
     DataSession,
     Plan,
+    SessionAlert,
     SessionStatus,
     UsageRollup,
     utcnow,
@@ -35,6 +37,10 @@ from kswifi.protocol import PACKET_BYTES
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 WARNING_PERCENTS = (80, 95)
+ENDING_ALERTS: dict[str, AlertKind] = {
+    SessionStatus.EXHAUSTED: AlertKind.DATA_USED_UP,
+    SessionStatus.EXPIRED: AlertKind.EXPIRED,
+}
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,9 @@ async def record_usage_batch(
         if row.used_bytes >= row.data_limit_bytes or (totals[row.id][2] and free < PACKET_BYTES):
             ending.append(row.id)
     await repository.set_warned_percents(db, warned)
+    await repository.note_alerts(
+        db, [(session_id, f"usage_{percent}") for session_id, percent in warned.items()], now
+    )
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
     publish_many_after_commit(db, bus, events)
 
@@ -319,6 +328,8 @@ async def end(
     session.end_reason = reason
     session.ended_at = now
     await db.flush()
+    if status in ENDING_ALERTS:
+        await repository.note_alerts(db, [(session.id, ENDING_ALERTS[status])], now)
     publish_after_commit(
         db,
         bus,
@@ -399,6 +410,24 @@ async def usable_sessions(db: AsyncSession, user_id: str, now: datetime) -> list
 
 async def due_for_expiry(db: AsyncSession, now: datetime, limit: int = 500) -> list[DataSession]:
     return await repository.list_due_for_expiry(db, now, limit)
+
+
+# --- alerts: noted here, where they become true; sent by the notify domain -----------------
+
+
+async def note_expiring(db: AsyncSession, now: datetime, limit: int = 500) -> int:
+    """Note the `expiring` alert of live sessions whose validity ends within a day."""
+    horizon = now + timedelta(seconds=repository.EXPIRING_NOTICE_SECONDS)
+    due = await repository.live_sessions_expiring_before(db, horizon, limit)
+    await repository.note_alerts(db, [(session_id, AlertKind.EXPIRING) for session_id in due], now)
+    return len(due)
+
+
+async def claim_pending_alerts(
+    db: AsyncSession, limit: int = 200
+) -> list[tuple[SessionAlert, DataSession]]:
+    """Alerts to send, each with its session; set `handled_at` in the same transaction."""
+    return await repository.claim_pending_alerts(db, limit)
 
 
 _Usage = DataSession | repository.UsageRow

@@ -120,6 +120,17 @@ async def authenticate(
     return user
 
 
+async def find_user(db: AsyncSession, user_id: str) -> User | None:
+    return await repository.get_user(db, user_id)
+
+
+async def set_alerts_off(db: AsyncSession, user: User, off: set[str]) -> User:
+    """Turn off exactly these "channel:kind" alerts (all others on)."""
+    user.alerts_off = sorted(off)
+    await db.flush()
+    return user
+
+
 async def get_user(db: AsyncSession, user_id: str) -> User:
     user = await repository.get_user(db, user_id)
     if user is None:
