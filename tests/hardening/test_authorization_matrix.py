@@ -26,7 +26,7 @@ import httpx
 from fastapi import FastAPI, routing
 from sqlalchemy import select
 
-from kswifi.control.models import DataSession, Device
+from kswifi.control.models import ALERT_KINDS, DataSession, Device
 from tests.hardening.conftest import PASSWORD, World
 
 ROLES = ("anon", "gateway", "other", "owner", "admin")
@@ -118,6 +118,22 @@ def _download_link(world: World, _role: str) -> dict[str, str]:
     return {"t": world.owner_phone.download_token}
 
 
+def _someone_else(_world: World, role: str) -> dict[str, Any]:
+    return {"email": f"reset-{role}@example.com"}
+
+
+def _bad_token(_world: World, _role: str) -> dict[str, Any]:
+    return {"token": "not-a-token"}
+
+
+def _bad_token_and_password(_world: World, _role: str) -> dict[str, Any]:
+    return {"token": "not-a-token", "password": "a good new one"}
+
+
+def _wrong_current(_world: World, _role: str) -> dict[str, Any]:
+    return {"current_password": "not it", "new_password": "a good new one"}
+
+
 MATRIX: list[Rule] = [
     # --- public and documentation --------------------------------------------------------------
     Rule("GET", "/api/health", PUBLIC, "public"),
@@ -141,6 +157,22 @@ MATRIX: list[Rule] = [
         (401, 401, 204, 204, 204),
         json=lambda w, _r: {"refresh_token": w.owner.refresh_token},
     ),
+    # E-mailed links: a made-up token opens nothing; requests answer alike for any address.
+    Rule("POST", "/api/auth/password-reset", (202,) * 5, json=_someone_else),
+    Rule("POST", "/api/auth/verify-email/resend", (202,) * 5, json=_someone_else),
+    Rule("POST", "/api/auth/password-reset/confirm", (400,) * 5, json=_bad_token_and_password),
+    Rule("POST", "/api/auth/verify-email", (400,) * 5, json=_bad_token),
+    Rule("POST", "/api/auth/email/confirm", (400,) * 5, json=_bad_token),
+    # Changes of one's own account need the current password (wrong here: nothing changes).
+    Rule("POST", "/api/auth/password", (401, 401, 422, 422, 422), json=_wrong_current),
+    Rule(
+        "POST",
+        "/api/auth/email",
+        (401, 401, 422, 422, 422),
+        json=lambda _w, _r: {"password": "not it", "new_email": "moved@example.com"},
+    ),
+    Rule("GET", "/api/alerts", EACH_THEIR_OWN),
+    Rule("PUT", "/api/alerts", EACH_THEIR_OWN, json=lambda _w, _r: {}),
     # --- plans, purchases, vouchers --------------------------------------------------------
     Rule("GET", "/api/admin/plans", OPERATOR, operator_route=True),
     Rule("POST", "/api/admin/plans", (401, 401, 403, 403, 201), json=_new_plan),
@@ -159,6 +191,7 @@ MATRIX: list[Rule] = [
     ),
     Rule("GET", "/api/purchases", EACH_THEIR_OWN),
     Rule("GET", "/api/purchases/{purchase_id}", OWNER_ONLY),
+    Rule("GET", "/api/purchases/{purchase_id}/receipt", OWNER_ONLY),
     Rule(
         "POST",
         "/api/purchases/stripe/webhook",
@@ -308,6 +341,42 @@ MATRIX: list[Rule] = [
         params={"device_id": "tablet"},
     ),
     Rule("GET", "/offline", PUBLIC, "web"),
+    Rule("GET", "/password-reset", PUBLIC, "web"),
+    Rule("POST", "/password-reset", PUBLIC, "web", form=_someone_else),
+    Rule("GET", "/password-reset/{token}", PUBLIC, "web", params={"token": "not-a-token"}),
+    Rule(
+        "POST",
+        "/password-reset/{token}",
+        (400,) * 5,
+        "web",
+        form=lambda _w, _r: {"password": "a good new one"},
+        params={"token": "not-a-token"},
+    ),
+    Rule("GET", "/verify-email/{token}", (400,) * 5, "web", params={"token": "not-a-token"}),
+    Rule("GET", "/account", WEB_LOGGED_IN, "web"),
+    Rule(
+        "POST",
+        "/account/password",
+        (303, 303, 422, 422, 422),
+        "web",
+        form=lambda w, r: {k: str(v) for k, v in _wrong_current(w, r).items()},
+    ),
+    Rule(
+        "POST",
+        "/account/email",
+        (303, 303, 422, 422, 422),
+        "web",
+        form=lambda _w, _r: {"password": "not it", "new_email": "moved@example.com"},
+    ),
+    Rule(
+        "POST",
+        "/account/alerts",
+        (303,) * 5,
+        "web",
+        form=lambda _w, _r: {f"email:{kind}": "on" for kind in ALERT_KINDS},
+    ),
+    Rule("GET", "/receipts", WEB_LOGGED_IN, "web"),
+    Rule("GET", "/receipts/{purchase_id}", WEB_OWNER_ONLY, "web"),
     Rule("GET", "/admin", CONSOLE, "web", operator_route=True),
     Rule("POST", "/admin", CONSOLE_POST, "web", form=_new_gateway, operator_route=True),
     Rule(
@@ -367,6 +436,14 @@ MATRIX: list[Rule] = [
     Rule("GET", "/admin/vouchers.csv", CONSOLE, "web", operator_route=True),
     Rule("GET", "/admin/reports", CONSOLE, "web", operator_route=True),
     Rule("GET", "/admin/audit", CONSOLE, "web", operator_route=True),
+    Rule("GET", "/admin/mail", CONSOLE, "web", operator_route=True),
+    Rule(
+        "GET",
+        "/admin/mail/{mail_id}",
+        (303, 303, 404, 404, 404),  # no such message, even for the operator
+        "web",
+        params={"mail_id": "0" * 32},
+    ),
     Rule("GET", "/manifest.webmanifest", PUBLIC, "web"),
     Rule("GET", "/sw.js", PUBLIC, "web"),
     Rule("GET", "/icons/icon.svg", PUBLIC, "web"),

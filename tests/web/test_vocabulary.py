@@ -128,6 +128,10 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
         assert response.status_code == expected, (path, response.status_code)
         pages[path] = response.text
 
+    async def visit_and_read(path: str) -> str:
+        await visit(path)
+        return pages[path]
+
     for path in ("/", "/signup", "/login", "/plans", "/offline", "/password-reset"):
         await visit(path)
     await visit("/password-reset/not-a-token")
@@ -147,6 +151,10 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
 
     [code] = await make_vouchers(ctx, "premium")
     session_id = await buy_with_voucher(client, code)
+    receipts = await visit_and_read("/receipts")
+    receipt_link = re.search(r'href="(/receipts/[0-9a-f]{32})"', receipts)
+    assert receipt_link
+    await visit(receipt_link.group(1))
     await visit(f"/sessions/{session_id}?notice=bought")
     await visit(f"/sessions/{session_id}/setup")
     ready = await post_form(client, f"/sessions/{session_id}/setup")

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from kswifi.control.mail import service as mail
 from kswifi.control.mail.letters import compose
 from kswifi.control.mail.transport import OutboxTransport, SmtpTransport
 from kswifi.control.models import MailStatus, OutgoingMail, utcnow
+from kswifi.control.purchases.receipts import Receipt
 from kswifi.control.worker import Worker
 from tests.mailsink import MailSink, free_port
 
@@ -223,6 +224,24 @@ SAMPLES = {
             "account_url": "http://t/a",
         }
         for kind in ("usage_80", "usage_95", "data_used_up", "expiring", "expired", "next_started")
+    },
+    "receipt": {
+        "receipt": Receipt(
+            purchase_id="p" * 32,
+            plan_name="Premium Session",
+            data="5 GB",
+            speed_mbps=25,
+            validity_days=30,
+            max_devices=2,
+            price="$14.99",
+            amount_cents=1499,
+            currency="USD",
+            paid_at=datetime(2026, 12, 7, 10, 0, tzinfo=UTC),
+            method="Voucher",
+            reference="KSW-PPPPPPPPPPPP",
+            provider_reference=None,
+        ),
+        "receipt_url": "http://t/receipts/p",
     },
 }
 

@@ -12,6 +12,7 @@ from kswifi.control.purchases.schemas import (
     PurchaseCreate,
     PurchaseList,
     PurchaseOut,
+    ReceiptOut,
     VoucherBatch,
     VoucherCreate,
     WebhookAck,
@@ -64,6 +65,12 @@ async def list_purchases(db: DbSession, user: CurrentUser) -> PurchaseList:
 @router.get("/purchases/{purchase_id}", response_model=PurchaseOut)
 async def get_purchase(purchase_id: PurchaseId, db: DbSession, user: CurrentUser) -> PurchaseOut:
     return await service.get_for_user(db, user.id, purchase_id)
+
+
+@router.get("/purchases/{purchase_id}/receipt", response_model=ReceiptOut)
+async def get_receipt(purchase_id: PurchaseId, db: DbSession, user: CurrentUser) -> ReceiptOut:
+    """The receipt of the caller's own paid purchase (404 for anything else)."""
+    return await service.receipt_out(db, user.id, purchase_id)
 
 
 @stripe_router.post("/purchases/stripe/webhook", response_model=WebhookAck)

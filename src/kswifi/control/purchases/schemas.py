@@ -56,3 +56,21 @@ class VoucherBatch(BaseModel):
     plan_code: str
     count: int
     codes: list[str]
+
+
+class ReceiptOut(BaseModel):
+    """What a paid purchase bought, for how much, when and how it was paid."""
+
+    purchase_id: str
+    reference: str
+    plan_name: str
+    data: str
+    speed_mbps: int
+    validity_days: int
+    max_devices: int
+    price: str
+    amount_cents: int
+    currency: str
+    paid_at: datetime
+    payment_method: str
+    payment_reference: str | None

@@ -25,13 +25,14 @@ from kswifi.control.events import EventBus
 from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.models import Plan, ProviderEvent, Purchase, User, utcnow
 from kswifi.control.plans import service as plans_service
-from kswifi.control.purchases import repository, voucher_codes
+from kswifi.control.purchases import receipts, repository, voucher_codes
 from kswifi.control.purchases.providers import stripe_checkout
 from kswifi.control.purchases.repository import PurchaseView
 from kswifi.control.purchases.schemas import (
     MAX_VOUCHERS_PER_BATCH,
     PurchaseCreate,
     PurchaseOut,
+    ReceiptOut,
     WebhookAck,
 )
 from kswifi.control.sessions import service as sessions_service
@@ -270,6 +271,7 @@ async def _new_session(
         now=now,
     )
     await gateway_desired.bump_revision(db, new.gateway_ids, bus, [purchase.user_id])
+    await receipts.send_receipt(db, settings, purchase, plan, now)
     return new.session.id
 
 
@@ -385,6 +387,28 @@ async def get_for_user(db: AsyncSession, user_id: str, purchase_id: str) -> Purc
     if view is None or view.purchase.user_id != user_id:
         raise PurchaseNotFound("No such purchase")
     return to_out(view)
+
+
+async def receipt_out(db: AsyncSession, user_id: str, purchase_id: str) -> ReceiptOut:
+    """The caller's own paid purchase's receipt; anything else answers like a missing one."""
+    receipt = await receipts.receipt_for_user(db, user_id, purchase_id)
+    if receipt is None:
+        raise PurchaseNotFound("No receipt for that purchase")
+    return ReceiptOut(
+        purchase_id=receipt.purchase_id,
+        reference=receipt.reference,
+        plan_name=receipt.plan_name,
+        data=receipt.data,
+        speed_mbps=receipt.speed_mbps,
+        validity_days=receipt.validity_days,
+        max_devices=receipt.max_devices,
+        price=receipt.price,
+        amount_cents=receipt.amount_cents,
+        currency=receipt.currency,
+        paid_at=receipt.paid_at,
+        payment_method=receipt.method,
+        payment_reference=receipt.provider_reference,
+    )
 
 
 async def create_vouchers(

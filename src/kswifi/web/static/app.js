@@ -8,6 +8,11 @@
     navigator.serviceWorker.register("/sw.js").catch(function () {});
   }
 
+  // Receipts: a Print button (pages print fine without it, from the browser's menu).
+  Array.prototype.forEach.call(document.querySelectorAll("[data-print]"), function (button) {
+    button.addEventListener("click", function () { window.print(); });
+  });
+
   // Tables become labelled cards at phone width (app.css): each cell names its column.
   Array.prototype.forEach.call(document.querySelectorAll(".table-wrap table"), function (table) {
     var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
