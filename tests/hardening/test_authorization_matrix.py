@@ -437,6 +437,7 @@ MATRIX: list[Rule] = [
     Rule("GET", "/admin/reports", CONSOLE, "web", operator_route=True),
     Rule("GET", "/admin/audit", CONSOLE, "web", operator_route=True),
     Rule("GET", "/admin/mail", CONSOLE, "web", operator_route=True),
+    Rule("GET", "/admin/webhooks", CONSOLE, "web", operator_route=True),
     Rule(
         "GET",
         "/admin/mail/{mail_id}",

@@ -155,6 +155,22 @@ class TestAccountSettings:
         assert 'href="mailto:help@kswifi.test"' in page.text
 
 
+class TestConsoleWebhooks:
+    async def test_operators_see_the_delivery_log(
+        self, client: httpx.AsyncClient, ctx: AppContext
+    ) -> None:
+        from kswifi.control.webhooks import service as webhooks
+
+        async with ctx.db.transaction() as db:
+            webhooks.record(db, "gateway.offline", {"gateway": "gw-log"})
+        await Worker(ctx).deliver_webhooks(utcnow())  # no URL set: recorded, not sent
+        admin = await make_admin(ctx)
+        await web_login(client, admin)
+        page = await client.get("/admin/webhooks")
+        assert page.status_code == 200
+        assert "No webhook URL is set" in page.text and "No deliveries." in page.text
+
+
 class TestConsoleMail:
     async def test_operators_see_what_was_sent(
         self, app: FastAPI, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink

@@ -37,6 +37,7 @@ CONSOLE_PAGES = [
     "/admin/reports",
     "/admin/audit",
     "/admin/mail",
+    "/admin/webhooks",
 ]
 
 

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     )
     support_url: str = Field("", description="Help page shown in the footer and e-mails")
     support_email: str = Field("", description="Support address shown in the footer and e-mails")
+    webhook_urls: str = Field(
+        "",
+        description="Comma-separated URLs that receive signed operator events (gateway "
+        "offline/online, payment failed, purchase refunded or disputed, session ended)",
+    )
+    webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Signs each webhook (KSWiFi-Signature: t=…,v1=HMAC-SHA256); required with "
+        "KSWIFI_WEBHOOK_URLS",
+    )
     metrics_token: SecretStr = Field(
         SecretStr(""), description="Bearer token /metrics asks for; empty: /metrics is open"
     )
@@ -167,6 +177,26 @@ class Settings(BaseSettings):
                     "use smtp://host[:port], smtp+starttls://host[:port] or smtps://host[:port]"
                 )
         return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: str) -> str:
+        for url in (part.strip() for part in value.split(",")):
+            if url:
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(f"{url!r} is not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_url_list and not self.webhook_secret.get_secret_value():
+            raise ValueError("KSWIFI_WEBHOOK_URLS needs KSWIFI_WEBHOOK_SECRET (receivers check it)")
+        return self
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
 
     @property
     def verify_email(self) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import httpx
+
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import desired as gateway_desired
 from kswifi.control.mail import service as mail
@@ -27,6 +29,8 @@ from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import recovery
 from kswifi.control.users import service as users
+from kswifi.control.webhooks import service as webhooks
+from kswifi.control.webhooks import signing
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.worker")
@@ -45,6 +49,7 @@ class JobSchedule:
     note_expiring_sessions: float = 60.0
     send_alerts: float = 1.0
     deliver_mail: float = 2.0
+    deliver_webhooks: float = 2.0
     purge_mail: float = 3600.0
 
 
@@ -54,6 +59,8 @@ class Worker:
     schedule: JobSchedule = field(default_factory=JobSchedule)
     mail_transport: MailTransport | None = None
     mail_claim_seconds: float = mail.CLAIM_SECONDS
+    webhook_claim_seconds: float = webhooks.CLAIM_SECONDS
+    webhook_timeout: float = 10.0
     _last_run: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,9 +137,51 @@ class Worker:
                     sent += await mail.record_sent(db, claim, item)
             now = utcnow()
 
+    async def deliver_webhooks(self, now: datetime) -> int:
+        """Fan new operator events out to the configured URLs, then POST what is due, signed."""
+        async with self.ctx.db.transaction() as db:
+            await webhooks.fan_out(db, self.ctx.settings, now=now)
+        secret = self.ctx.settings.webhook_secret.get_secret_value()
+        delivered = 0
+        async with httpx.AsyncClient(timeout=self.webhook_timeout, follow_redirects=False) as http:
+            while True:
+                async with self.ctx.db.transaction() as db:
+                    claim = await webhooks.claim_due(
+                        db, now=now, claim_seconds=self.webhook_claim_seconds
+                    )
+                if not claim.items:
+                    return delivered
+                for item in claim.items:
+                    delivered += await self._post_webhook(http, secret, claim, item)
+                now = utcnow()
+
+    async def _post_webhook(
+        self, http: httpx.AsyncClient, secret: str, claim: webhooks.Claim, item: webhooks.Outgoing
+    ) -> bool:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "KSWiFi-Connect-Webhooks",
+            "KSWiFi-Event-Id": item.event_id,
+            "KSWiFi-Event-Type": item.event_type,
+            signing.HEADER: signing.signature(secret, int(time.time()), item.body),
+        }
+        try:
+            response = await http.post(item.url, content=item.body, headers=headers)
+        except httpx.HTTPError as exc:
+            async with self.ctx.db.transaction() as db:
+                await webhooks.record_failure(db, claim, item, f"{type(exc).__name__}: {exc}")
+            return False
+        async with self.ctx.db.transaction() as db:
+            if response.is_success:
+                return await webhooks.record_delivered(db, claim, item, response.status_code)
+            await webhooks.record_failure(
+                db, claim, item, f"HTTP {response.status_code}", response.status_code
+            )
+        return False
+
     async def purge_mail(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
-            return await mail.purge_old(db, now)
+            return await mail.purge_old(db, now) + await webhooks.purge_old(db, now)
 
     async def run_due(self, *, force: bool = False) -> dict[str, int]:
         """Run every job whose period has passed (all of them with `force`)."""
@@ -148,6 +197,7 @@ class Worker:
             "note_expiring_sessions",
             "send_alerts",
             "deliver_mail",
+            "deliver_webhooks",
             "purge_mail",
         ):
             period: float = getattr(self.schedule, name)

@@ -21,11 +21,12 @@ from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.gateways import service as gateways
 from kswifi.control.mail import service as mail
 from kswifi.control.mail.transport import transport_for
-from kswifi.control.models import SESSION_STATES, MailStatus, utcnow
+from kswifi.control.models import SESSION_STATES, DeliveryStatus, MailStatus, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.plans.schemas import PlanCreate, PlanUpdate
 from kswifi.control.purchases import service as purchases
 from kswifi.control.regions import service as regions
+from kswifi.control.webhooks import service as webhooks
 from kswifi.web.deps import Operator
 from kswifi.web.pages import form_fields, redirect, say
 from kswifi.web.templating import render
@@ -426,3 +427,25 @@ async def mail_message_page(
 ) -> Response:
     message = await mail.get(db, mail_id[:32])
     return _page(request, "mail_message.html", "mail", message=message)
+
+
+# --- operator webhooks ---------------------------------------------------------------------------
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+async def webhooks_page(request: Request, user: Operator, ctx: Ctx, db: DbSession) -> Response:
+    status = request.query_params.get("status", "")
+    status = status if status in set(DeliveryStatus) else ""
+    offset = _int(request.query_params.get("offset"), 0, 0, 1_000_000)
+    rows = await webhooks.recent(db, limit=PAGE + 1, offset=offset, status=status or None)
+    return _page(
+        request,
+        "webhooks.html",
+        "webhooks",
+        deliveries=rows[:PAGE],
+        status=status,
+        statuses=list(DeliveryStatus),
+        urls=ctx.settings.webhook_url_list,
+        event_types=webhooks.EVENT_TYPES,
+        pages=_pages(request, offset, offset + len(rows)),
+    )

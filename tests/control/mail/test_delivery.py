@@ -23,6 +23,7 @@ from kswifi.control.mail.letters import compose
 from kswifi.control.mail.transport import OutboxTransport, SmtpTransport
 from kswifi.control.models import MailStatus, OutgoingMail, utcnow
 from kswifi.control.purchases.receipts import Receipt
+from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 from kswifi.control.worker import Worker
 from tests.mailsink import MailSink, free_port
 
@@ -80,7 +81,7 @@ class TestDelivery:
         assert row.next_attempt_at >= now + timedelta(seconds=29)
         assert await worker.deliver_mail(now) == 0  # not due yet: nothing tried
         assert (await _rows(ctx))[0].attempts == 1
-        for attempt in range(2, mail.MAX_ATTEMPTS + 1):
+        for attempt in range(2, MAX_ATTEMPTS + 1):
             now += timedelta(hours=2)
             await worker.deliver_mail(now)
             assert (await _rows(ctx))[0].attempts == attempt
@@ -192,7 +193,7 @@ class TestLetters:
         assert "<b>x</b>@example.com" in letter.text
 
     def test_retry_delays_double_up_to_an_hour(self) -> None:
-        delays = [mail.retry_delay(n).total_seconds() for n in range(1, 10)]
+        delays = [retry_delay(n).total_seconds() for n in range(1, 10)]
         assert delays[:4] == [30, 60, 120, 240]
         assert max(delays) == 3600
 

@@ -303,3 +303,72 @@ class TestWebhook:
         response = await _deliver(client, payload, signature=sign(payload, WEBHOOK_SECRET))
         assert response.status_code == 503
         assert await state(ctx) == {"purchases": 0, "sessions": 0, "events": 0}
+
+
+def _charge_event(kind: str, obj: dict[str, Any]) -> str:
+    return json.dumps(
+        {
+            "id": f"evt_{kind.replace('.', '_')}_{int(time.time() * 1000)}",
+            "object": "event",
+            "type": kind,
+            "created": int(time.time()),
+            "data": {"object": obj},
+        }
+    )
+
+
+async def _operator_events(ctx: AppContext) -> list[tuple[str, dict[str, Any]]]:
+    from sqlalchemy import select
+
+    from kswifi.control.models import WebhookEvent
+
+    async with ctx.db.transaction() as db:
+        rows = await db.scalars(select(WebhookEvent).order_by(WebhookEvent.created_at))
+        return [(row.type, json.loads(row.payload)) for row in rows]
+
+
+class TestOperatorEvents:
+    async def test_refunds_disputes_and_failed_payments_reach_operators(
+        self, client: httpx.AsyncClient, ctx: AppContext, buyer: Account, fake_stripe: FakeStripe
+    ) -> None:
+        paid = await _checkout(client, buyer, "premium")
+        session = _stripe_session(fake_stripe, paid)
+        completed = checkout_event(session, payment_intent="pi_kswifi_1")
+        assert (await _deliver(client, completed)).status_code == 200
+        refund = _charge_event(
+            "charge.refunded",
+            {"object": "charge", "payment_intent": "pi_kswifi_1", "amount_refunded": 1499},
+        )
+        assert (await _deliver(client, refund)).status_code == 200
+        dispute = _charge_event(
+            "charge.dispute.created",
+            {
+                "object": "dispute",
+                "payment_intent": "pi_kswifi_1",
+                "amount": 1499,
+                "reason": "fraudulent",
+            },
+        )
+        assert (await _deliver(client, dispute)).status_code == 200
+        unknown = _charge_event("charge.refunded", {"object": "charge", "payment_intent": "pi_x"})
+        assert (await _deliver(client, unknown)).status_code == 200
+
+        unpaid = await _checkout(client, buyer, "basic")
+        expired = checkout_event(
+            _stripe_session(fake_stripe, unpaid),
+            kind="checkout.session.expired",
+            payment_status="unpaid",
+        )
+        assert (await _deliver(client, expired)).status_code == 200
+
+        events = await _operator_events(ctx)
+        assert [kind for kind, _ in events] == [
+            "purchase.refunded",
+            "purchase.disputed",
+            "payment.failed",
+        ]
+        refunded, disputed, failed = (facts for _, facts in events)
+        assert refunded["purchase_id"] == paid["id"] and refunded["stripe_amount"] == 1499
+        assert disputed["stripe_reason"] == "fraudulent"
+        assert failed["purchase_id"] == unpaid["id"]
+        assert failed["kind"] == "checkout.session.expired"

@@ -35,6 +35,7 @@ from kswifi.control.models import (
 )
 from kswifi.control.security import SecretBox, hash_token, new_opaque_token
 from kswifi.control.sessions import service as sessions_service
+from kswifi.control.webhooks import service as webhooks
 from kswifi.logs import get_logger
 from kswifi.protocol import models as protocol
 
@@ -379,6 +380,12 @@ async def record_heartbeat(
         await leases.release_holds(db, gateway.id, heartbeat.applied_revision, bus)
     if not gateway.is_online:
         log.info("gateway_online", gateway_id=gateway.id, name=gateway.name)
+        webhooks.record(
+            db,
+            "gateway.online",
+            {"gateway_id": gateway.id, "gateway": gateway.name, "region": gateway.region_code},
+            now=now,
+        )
     gateway.is_online = True
     gateway.last_heartbeat_at = now
     if heartbeat.protocol_version not in protocol.SERVED_PROTOCOL_VERSIONS:

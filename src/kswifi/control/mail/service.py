@@ -26,21 +26,13 @@ from kswifi.control.errors import NotFound
 from kswifi.control.mail import repository
 from kswifi.control.mail.letters import Letter
 from kswifi.control.models import MailStatus, OutgoingMail, new_id, utcnow
+from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.mail")
 
-MAX_ATTEMPTS = 8
 CLAIM_SECONDS = 120.0
-FIRST_RETRY_SECONDS = 30.0
-LONGEST_RETRY_SECONDS = 3600.0
 KEPT_DAYS = 30
-
-
-def retry_delay(attempts: int) -> timedelta:
-    """30 s after the first failure, doubling, at most an hour (8 attempts span ~1 h)."""
-    seconds = FIRST_RETRY_SECONDS * 2 ** max(attempts - 1, 0)
-    return timedelta(seconds=min(seconds, LONGEST_RETRY_SECONDS))
 
 
 async def queue(

@@ -3,7 +3,13 @@
 from kswifi.control.models.base import Base, new_id, utcnow
 from kswifi.control.models.catalog import Plan, Region
 from kswifi.control.models.commerce import ProviderEvent, Purchase, Voucher
-from kswifi.control.models.messages import MailStatus, OutgoingMail
+from kswifi.control.models.messages import (
+    DeliveryStatus,
+    MailStatus,
+    OutgoingMail,
+    WebhookDelivery,
+    WebhookEvent,
+)
 from kswifi.control.models.network import (
     AddressRelease,
     AuditEntry,
@@ -41,6 +47,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "DataSession",
+    "DeliveryStatus",
     "DesiredChange",
     "Device",
     "DeviceStatus",
@@ -61,6 +68,8 @@ __all__ = [
     "UsageRollup",
     "User",
     "Voucher",
+    "WebhookDelivery",
+    "WebhookEvent",
     "new_id",
     "utcnow",
 ]

@@ -24,6 +24,8 @@ class Purchase(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
     provider_ref: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     checkout_url: Mapped[str | None] = mapped_column(String(2048), default=None)
+    # The provider's payment (Stripe: the PaymentIntent) a refund or dispute names.
+    payment_ref: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(default=None)
 

@@ -1,11 +1,12 @@
-"""Messages the control plane sends outside the page: e-mail, queued for the worker."""
+"""Messages the control plane sends outside the page, queued for the worker: e-mail to people,
+signed webhooks to operators."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kswifi.control.models.base import Base, new_id, utcnow
@@ -44,3 +45,47 @@ class OutgoingMail(Base):
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeliveryStatus(StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookEvent(Base):
+    """Something operators hear about (a gateway went offline, a payment failed…), recorded
+    by the transaction that made it happen; the worker fans it out to the configured URLs
+    (`fanned_out_at` set then, once, by whichever replica gets there first)."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    type: Mapped[str] = mapped_column(String(40), index=True)
+    payload: Mapped[str] = mapped_column(Text)  # JSON of the event's `data`
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    fanned_out_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class WebhookDelivery(Base):
+    """One event to one URL: signed, retried with backoff, settled once (like `OutgoingMail`)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        UniqueConstraint("event_id", "url"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -74,6 +74,13 @@ async def get_by_idempotency_key(db: AsyncSession, user_id: str, key: str) -> Pu
     return result
 
 
+async def get_by_payment_ref(db: AsyncSession, provider: str, ref: str) -> Purchase | None:
+    result: Purchase | None = await db.scalar(
+        select(Purchase).where(Purchase.provider == provider, Purchase.payment_ref == ref)
+    )
+    return result
+
+
 async def get_by_provider_ref(db: AsyncSession, provider: str, ref: str) -> Purchase | None:
     result: Purchase | None = await db.scalar(
         select(Purchase).where(Purchase.provider == provider, Purchase.provider_ref == ref)
@@ -89,12 +96,14 @@ def add(db: AsyncSession, row: Purchase | ProviderEvent | AuditEntry) -> None:
     db.add(row)
 
 
-async def mark_paid(db: AsyncSession, purchase_id: str, now: datetime) -> bool:
+async def mark_paid(
+    db: AsyncSession, purchase_id: str, now: datetime, *, payment_ref: str | None = None
+) -> bool:
     """Pending → paid in one conditional UPDATE: of two racing fulfilments, one wins."""
     result = await db.execute(
         update(Purchase)
         .where(Purchase.id == purchase_id, Purchase.status == "pending")
-        .values(status="paid", paid_at=now)
+        .values(status="paid", paid_at=now, payment_ref=payment_ref)
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) == 1

@@ -37,6 +37,7 @@ from kswifi.control.purchases.schemas import (
 )
 from kswifi.control.sessions import service as sessions_service
 from kswifi.control.users.ratelimit import SlidingWindowLimiter
+from kswifi.control.webhooks import service as webhooks
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.purchases")
@@ -48,6 +49,11 @@ STRIPE_FAILED_EVENTS = frozenset(
     {"checkout.session.expired", "checkout.session.async_payment_failed"}
 )
 STRIPE_SETTLED = frozenset({"paid", "no_payment_required"})
+# Events about a payment after it was made, and the operator webhook each becomes.
+STRIPE_AFTER_PAYMENT_EVENTS = {
+    "charge.refunded": "purchase.refunded",
+    "charge.dispute.created": "purchase.disputed",
+}
 
 # Voucher codes are bearer value: an account may try only so many that do not work (unknown,
 # used, another plan's) per minute, whether through the API or the web checkout.
@@ -322,6 +328,9 @@ async def handle_stripe_webhook(
         return WebhookAck(duplicate=True)
     data = event.get("data")
     checkout = data.get("object") if isinstance(data, dict) else None
+    if isinstance(checkout, dict) and kind in STRIPE_AFTER_PAYMENT_EVENTS:
+        await _after_payment(db, checkout, STRIPE_AFTER_PAYMENT_EVENTS[kind], event_id, now)
+        return WebhookAck()
     if not isinstance(checkout, dict) or checkout.get("object") != "checkout.session":
         log.info("stripe_event_ignored", event_id=event_id, kind=kind)
         return WebhookAck()
@@ -333,7 +342,48 @@ async def handle_stripe_webhook(
         await _fulfil_checkout(db, settings, purchase, checkout, event_id, now, bus)
     elif kind in STRIPE_FAILED_EVENTS and await repository.mark_failed(db, purchase.id):
         log.info("purchase_failed", purchase_id=purchase.id, event_id=event_id, kind=kind)
+        webhooks.record(db, "payment.failed", _purchase_facts(purchase, kind=kind), now=now)
     return WebhookAck()
+
+
+def _purchase_facts(purchase: Purchase, **extra: object) -> dict[str, object]:
+    return {
+        "purchase_id": purchase.id,
+        "user_id": purchase.user_id,
+        "provider": purchase.provider,
+        "amount_cents": purchase.amount_cents,
+        "currency": purchase.currency,
+        **extra,
+    }
+
+
+async def _after_payment(
+    db: AsyncSession, stripe_object: dict[str, Any], event_type: str, event_id: str, now: datetime
+) -> None:
+    """A refund or dispute of a paid purchase (found by its PaymentIntent): operators hear of
+    it by webhook. (What it does to the session is the refund policy's business.)"""
+    intent = stripe_object.get("payment_intent")
+    purchase = (
+        await repository.get_by_payment_ref(db, "stripe", intent)
+        if isinstance(intent, str)
+        else None
+    )
+    if purchase is None:
+        log.warning("stripe_payment_unknown", event_id=event_id, payment_intent=intent)
+        return
+    amount = stripe_object.get("amount_refunded", stripe_object.get("amount"))
+    facts = _purchase_facts(
+        purchase,
+        stripe_event_id=event_id,
+        stripe_amount=amount if isinstance(amount, int) else None,
+        stripe_reason=stripe_object.get("reason"),
+    )
+    webhooks.record(db, event_type, facts, now=now)
+    log.info(event_type.replace(".", "_"), purchase_id=purchase.id, event_id=event_id)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 async def _checkout_purchase(db: AsyncSession, checkout: dict[str, Any]) -> Purchase | None:
@@ -362,7 +412,9 @@ async def _fulfil_checkout(
             received=f"{amount} {currency}",
         )
         return
-    if not await repository.mark_paid(db, purchase.id, now):
+    if not await repository.mark_paid(
+        db, purchase.id, now, payment_ref=_text(checkout.get("payment_intent"))
+    ):
         log.info("purchase_already_settled", purchase_id=purchase.id, event_id=event_id)
         return
     plan = await plans_service.get_by_id(db, purchase.plan_id)

@@ -36,6 +36,7 @@ from kswifi.control.regions.schemas import (
     RegionStatus,
     RegionUpdate,
 )
+from kswifi.control.webhooks import service as webhooks
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.regions")
@@ -481,6 +482,13 @@ async def mark_offline_gateways(
     if not claimed:
         return 0
     names = {gateway_id: (name, region) for gateway_id, name, region in claimed}
+    for gateway_id, (name, region) in names.items():
+        webhooks.record(
+            db,
+            "gateway.offline",
+            {"gateway_id": gateway_id, "gateway": name, "region": region},
+            now=now,
+        )
     region_names = {region.code: region.name for region in await repository.list_all(db)}
     affected: dict[tuple[str, str], list[str]] = {}
     for gateway_id, session_id, device_id in await repository.active_devices_on(db, list(names)):

@@ -32,6 +32,7 @@ from kswifi.control.models import (
 )
 from kswifi.control.sessions import handover, repository
 from kswifi.control.sessions.schemas import SessionOut
+from kswifi.control.webhooks import service as webhooks
 from kswifi.protocol import PACKET_BYTES
 
 MIB = 1024 * 1024
@@ -330,6 +331,20 @@ async def end(
     await db.flush()
     if status in ENDING_ALERTS:
         await repository.note_alerts(db, [(session.id, ENDING_ALERTS[status])], now)
+    webhooks.record(
+        db,
+        "session.ended",
+        {
+            "session_id": session.id,
+            "user_id": session.user_id,
+            "plan_code": session.plan_code,
+            "status": status,
+            "reason": reason,
+            "used_bytes": session.used_bytes,
+            "data_limit_bytes": session.data_limit_bytes,
+        },
+        now=now,
+    )
     publish_after_commit(
         db,
         bus,
