@@ -171,6 +171,12 @@ MATRIX: list[Rule] = [
         (401, 401, 422, 422, 422),
         json=lambda _w, _r: {"password": "not it", "new_email": "moved@example.com"},
     ),
+    Rule(
+        "POST",
+        "/api/account/delete",
+        (401, 401, 422, 422, 422),  # the wrong password: nothing is deleted
+        json=lambda _w, _r: {"password": "not it"},
+    ),
     Rule("GET", "/api/alerts", EACH_THEIR_OWN),
     Rule("PUT", "/api/alerts", EACH_THEIR_OWN, json=lambda _w, _r: {}),
     # --- plans, purchases, vouchers --------------------------------------------------------
@@ -374,6 +380,13 @@ MATRIX: list[Rule] = [
         (303,) * 5,
         "web",
         form=lambda _w, _r: {f"email:{kind}": "on" for kind in ALERT_KINDS},
+    ),
+    Rule(
+        "POST",
+        "/account/delete",
+        (303, 303, 422, 422, 422),
+        "web",
+        form=lambda _w, _r: {"password": "not it", "confirm": "yes"},
     ),
     Rule("GET", "/receipts", WEB_LOGGED_IN, "web"),
     Rule("GET", "/receipts/{purchase_id}", WEB_OWNER_ONLY, "web"),

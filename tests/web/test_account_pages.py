@@ -137,7 +137,7 @@ class TestAccountSettings:
         await signed_up(client, ctx, smtp, "alerts@example.com")
         await web_login(client, "alerts@example.com")
         page = await client.get("/account")
-        assert page.text.count('type="checkbox"') == 6
+        assert page.text.count('name="email:') == 6
         assert 'name="email:usage_80" checked' in page.text
         saved = await post_form(
             client, "/account", "/account/alerts", **{"email:usage_95": "on", "email:expired": "on"}
@@ -148,6 +148,21 @@ class TestAccountSettings:
         assert 'name="email:usage_80" checked' not in page.text
         assert 'name="email:usage_95" checked' in page.text
         assert 'name="email:expired" checked' in page.text
+
+    async def test_deleting_the_account_from_its_page(
+        self, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink
+    ) -> None:
+        await signed_up(client, ctx, smtp, "leaving@example.com")
+        await web_login(client, "leaving@example.com")
+        unconfirmed = await post_form(client, "/account", "/account/delete", password=PASSWORD)
+        assert unconfirmed.status_code == 422 and "Tick the box" in unconfirmed.text
+        gone = await post_form(
+            client, "/account", "/account/delete", password=PASSWORD, confirm="yes"
+        )
+        assert gone.status_code == 200 and "Your account is deleted" in gone.text
+        assert (await client.get("/account")).status_code == 303  # logged out
+        relogin = await post_form(client, "/login", email="leaving@example.com", password=PASSWORD)
+        assert relogin.status_code == 401
 
     async def test_the_footer_names_support(self, client: httpx.AsyncClient) -> None:
         page = await client.get("/")

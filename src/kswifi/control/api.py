@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from kswifi.control.accounts.endpoints import router as accounts_router
 from kswifi.control.admin.endpoints import router as admin_router
 from kswifi.control.config import Settings
 from kswifi.control.gateways.endpoints import router as gateways_router
@@ -35,6 +36,7 @@ for router in (
     admin_router,
     regions_router,
     alerts_router,
+    accounts_router,
 ):
     api_router.include_router(router)
 

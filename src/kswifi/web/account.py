@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from kswifi.control.accounts import service as accounts
 from kswifi.control.deps import Ctx, DbSession, abandon
 from kswifi.control.errors import KSWiFiError
 from kswifi.control.models import ALERT_KINDS
@@ -170,6 +171,29 @@ async def change_email(request: Request, user: RequiredUser, ctx: Ctx, db: DbSes
         await abandon(db)
         return _account(request, alerts, exc.status_code, error=say(exc), new_email=new_email)
     return _account(request, alerts, notice=notice)
+
+
+@router.post("/account/delete", response_class=HTMLResponse)
+async def delete_account(request: Request, user: RequiredUser, ctx: Ctx, db: DbSession) -> Response:
+    fields = await form_fields(request)
+    alerts = notify.choices(user)
+    if fields.get("confirm") != "yes":
+        return _account(
+            request, alerts, 422, error="Tick the box to confirm you want your account deleted."
+        )
+    try:
+        await accounts.delete_account(db, ctx.events, user, fields.get("password", ""))
+    except KSWiFiError as exc:
+        await abandon(db)
+        return _account(request, alerts, exc.status_code, error=say(exc))
+    auth.clear_login_cookies(request)
+    context = {
+        "heading": "Your account is deleted",
+        "message": "Your sessions and devices have ended and your personal data is removed. "
+        "Thank you for using KSWiFi Connect.",
+        "back_url": "/",
+    }
+    return render(request, "error.html", context)
 
 
 @router.post("/account/alerts", response_class=HTMLResponse)

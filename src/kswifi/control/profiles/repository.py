@@ -171,3 +171,14 @@ async def delete_setup_links(db: AsyncSession, device_ids: Sequence[str]) -> Non
 async def delete_expired_setup_links(db: AsyncSession, now: datetime) -> int:
     result = await db.execute(delete(SetupLink).where(SetupLink.expires_at <= now))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def forget_device_names(db: AsyncSession, user_id: str) -> None:
+    """The names a person gave their devices are theirs: replaced (the rows stay, for the
+    addresses they held and the books)."""
+    await db.execute(
+        update(Device)
+        .where(Device.user_id == user_id)
+        .values(device_name="Removed device", private_key_encrypted=None)
+        .execution_options(synchronize_session=False)
+    )

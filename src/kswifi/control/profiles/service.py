@@ -600,6 +600,19 @@ async def remove_profile(
     )
 
 
+async def remove_all_profiles(
+    db: AsyncSession, bus: EventBus, *, user_id: str, now: datetime
+) -> int:
+    """Every device of a person leaves its gateway (their account is being deleted), and no
+    device of theirs keeps a name they gave it."""
+    await sessions.lock_person(db, user_id)
+    devices = await repository.active_devices_of_user(db, user_id)
+    if devices:
+        await _remove_devices(db, bus, devices, now)
+    await repository.forget_device_names(db, user_id)
+    return len(devices)
+
+
 async def _remove_devices(
     db: AsyncSession, bus: EventBus, devices: list[Device], now: datetime
 ) -> None:

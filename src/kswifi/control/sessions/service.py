@@ -362,6 +362,17 @@ async def end(
     return carrying | moved.gateway_ids
 
 
+async def end_all_for_user(
+    db: AsyncSession, bus: EventBus, user_id: str, reason: str, now: datetime
+) -> list[str]:
+    """Revoke every current and queued session of a person (oldest first); their ids."""
+    ended: list[str] = []
+    for session in await repository.usable_sessions_of_user(db, user_id):
+        await end(db, bus, session, SessionStatus.REVOKED, reason, now)
+        ended.append(session.id)
+    return ended
+
+
 async def extend(
     session: DataSession,
     days: int,

@@ -264,7 +264,7 @@ class WrongPassword(Unprocessable):
     code = "wrong_password"
 
 
-def _confirm_current(user: User, password: str) -> None:
+def confirm_current(user: User, password: str) -> None:
     if not verify_password(user.password_hash, password):
         raise WrongPassword("Your current password is not right.", field="current_password")
 
@@ -282,7 +282,7 @@ async def change_password(
     """Change the password: every login ends (other devices must log in again) and this one
     gets a fresh pair of tokens."""
     now = now or utcnow()
-    _confirm_current(user, current_password)
+    confirm_current(user, current_password)
     check_password(new_password, user.email)
     await _set_password(db, settings, user, new_password, now)
     log.info("password_changed", user_id=user.id)
@@ -301,7 +301,7 @@ async def request_email_change(
     """Send a confirmation link to the new address; the change happens when it is opened.
     The answer is the same whether or not the new address already has an account."""
     now = now or utcnow()
-    _confirm_current(user, password)
+    confirm_current(user, password)
     normalized = service.normalize_email(new_email)
     if normalized == user.email:
         raise Unprocessable("That is already your e-mail address.", field="email")

@@ -139,3 +139,11 @@ async def delete_account_tokens_expired_before(db: AsyncSession, cutoff: datetim
         .execution_options(synchronize_session=False)
     )
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def delete_account_tokens_of(db: AsyncSession, user_id: str) -> None:
+    await db.execute(
+        delete(AccountToken)
+        .where(AccountToken.user_id == user_id)
+        .execution_options(synchronize_session=False)
+    )

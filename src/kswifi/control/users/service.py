@@ -131,6 +131,20 @@ async def set_alerts_off(db: AsyncSession, user: User, off: set[str]) -> User:
     return user
 
 
+async def anonymise(db: AsyncSession, user: User, now: datetime) -> None:
+    """Remove what identifies a person from their account row, which stays (anonymous) for
+    the purchases that refer to it; it can never log in again."""
+    user.email = f"deleted-{user.id}@deleted.invalid"
+    user.password_hash = hash_password(new_opaque_token())
+    user.is_disabled = True
+    user.email_verified_at = None
+    user.alerts_off = []
+    await repository.revoke_user_tokens(db, user.id, now)
+    await repository.delete_account_tokens_of(db, user.id)
+    await db.flush()
+    log.info("user_anonymised", user_id=user.id)
+
+
 async def get_user(db: AsyncSession, user_id: str) -> User:
     user = await repository.get_user(db, user_id)
     if user is None:
