@@ -388,6 +388,23 @@ MATRIX: list[Rule] = [
         "web",
         form=lambda _w, _r: {"password": "not it", "confirm": "yes"},
     ),
+    Rule(
+        "POST",
+        "/account/push",
+        (303, 303, 422, 422, 422),  # not a known push service: refused, nothing kept
+        "web",
+        json=lambda _w, _r: {
+            "endpoint": "https://10.0.0.5/push",
+            "keys": {"p256dh": "B" * 87, "auth": "a" * 22},
+        },
+    ),
+    Rule(
+        "POST",
+        "/account/push/remove",
+        (303, 303, 204, 204, 204),
+        "web",
+        json=lambda _w, _r: {"endpoint": "https://fcm.googleapis.com/fcm/send/none"},
+    ),
     Rule("GET", "/receipts", WEB_LOGGED_IN, "web"),
     Rule("GET", "/receipts/{purchase_id}", WEB_OWNER_ONLY, "web"),
     Rule("GET", "/admin", CONSOLE, "web", operator_route=True),

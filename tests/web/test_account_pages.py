@@ -134,20 +134,25 @@ class TestAccountSettings:
     async def test_alert_choices_are_saved_from_the_account_page(
         self, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink
     ) -> None:
+        def ticked(html: str) -> set[str]:
+            return set(re.findall(r'name="((?:email|push):\w+)"[^>]*\bchecked\b', html))
+
         await signed_up(client, ctx, smtp, "alerts@example.com")
         await web_login(client, "alerts@example.com")
         page = await client.get("/account")
-        assert page.text.count('name="email:') == 6
-        assert 'name="email:usage_80" checked' in page.text
+        assert page.text.count('name="email:') == 6 and page.text.count('name="push:') == 6
+        assert len(ticked(page.text)) == 12
+        assert 'data-push-key="' in page.text
         saved = await post_form(
-            client, "/account", "/account/alerts", **{"email:usage_95": "on", "email:expired": "on"}
+            client,
+            "/account",
+            "/account/alerts",
+            **{"email:usage_95": "on", "email:expired": "on", "push:data_used_up": "on"},
         )
         assert saved.status_code == 303
         page = await client.get(saved.headers["location"])
         assert "Your alert choices are saved" in page.text
-        assert 'name="email:usage_80" checked' not in page.text
-        assert 'name="email:usage_95" checked' in page.text
-        assert 'name="email:expired" checked' in page.text
+        assert ticked(page.text) == {"email:usage_95", "email:expired", "push:data_used_up"}
 
     async def test_deleting_the_account_from_its_page(
         self, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink
@@ -163,6 +168,44 @@ class TestAccountSettings:
         assert (await client.get("/account")).status_code == 303  # logged out
         relogin = await post_form(client, "/login", email="leaving@example.com", password=PASSWORD)
         assert relogin.status_code == 401
+
+    async def test_a_browser_hands_over_its_push_subscription(
+        self, client: httpx.AsyncClient, ctx: AppContext, smtp: MailSink
+    ) -> None:
+        from sqlalchemy import select
+
+        from kswifi.control.models import PushSubscription
+        from tests.web.conftest import csrf_from
+
+        await signed_up(client, ctx, smtp, "pushy@example.com")
+        await web_login(client, "pushy@example.com")
+        token = csrf_from((await client.get("/account")).text)
+        subscription = {
+            "endpoint": "https://fcm.googleapis.com/fcm/send/device-1",
+            "expirationTime": None,
+            "keys": {"p256dh": "B" * 87, "auth": "a" * 22},
+        }
+        refused = await client.post("/account/push", json=subscription)
+        assert refused.status_code == 403  # no CSRF header
+        done = await client.post(
+            "/account/push", json=subscription, headers={"X-CSRF-Token": token}
+        )
+        assert done.status_code == 204
+        garbage = await client.post(
+            "/account/push", json={"endpoint": "x"}, headers={"X-CSRF-Token": token}
+        )
+        assert garbage.status_code == 422
+        async with ctx.db.transaction() as db:
+            (row,) = list(await db.scalars(select(PushSubscription)))
+        assert row.endpoint == subscription["endpoint"]
+        gone = await client.post(
+            "/account/push/remove",
+            json={"endpoint": subscription["endpoint"]},
+            headers={"X-CSRF-Token": token},
+        )
+        assert gone.status_code == 204
+        async with ctx.db.transaction() as db:
+            assert list(await db.scalars(select(PushSubscription))) == []
 
     async def test_the_footer_names_support(self, client: httpx.AsyncClient) -> None:
         page = await client.get("/")

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     )
     support_url: str = Field("", description="Help page shown in the footer and e-mails")
     support_email: str = Field("", description="Support address shown in the footer and e-mails")
+    vapid_private_key: SecretStr = Field(
+        SecretStr(""),
+        description="Web Push (VAPID) private key, PEM; generated and kept in "
+        "data_dir/vapid_private_key.pem on first use",
+    )
+    vapid_subject: str = Field(
+        "",
+        description="Contact push services may use (mailto: or https:); empty: "
+        "KSWIFI_SUPPORT_EMAIL, else KSWIFI_PUBLIC_URL",
+    )
+    push_services: str = Field(
+        "fcm.googleapis.com,*.push.services.mozilla.com,*.push.apple.com,*.notify.windows.com",
+        description="Hosts a browser's push subscription may point at (`*.` for subdomains): "
+        "the worker posts to them, so nothing else is accepted",
+    )
     webhook_urls: str = Field(
         "",
         description="Comma-separated URLs that receive signed operator events (gateway "

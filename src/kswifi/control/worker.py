@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import httpx
+from pywebpush import WebPushException, webpush_async
 
 from kswifi.control.deps import AppContext
 from kswifi.control.gateways import desired as gateway_desired
@@ -25,6 +27,8 @@ from kswifi.control.mail.transport import MailTransport, transport_for
 from kswifi.control.models import SessionStatus, utcnow
 from kswifi.control.notify import service as notify
 from kswifi.control.profiles import service as profiles
+from kswifi.control.push import service as push
+from kswifi.control.push import vapid
 from kswifi.control.regions import service as regions
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import recovery
@@ -50,6 +54,7 @@ class JobSchedule:
     send_alerts: float = 1.0
     deliver_mail: float = 2.0
     deliver_webhooks: float = 2.0
+    deliver_push: float = 2.0
     purge_mail: float = 3600.0
 
 
@@ -61,6 +66,7 @@ class Worker:
     mail_claim_seconds: float = mail.CLAIM_SECONDS
     webhook_claim_seconds: float = webhooks.CLAIM_SECONDS
     webhook_timeout: float = 10.0
+    push_claim_seconds: float = 60.0
     _last_run: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -179,6 +185,47 @@ class Worker:
             )
         return False
 
+    async def deliver_push(self, now: datetime) -> int:
+        """Encrypt and send queued notifications to the push services, signed with VAPID."""
+        claims = {"sub": vapid.subject(self.ctx.settings)}
+        key = vapid.keys(self.ctx.settings)
+        sent = 0
+        while True:
+            async with self.ctx.db.transaction() as db:
+                claim = await push.claim_due(db, now=now, claim_seconds=self.push_claim_seconds)
+            if not claim.items:
+                return sent
+            for item in claim.items:
+                sent += await self._push_one(claim, item, key, claims)
+            now = utcnow()
+
+    async def _push_one(
+        self, claim: push.Claim, item: push.Outgoing, key: Any, claims: dict[str, str]
+    ) -> bool:
+        try:
+            await webpush_async(
+                subscription_info=item.subscription,
+                data=item.payload,
+                vapid_private_key=key,
+                vapid_claims=dict(claims),
+                ttl=push.TTL_SECONDS,
+                timeout=self.webhook_timeout,
+            )
+        except WebPushException as exc:
+            status = exc.response.status if exc.response is not None else None
+            async with self.ctx.db.transaction() as db:
+                if status in (404, 410):
+                    await push.record_gone(db, claim, item)
+                else:
+                    await push.record_failure(db, claim, item, f"HTTP {status}: {exc.message}")
+            return False
+        except Exception as exc:  # the push service was not there: retry later
+            async with self.ctx.db.transaction() as db:
+                await push.record_failure(db, claim, item, f"{type(exc).__name__}: {exc}")
+            return False
+        async with self.ctx.db.transaction() as db:
+            return await push.record_sent(db, claim, item)
+
     async def purge_mail(self, now: datetime) -> int:
         async with self.ctx.db.transaction() as db:
             return await mail.purge_old(db, now) + await webhooks.purge_old(db, now)
@@ -198,6 +245,7 @@ class Worker:
             "send_alerts",
             "deliver_mail",
             "deliver_webhooks",
+            "deliver_push",
             "purge_mail",
         ):
             period: float = getattr(self.schedule, name)

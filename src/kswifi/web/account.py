@@ -8,14 +8,19 @@ whether or not it has an account.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 
 from kswifi.control.accounts import service as accounts
 from kswifi.control.deps import Ctx, DbSession, abandon
-from kswifi.control.errors import KSWiFiError
+from kswifi.control.errors import KSWiFiError, Unprocessable
 from kswifi.control.models import ALERT_KINDS
 from kswifi.control.notify import service as notify
+from kswifi.control.push import service as push
+from kswifi.control.push import vapid
 from kswifi.control.users import recovery
 from kswifi.control.users import service as users
 from kswifi.web import auth
@@ -121,9 +126,11 @@ def _account(
     request: Request, alerts: Choices, status_code: int = 200, **values: object
 ) -> Response:
     """The account page; `alerts` read before any rollback (which expires the user row)."""
+    settings = request.app.state.ctx.settings
     context = {
         "nav": "account",
         "alerts": alerts,
+        "push_key": vapid.public_key(settings),
         "alert_labels": notify.ALERT_LABELS,
         **values,
     }
@@ -194,6 +201,52 @@ async def delete_account(request: Request, user: RequiredUser, ctx: Ctx, db: DbS
         "back_url": "/",
     }
     return render(request, "error.html", context)
+
+
+class _PushKeys(BaseModel):
+    p256dh: str = Field(min_length=16, max_length=128)
+    auth: str = Field(min_length=8, max_length=64)
+
+
+class _PushSubscription(BaseModel):
+    """What the browser's PushSubscription.toJSON() gives."""
+
+    endpoint: str = Field(min_length=8, max_length=2048)
+    keys: _PushKeys
+    expirationTime: float | None = None
+
+
+class _PushEndpoint(BaseModel):
+    endpoint: str = Field(min_length=8, max_length=2048)
+
+
+async def _json_with_csrf(request: Request) -> Any:
+    auth.verify_csrf(request, request.headers.get(auth.CSRF_HEADER))
+    try:
+        return await request.json()
+    except ValueError as exc:
+        raise Unprocessable("The body is not JSON") from exc
+
+
+@router.post("/account/push")
+async def push_subscribe(request: Request, user: RequiredUser, ctx: Ctx, db: DbSession) -> Response:
+    """The page's script sends this browser's push subscription (JSON, CSRF header)."""
+    try:
+        body = _PushSubscription.model_validate(await _json_with_csrf(request))
+    except ValidationError as exc:
+        raise Unprocessable("That is not a push subscription") from exc
+    await push.subscribe(db, ctx.settings, user.id, body.endpoint, body.keys.p256dh, body.keys.auth)
+    return Response(status_code=204)
+
+
+@router.post("/account/push/remove")
+async def push_unsubscribe(request: Request, user: RequiredUser, db: DbSession) -> Response:
+    try:
+        body = _PushEndpoint.model_validate(await _json_with_csrf(request))
+    except ValidationError as exc:
+        raise Unprocessable("That is not a push subscription") from exc
+    await push.unsubscribe(db, user.id, body.endpoint)
+    return Response(status_code=204)
 
 
 @router.post("/account/alerts", response_class=HTMLResponse)

@@ -60,7 +60,8 @@ def manifest() -> dict[str, Any]:
 # Pages and assets kept for offline use; the API and event streams are never cached.
 _PRECACHE = ["/offline", "/static/app.css", "/static/app.js", "/icons/icon.svg"]
 
-SERVICE_WORKER = """// KSWiFi Connect service worker: app shell cache and an offline page.
+SERVICE_WORKER = """// KSWiFi Connect service worker: app shell cache, an offline page, and alerts
+// pushed by the server (Web Push): shown as notifications; a tap opens their page.
 const CACHE = "kswifi-%(version)s";
 const PRECACHE = %(precache)s;
 
@@ -95,6 +96,34 @@ self.addEventListener("fetch", (event) => {
       }).catch(() => caches.match(request))
     );
   }
+});
+
+self.addEventListener("push", (event) => {
+  let message = {};
+  try { message = event.data ? event.data.json() : {}; } catch (error) { message = {}; }
+  const title = message.title || "KSWiFi Connect";
+  event.waitUntil(self.registration.showNotification(title, {
+    body: message.body || "",
+    tag: message.tag || undefined,
+    icon: "/icons/icon-192.png",
+    badge: "/icons/icon-192.png",
+    data: { url: message.url || "/plans" },
+  }));
+});
+
+self.addEventListener("notificationclick", (event) => {
+  event.notification.close();
+  const target = new URL((event.notification.data && event.notification.data.url) || "/plans",
+    self.location.origin);
+  if (target.origin !== self.location.origin) return;
+  event.waitUntil(
+    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then((windows) => {
+      for (const client of windows) {
+        if (client.url === target.href && "focus" in client) return client.focus();
+      }
+      return self.clients.openWindow(target.href);
+    })
+  );
 });
 """
 

@@ -165,16 +165,15 @@ class TestChoices:
     ) -> None:
         shown = await client.get("/api/alerts", headers=user.headers)
         assert shown.status_code == 200
-        assert shown.json() == {
-            "email": {
-                "usage_80": True,
-                "usage_95": True,
-                "data_used_up": True,
-                "expiring": True,
-                "expired": True,
-                "next_started": True,
-            }
+        every = {
+            "usage_80": True,
+            "usage_95": True,
+            "data_used_up": True,
+            "expiring": True,
+            "expired": True,
+            "next_started": True,
         }
+        assert shown.json() == {"email": every, "push": every}
         changed = await client.put(
             "/api/alerts", json={"email": {"usage_80": False}}, headers=user.headers
         )

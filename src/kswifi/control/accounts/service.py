@@ -2,8 +2,8 @@
 
 Everything of the person's that works stops (sessions revoked, devices removed from their
 gateways, logins ended), and what identifies them goes (e-mail address, password, device
-names, the e-mail sent to them). Purchases stay, for the books: they refer to the account's
-anonymous row by id only.
+names, the e-mail sent to them, their browsers' push subscriptions). Purchases stay, for the
+books: they refer to the account's anonymous row by id only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from kswifi.control.events import EventBus
 from kswifi.control.mail import service as mail
 from kswifi.control.models import User, utcnow
 from kswifi.control.profiles import service as profiles
+from kswifi.control.push import service as push
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import recovery
 from kswifi.control.users import service as users
@@ -35,6 +36,7 @@ async def delete_account(
     removed = await profiles.remove_all_profiles(db, bus, user_id=user.id, now=now)
     ended = await sessions.end_all_for_user(db, bus, user.id, REASON, now)
     forgotten = await mail.forget_user(db, user.id)
+    await push.forget_user(db, user.id)
     await users.anonymise(db, user, now)
     log.info(
         "account_deleted",

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, delete, or_, select, update
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control import outbox
 from kswifi.control.db import is_postgresql
 from kswifi.control.models import MailStatus, OutgoingMail
 
@@ -24,47 +25,17 @@ async def insert(db: AsyncSession, values: dict[str, Any]) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        and_(OutgoingMail.status == MailStatus.QUEUED, OutgoingMail.next_attempt_at <= now),
-        and_(OutgoingMail.status == MailStatus.SENDING, OutgoingMail.claimed_until < now),
-    )
-
-
 async def claim(
     db: AsyncSession, token: str, now: datetime, until: datetime, limit: int
 ) -> Sequence[OutgoingMail]:
-    """Mark up to `limit` due messages (or ones whose claim lapsed) as this worker's.
-
-    PostgreSQL: `SKIP LOCKED` keeps two workers off the same rows; SQLite has one writer,
-    and the conditional update re-checks what the select saw.
-    """
-    pick = (
-        select(OutgoingMail.id)
-        .where(_claimable(now))
-        .order_by(OutgoingMail.next_attempt_at)
-        .limit(limit)
-    )
-    if is_postgresql(db):
-        pick = pick.with_for_update(skip_locked=True)
-    ids = list(await db.scalars(pick))
+    """Due messages (or ones whose claim lapsed), now claimed by `token` (see `outbox`)."""
+    ids = await outbox.claim(db, OutgoingMail, token, now, until, limit)
     if not ids:
         return []
-    await db.execute(
-        update(OutgoingMail)
-        .where(OutgoingMail.id.in_(ids), _claimable(now))
-        .values(
-            status=MailStatus.SENDING,
-            claim_token=token,
-            claimed_until=until,
-            attempts=OutgoingMail.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
     return list(
         await db.scalars(
             select(OutgoingMail)
-            .where(OutgoingMail.claim_token == token, OutgoingMail.id.in_(ids))
+            .where(OutgoingMail.id.in_(ids))
             .execution_options(populate_existing=True)
         )
     )
@@ -72,13 +43,7 @@ async def claim(
 
 async def finish(db: AsyncSession, mail_id: str, token: str, values: dict[str, Any]) -> bool:
     """Record the outcome of a send, only if this worker still holds the claim."""
-    result = await db.execute(
-        update(OutgoingMail)
-        .where(OutgoingMail.id == mail_id, OutgoingMail.claim_token == token)
-        .values(claim_token=None, claimed_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return await outbox.finish(db, OutgoingMail, mail_id, token, values)
 
 
 async def recent(

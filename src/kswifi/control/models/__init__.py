@@ -7,6 +7,8 @@ from kswifi.control.models.messages import (
     DeliveryStatus,
     MailStatus,
     OutgoingMail,
+    PushMessage,
+    PushSubscription,
     WebhookDelivery,
     WebhookEvent,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "Plan",
     "ProviderEvent",
     "Purchase",
+    "PushMessage",
+    "PushSubscription",
     "RefreshToken",
     "Region",
     "SessionAlert",

@@ -89,3 +89,39 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PushSubscription(Base):
+    """A browser's Web Push subscription (the installed web app on one device)."""
+
+    __tablename__ = "push_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    endpoint: Mapped[str] = mapped_column(String(2048), unique=True)
+    p256dh: Mapped[str] = mapped_column(String(128))
+    auth: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class PushMessage(Base):
+    """One notification to one subscription, queued and delivered like `OutgoingMail`."""
+
+    __tablename__ = "push_messages"
+    __table_args__ = (Index("ix_push_messages_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    subscription_id: Mapped[str] = mapped_column(
+        ForeignKey("push_subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    payload: Mapped[str] = mapped_column(Text)  # JSON: title, body, url, tag
+    status: Mapped[str] = mapped_column(String(16), default=MailStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -12,3 +12,4 @@ class AlertChoices(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: dict[str, bool] = Field(default_factory=dict)
+    push: dict[str, bool] = Field(default_factory=dict)

@@ -18,14 +18,15 @@ from kswifi.control.errors import Unprocessable
 from kswifi.control.mail import service as mail
 from kswifi.control.mail.letters import compose, link
 from kswifi.control.models import ALERT_KINDS, AlertKind, DataSession, User, utcnow
+from kswifi.control.push import service as push
 from kswifi.control.sessions import service as sessions
 from kswifi.control.users import service as users
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.notify")
 
-CHANNELS = ("email",)
-"""How alerts reach people (Web Push joins when the app registers for it)."""
+CHANNELS = ("email", "push")
+"""How alerts reach people: e-mail, and Web Push to each browser that turned it on."""
 
 ALERT_LABELS = {
     AlertKind.USAGE_80: "80% of a session's data used",
@@ -35,6 +36,32 @@ ALERT_LABELS = {
     AlertKind.EXPIRED: "A session expired",
     AlertKind.NEXT_STARTED: "Your next session has started",
 }
+
+
+def _buy(settings: Settings, _session: DataSession) -> str:
+    return link(settings, "/plans")
+
+
+def _session_page(settings: Settings, session: DataSession) -> str:
+    return link(settings, f"/sessions/{session.id}")
+
+
+# Where tapping a notification leads: the buy page when more data is what helps.
+PUSH_TARGETS = {
+    AlertKind.USAGE_80: _buy,
+    AlertKind.USAGE_95: _buy,
+    AlertKind.DATA_USED_UP: _buy,
+    AlertKind.EXPIRING: _buy,
+    AlertKind.EXPIRED: _buy,
+    AlertKind.NEXT_STARTED: _session_page,
+}
+
+
+def _push_body(session: DataSession, kind: str) -> str:
+    usage = sessions.usage_text(session.used_bytes, session.data_limit_bytes)
+    if kind == AlertKind.NEXT_STARTED:
+        return "Your devices draw from it by themselves: nothing to set up."
+    return f"{usage}. Tap to buy more: no new setup needed."
 
 
 def wants(user: User, channel: str, kind: str) -> bool:
@@ -93,21 +120,21 @@ async def send_pending_alerts(
         person = people[session.user_id]
         if person is None or person.is_disabled:
             continue
-        if wants(person, "email", alert.kind):
-            letter = compose(
-                settings,
-                f"alert_{alert.kind}",
-                email=person.email,
-                **_letter_values(settings, session, alert.kind),
+        kind = AlertKind(alert.kind)
+        key = f"alert:{session.id}:{kind}"
+        letter = compose(
+            settings, f"alert_{kind}", email=person.email, **_letter_values(settings, session, kind)
+        )
+        if wants(person, "email", kind):
+            await mail.queue(db, letter, person.email, user_id=person.id, dedupe_key=key, now=now)
+        if wants(person, "push", kind):
+            notification = push.Notification(
+                title=letter.subject,
+                body=_push_body(session, kind),
+                url=PUSH_TARGETS[kind](settings, session),
+                tag=f"{session.id}:{kind}",
             )
-            await mail.queue(
-                db,
-                letter,
-                person.email,
-                user_id=person.id,
-                dedupe_key=f"alert:{session.id}:{alert.kind}",
-                now=now,
-            )
+            await push.queue(db, person.id, notification, dedupe_key=key, now=now)
         log.info("session_alert_sent", session_id=session.id, kind=alert.kind)
     await db.flush()
     return len(claimed)

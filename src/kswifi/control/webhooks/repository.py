@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, delete, or_, select, update
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control import outbox
 from kswifi.control.db import is_postgresql
-from kswifi.control.models import DeliveryStatus, WebhookDelivery, WebhookEvent
+from kswifi.control.models import WebhookDelivery, WebhookEvent
 
 
 def add_event(db: AsyncSession, event: WebhookEvent) -> None:
@@ -45,57 +46,24 @@ async def add_deliveries(db: AsyncSession, rows: list[dict[str, Any]]) -> None:
     await db.execute(dialect_insert(table).values(rows).on_conflict_do_nothing())
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
-    return or_(
-        and_(
-            WebhookDelivery.status == DeliveryStatus.QUEUED, WebhookDelivery.next_attempt_at <= now
-        ),
-        and_(WebhookDelivery.status == DeliveryStatus.SENDING, WebhookDelivery.claimed_until < now),
-    )
-
-
 async def claim(
     db: AsyncSession, token: str, now: datetime, until: datetime, limit: int
 ) -> list[tuple[WebhookDelivery, WebhookEvent]]:
-    pick = (
-        select(WebhookDelivery.id)
-        .where(_claimable(now))
-        .order_by(WebhookDelivery.next_attempt_at)
-        .limit(limit)
-    )
-    if is_postgresql(db):
-        pick = pick.with_for_update(skip_locked=True)
-    ids = list(await db.scalars(pick))
+    """Due deliveries (or ones whose claim lapsed), now claimed by `token` (see `outbox`)."""
+    ids = await outbox.claim(db, WebhookDelivery, token, now, until, limit)
     if not ids:
         return []
-    await db.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(ids), _claimable(now))
-        .values(
-            status=DeliveryStatus.SENDING,
-            claim_token=token,
-            claimed_until=until,
-            attempts=WebhookDelivery.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
     rows = await db.execute(
         select(WebhookDelivery, WebhookEvent)
         .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
-        .where(WebhookDelivery.claim_token == token, WebhookDelivery.id.in_(ids))
+        .where(WebhookDelivery.id.in_(ids))
         .execution_options(populate_existing=True)
     )
     return [(delivery, event) for delivery, event in rows]
 
 
 async def finish(db: AsyncSession, delivery_id: str, token: str, values: dict[str, Any]) -> bool:
-    result = await db.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.claim_token == token)
-        .values(claim_token=None, claimed_until=None, **values)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(getattr(result, "rowcount", 0))
+    return await outbox.finish(db, WebhookDelivery, delivery_id, token, values)
 
 
 async def recent(

@@ -8,6 +8,65 @@
     navigator.serviceWorker.register("/sw.js").catch(function () {});
   }
 
+  // Notifications on this device (My account): subscribe this browser to Web Push with the
+  // server's key and hand the subscription over; or take it back.
+  var pushBox = document.querySelector("[data-push-key]");
+  if (pushBox && "serviceWorker" in navigator && "PushManager" in window && "Notification" in window) {
+    var pushToken = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+    var pushStatus = pushBox.querySelector(".push-status");
+    var turnOn = pushBox.querySelector('[data-push="on"]');
+    var turnOff = pushBox.querySelector('[data-push="off"]');
+    var keyBytes = function (text) {
+      var padded = (text + "===".slice((text.length + 3) % 4)).replace(/-/g, "+").replace(/_/g, "/");
+      var raw = atob(padded);
+      var bytes = new Uint8Array(raw.length);
+      for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+      return bytes;
+    };
+    var send = function (path, body) {
+      return fetch(path, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": pushToken },
+        body: JSON.stringify(body)
+      }).then(function (response) { if (!response.ok) throw new Error(String(response.status)); });
+    };
+    var show = function (subscribed, message) {
+      turnOn.hidden = subscribed;
+      turnOff.hidden = !subscribed;
+      pushStatus.textContent = message;
+    };
+    pushBox.hidden = false;
+    navigator.serviceWorker.ready.then(function (registration) {
+      return registration.pushManager.getSubscription().then(function (existing) {
+        show(!!existing, existing ? "Notifications are on for this device." : "");
+        turnOn.addEventListener("click", function () {
+          Notification.requestPermission().then(function (permission) {
+            if (permission !== "granted") throw new Error("permission");
+            return registration.pushManager.subscribe({
+              userVisibleOnly: true, applicationServerKey: keyBytes(pushBox.getAttribute("data-push-key"))
+            });
+          }).then(function (subscription) {
+            return send("/account/push", subscription.toJSON());
+          }).then(function () {
+            show(true, "Notifications are on for this device.");
+          }).catch(function (error) {
+            show(false, error && error.message === "permission"
+              ? "Notifications are blocked for this site in your browser's settings."
+              : "This browser could not turn notifications on. Alerts still come by e-mail.");
+          });
+        });
+        turnOff.addEventListener("click", function () {
+          registration.pushManager.getSubscription().then(function (subscription) {
+            if (!subscription) return null;
+            return send("/account/push/remove", { endpoint: subscription.endpoint }).then(function () {
+              return subscription.unsubscribe();
+            });
+          }).then(function () { show(false, "Notifications are off for this device."); });
+        });
+      });
+    });
+  }
+
   // Receipts: a Print button (pages print fine without it, from the browser's menu).
   Array.prototype.forEach.call(document.querySelectorAll("[data-print]"), function (button) {
     button.addEventListener("click", function () { window.print(); });

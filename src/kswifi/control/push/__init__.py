@@ -1,0 +1,1 @@
+"""Web Push to the installed web app: subscriptions, VAPID keys, queued notifications."""
