@@ -6,18 +6,26 @@ sender mid-send; `refuse` answers every message with a temporary failure.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def free_port() -> int:
@@ -100,11 +108,82 @@ class MailSink:
         return list(self.handler.received)
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files): the certificate is its own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kswifi-test-mail")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "mail-cert.pem", directory / "mail-key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class _Login:
+    user: bytes
+    password: bytes
+    seen: list[str] = field(default_factory=list)
+
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        self.seen.append(mechanism)
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login == self.user and auth_data.password == self.password
+        )
+        return AuthResult(success=ok)
+
+
 @contextmanager
-def mail_sink(port: int | None = None) -> Iterator[MailSink]:
+def mail_sink(
+    port: int | None = None,
+    *,
+    tls: str | None = None,
+    certificate: tuple[Path, Path] | None = None,
+    login: tuple[str, str] | None = None,
+) -> Iterator[MailSink]:
+    """`tls`: None (plain), "starttls" (required) or "smtps" (TLS from the first byte), with
+    `certificate` (cert, key); `login` requires AUTH with that user and password."""
     handler = _Handler()
     port = port or free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    options: dict[str, Any] = {}
+    if tls is not None:
+        assert certificate is not None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+        if tls == "starttls":
+            options.update(tls_context=context, require_starttls=True)
+        else:
+            options.update(ssl_context=context)
+    if login is not None:
+        options.update(
+            authenticator=_Login(login[0].encode(), login[1].encode()),
+            auth_required=True,
+            auth_require_tls=tls == "starttls",  # smtps: TLS from the first byte
+        )
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
         yield MailSink(handler, port)

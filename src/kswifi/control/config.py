@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         "smtp+starttls://… (STARTTLS required) or smtps://…:465 (TLS); empty: every message "
         "is kept in data_dir/outbox and shown in the console instead",
     )
+    smtp_ca_file: str = Field(
+        "", description="Extra CA certificates (PEM file) to trust for the mail server's TLS"
+    )
     mail_from: str = Field(
         "KSWiFi Connect <no-reply@localhost>", description="From: of every e-mail sent"
     )

@@ -278,3 +278,57 @@ async def test_metrics_show_the_queue_and_its_oldest_wait(ctx: AppContext, smtp:
     assert sample(text, "kswifi_mail_messages", status="sent") == 0
     waited = sample(text, "kswifi_mail_oldest_queued_seconds")
     assert waited is not None and 3500 < waited <= 3600
+
+
+class TestSecureServers:
+    """STARTTLS and TLS mail servers with a login, as providers run them."""
+
+    @staticmethod
+    def _worker(ctx: AppContext, url: str, ca_file: str) -> Worker:
+        settings = ctx.settings.model_copy(
+            update={"smtp_url": SecretStr(url), "smtp_ca_file": ca_file}
+        )
+        return Worker(AppContext(settings, ctx.db, ctx.secrets, ctx.events))
+
+    async def test_starttls_with_a_login(self, ctx: AppContext, tmp_path: Path) -> None:
+        from tests.mailsink import mail_sink, self_signed
+
+        certificate = self_signed(tmp_path)
+        with mail_sink(tls="starttls", certificate=certificate, login=("ops", "p@ss w0rd")) as sink:
+            await _queue(ctx)
+            url = f"smtp+starttls://ops:p%40ss%20w0rd@127.0.0.1:{sink.port}"
+            assert await self._worker(ctx, url, str(certificate[0])).deliver_mail(utcnow()) == 1
+            (received,) = sink.wait_for(1)
+            assert received.recipients == ["ana@example.com"]
+
+    async def test_implicit_tls_with_a_login(self, ctx: AppContext, tmp_path: Path) -> None:
+        from tests.mailsink import mail_sink, self_signed
+
+        certificate = self_signed(tmp_path)
+        with mail_sink(tls="smtps", certificate=certificate, login=("ops", "secret")) as sink:
+            await _queue(ctx)
+            url = f"smtps://ops:secret@127.0.0.1:{sink.port}"
+            assert await self._worker(ctx, url, str(certificate[0])).deliver_mail(utcnow()) == 1
+            assert len(sink.wait_for(1)) == 1
+
+    async def test_a_wrong_login_or_an_untrusted_certificate_is_retried_not_sent(
+        self, ctx: AppContext, tmp_path: Path
+    ) -> None:
+        from tests.mailsink import mail_sink, self_signed
+
+        certificate = self_signed(tmp_path)
+        ca = str(certificate[0])
+        with mail_sink(tls="starttls", certificate=certificate, login=("ops", "secret")) as sink:
+            await _queue(ctx)
+            url = f"smtp+starttls://ops:guess@127.0.0.1:{sink.port}"
+            wrong = Worker(ctx, mail_transport=SmtpTransport(url, timeout=3, ca_file=ca))
+            assert await wrong.deliver_mail(utcnow()) == 0
+            (row,) = await _rows(ctx)
+            assert row.status == MailStatus.QUEUED and row.attempts == 1 and row.last_error
+            url = f"smtp+starttls://ops:secret@127.0.0.1:{sink.port}"
+            untrusted = Worker(ctx, mail_transport=SmtpTransport(url, timeout=3))
+            assert await untrusted.deliver_mail(utcnow() + timedelta(minutes=5)) == 0
+            (row,) = await _rows(ctx)
+            assert row.attempts == 2 and row.last_error
+            assert "CERTIFICATE_VERIFY_FAILED" in row.last_error
+            assert sink.received == []

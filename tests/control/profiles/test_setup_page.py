@@ -92,3 +92,24 @@ def test_error_page_escapes_the_message() -> None:
     page_text = render_setup_error("<b>nope</b>", "https://app.example/")
     assert "&lt;b&gt;nope&lt;/b&gt;" in page_text
     assert "Generate Connect Code" in page_text
+
+
+def test_setup_pages_name_support_when_it_is_set() -> None:
+    from kswifi.control.profiles.setup_page import Support
+
+    support = Support("https://help.kswifi.test/", "help@kswifi.test")
+    page = render_setup_page(
+        platform="android",
+        config_url="https://x.example/c",
+        mobileconfig_url="https://x.example/m",
+        mac_mobileconfig_url="https://x.example/m?os=macos",
+        config_qr="data:image/png;base64,QUJD",
+        app_url="https://app.example/",
+        expires_at=datetime(2030, 1, 1, 12, 30, tzinfo=UTC),
+        support=support,
+    )
+    error = render_setup_error("This setup link was already used.", "https://a/", support)
+    for html in (page, error):
+        assert '<a href="https://help.kswifi.test/">Help</a>' in html
+        assert '<a href="mailto:help@kswifi.test">help@kswifi.test</a>' in html
+    assert "<footer>" not in render_setup_error("Used.", "https://a/")

@@ -35,6 +35,7 @@ class MailTransport(Protocol):
 class SmtpTransport:
     url: str
     timeout: float = 30.0
+    ca_file: str = ""  # trusted besides the system's CAs (a private mail server's)
 
     async def send(self, message: EmailMessage) -> None:
         parts = urlsplit(self.url)
@@ -48,6 +49,7 @@ class SmtpTransport:
             use_tls=scheme == "smtps",
             start_tls=True if scheme == "smtp+starttls" else (False if scheme == "smtps" else None),
             timeout=self.timeout,
+            cert_bundle=self.ca_file or None,
         )
 
     def describe(self) -> str:
@@ -80,5 +82,5 @@ class OutboxTransport:
 def transport_for(settings: Settings) -> MailTransport:
     url = settings.smtp_url.get_secret_value()
     if url:
-        return SmtpTransport(url)
+        return SmtpTransport(url, ca_file=settings.smtp_ca_file)
     return OutboxTransport(settings.data_dir / "outbox")

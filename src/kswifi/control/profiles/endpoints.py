@@ -276,11 +276,12 @@ async def setup_link_page(
     """The single-use setup page (HTML, also for errors: a phone's browser shows it)."""
     headers = {**NO_STORE, "Content-Security-Policy": setup_page.CONTENT_SECURITY_POLICY}
     app_url = ctx.settings.public_url.rstrip("/") + "/"
+    support = setup_page.Support(ctx.settings.support_url, ctx.settings.support_email)
     try:
         opened = await service.open_setup_link(db, ctx.secrets, token, utcnow())
     except KSWiFiError as exc:
         return HTMLResponse(
-            setup_page.render_setup_error(exc.message, app_url),
+            setup_page.render_setup_error(exc.message, app_url, support),
             status_code=exc.status_code,
             headers=headers,
         )
@@ -295,6 +296,7 @@ async def setup_link_page(
             config_qr=config_qr,
             app_url=app_url,
             expires_at=opened.expires_at,
+            support=support,
         ),
         headers=headers,
     )

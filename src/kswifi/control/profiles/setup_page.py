@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from typing import Literal
@@ -44,6 +45,7 @@ ol{padding-left:1.25rem}li{margin:.5rem 0}
 .steps{padding-left:0;list-style:none}
 .note{color:#52607a;font-size:.9rem}
 figure{margin:0;text-align:center}figure img{width:100%;max-width:260px;height:auto}
+footer{max-width:28rem;margin:0 auto;padding:0 1.25rem 2rem;color:#52607a;font-size:.9rem}
 """
 
 
@@ -67,7 +69,23 @@ def tunnel_filename() -> str:
     return f"kswifi-{secrets.token_hex(2)}.conf"
 
 
-def _document(body: str, app_url: str) -> str:
+@dataclass(frozen=True)
+class Support:
+    """Where a person gets help (`KSWIFI_SUPPORT_URL`, `KSWIFI_SUPPORT_EMAIL`)."""
+
+    url: str = ""
+    email: str = ""
+
+    def footer(self) -> str:
+        links = []
+        if self.url:
+            links.append(f'<a href="{escape(self.url)}">Help</a>')
+        if self.email:
+            links.append(f'<a href="mailto:{escape(self.email)}">{escape(self.email)}</a>')
+        return f"<footer>Need help? {' · '.join(links)}</footer>" if links else ""
+
+
+def _document(body: str, app_url: str, support: Support) -> str:
     return (
         "<!doctype html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -75,7 +93,7 @@ def _document(body: str, app_url: str) -> str:
         '<meta name="robots" content="noindex">'
         f"<title>{escape(TITLE)}</title><style>{_STYLE}</style></head>"
         f'<body><header><a href="{escape(app_url)}">&larr; {escape(APP_NAME)}</a></header>'
-        f"<main>{body}</main></body></html>\n"
+        f"<main>{body}</main>{support.footer()}</body></html>\n"
     )
 
 
@@ -145,6 +163,7 @@ def render_setup_page(
     config_qr: str,
     app_url: str,
     expires_at: datetime,
+    support: Support | None = None,
 ) -> str:
     """The page offering the profile the way this device installs it."""
     if platform == "iphone":
@@ -174,10 +193,11 @@ def render_setup_page(
         f'<section class="card">{offer}'
         f'<p class="note">These downloads work until {expiry}.</p></section>' + _instructions(),
         app_url,
+        support or Support(),
     )
 
 
-def render_setup_error(message: str, app_url: str) -> str:
+def render_setup_error(message: str, app_url: str, support: Support | None = None) -> str:
     """The page for a setup link that was used, expired or is unknown."""
     return _document(
         f"<h1>{escape(TITLE)}</h1>"
@@ -185,4 +205,5 @@ def render_setup_error(message: str, app_url: str) -> str:
         f'<p class="note">Open <a href="{escape(app_url)}">the KSWiFi app</a> and tap '
         "<b>Generate Connect Code</b> to get a new setup link.</p></section>",
         app_url,
+        support or Support(),
     )
