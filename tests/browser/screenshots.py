@@ -48,6 +48,8 @@ def _signup(page: Page, email: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
+    page.get_by_label("Password").fill(PASSWORD)  # signing up never logs in
+    page.get_by_role("button", name="Log in").click()
     page.wait_for_url(re.compile(r"/plans$"))
 
 

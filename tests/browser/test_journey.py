@@ -59,6 +59,10 @@ def sign_up(page: Page) -> str:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("status")).to_contain_text("Almost there: log in")
+    expect(page.get_by_label("Email")).to_have_value(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(re.compile(r"/plans$"))
     return email
 

@@ -25,6 +25,9 @@ def test_a_pushed_alert_becomes_a_notification(browser: Any, live_server: LiveSe
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign up").click()
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/plans")
     page.goto("/account")
     expect(page.get_by_role("button", name="Turn on notifications on this device")).to_be_visible()
 

@@ -304,7 +304,7 @@ MATRIX: list[Rule] = [
     # --- web pages ------------------------------------------------------------------------------
     Rule("GET", "/", PUBLIC, "web"),
     Rule("GET", "/signup", (200, 200, 303, 303, 303), "web"),
-    Rule("POST", "/signup", (303,) * 5, "web", form=_fresh_email),
+    Rule("POST", "/signup", (200,) * 5, "web", form=_fresh_email),  # never logs in
     Rule("GET", "/login", (200, 200, 303, 303, 303), "web"),
     Rule("POST", "/login", (303,) * 5, "web", form=_login_owner, bearer_credential=True),
     Rule("POST", "/logout", (303,) * 5, "web", form=lambda _w, _r: {}),

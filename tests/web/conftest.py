@@ -46,7 +46,9 @@ class WebUser:
 async def web_signup(client: httpx.AsyncClient, email: str | None = None) -> WebUser:
     email = email or f"web-{uuid.uuid4().hex[:10]}@example.com"
     response = await post_form(client, "/signup", email=email, password=PASSWORD)
-    assert response.status_code == 303, response.text
+    assert response.status_code == 200, response.text
+    assert "Almost there: log in" in response.text  # signing up never logs in
+    await web_login(client, email)
     return WebUser(email, PASSWORD, client)
 
 

@@ -15,6 +15,7 @@ from tests.web.conftest import (
     make_vouchers,
     post_form,
     report_usage,
+    web_signup,
 )
 
 GIB = 1024**3
@@ -187,9 +188,7 @@ class TestSetup:
         session_id = await buy_with_voucher(client, code, "basic")
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as other:
-            await post_form(
-                other, "/signup", email="other@example.com", password="correct horse 42"
-            )
+            await web_signup(other, "other@example.com")
             for path in (f"/sessions/{session_id}", f"/sessions/{session_id}/setup"):
                 assert (await other.get(path)).status_code == 404
 

@@ -82,19 +82,16 @@ async def signup(request: Request, ctx: Ctx, db: DbSession) -> Response:
         await abandon(db)
         context = {"nav": "signup", "email": email, "next": next_path, "error": say(exc)}
         return render(request, "signup.html", context, status_code=exc.status_code)
-    if not ctx.settings.verify_email:
-        # Without a mail server nobody could confirm an address, so a new account opens at
-        # once (the answer then differs for an existing address: see KSWIFI_EMAIL_VERIFICATION).
-        try:
-            tokens = await users.login_limited(
-                db, ctx.secrets, ctx.settings, limits, address, email, password
-            )
-        except KSWiFiError:
-            tokens = None
-        if tokens is not None:
-            auth.set_login_cookies(request, tokens)
-            return redirect(request, next_path)
-    return render(request, "signup.html", {"nav": "signup", "notice": notice, "sent": True})
+    # Signing up never logs in: the answer is the same for a new address and a taken one.
+    if ctx.settings.verify_email:
+        return render(request, "signup.html", {"nav": "signup", "notice": notice, "sent": True})
+    # Without a mail server nobody could confirm an address: the new account opens at once,
+    # with the password just chosen.
+    context = {"nav": "login", "email": email, "next": next_path, "notice": SIGNED_UP_LOG_IN}
+    return render(request, "login.html", context)
+
+
+SIGNED_UP_LOG_IN = "Almost there: log in with the password you just chose."
 
 
 _LOGIN_NOTICES = {
