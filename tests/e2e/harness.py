@@ -39,6 +39,9 @@ from tests.agent.netlab import (
     provider_network,
 )
 
+# The gateway's WireGuard: wireguard-go (these machines have no module), or the kernel's
+# (`make test-kernel` runs the suite in a VM whose kernel has it): KSWIFI_E2E_WIREGUARD.
+WIREGUARD_MODE = os.environ.get("KSWIFI_E2E_WIREGUARD", "userspace")
 KSWIFI = str(Path(sys.executable).with_name("kswifi"))
 WEB = Path(__file__).with_name("web.py")
 SERVER = SERVER_V4
@@ -169,14 +172,19 @@ class E2ESystem:
             "--interface", self.wg,
             "--ifb-interface", self.lab.ifname("ifb"),
             "--state-dir", str(state_dir),
-            "--userspace-only",
         ]  # fmt: skip
+        if WIREGUARD_MODE == "userspace":
+            argv.append("--userspace-only")
         if self.agent_uid is not None:
             argv = self._unprivileged(argv, state_dir, token_file)
         self.agent = self.lab.popen(
             self.gw, argv, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **self.agent_env}
         )
         wait_for(self._agent_applied, 30, "the agent to configure its interface")
+        links = json.loads(self.lab.sh(self.gw, ["ip", "-d", "-j", "link", "show", "dev", self.wg]))
+        kind = links[0].get("linkinfo", {}).get("info_kind")
+        expected = "wireguard" if WIREGUARD_MODE == "kernel" else "tun"
+        assert kind == expected, f"the gateway's interface is {kind!r}, not {expected!r}"
 
     def _unprivileged(self, argv: list[str], state_dir: Path, token_file: Path) -> list[str]:
         """`argv` as the shipped systemd unit runs the agent: its own user, CAP_NET_ADMIN and

@@ -26,7 +26,15 @@ import pytest
 from tests.agent.netlab import PROVIDER_V4, PROVIDER_V6, SERVER_V4, SERVER_V6, Lab
 
 from .conftest import e2e_skip_reason
-from .harness import GATEWAY_WAN, GATEWAY_WAN_V6, E2ESystem, Phone, build_system, wait_for
+from .harness import (
+    GATEWAY_WAN,
+    GATEWAY_WAN_V6,
+    WIREGUARD_MODE,
+    E2ESystem,
+    Phone,
+    build_system,
+    wait_for,
+)
 
 pytestmark = pytest.mark.root
 
@@ -194,7 +202,7 @@ def test_the_agent_runs_unprivileged_and_a_phone_browses(gateway: E2ESystem, pho
     assert probe(gateway, phone.ns, "tcp", SERVER_V6, "8080")["outcome"] == "connected"
     assert reached(gateway, "internet6") == 1
     gateways = gateway.call("GET", "/api/admin/gateways", gateway.admin)
-    assert [g["interface_mode"] for g in gateways] == ["userspace"]  # its heartbeat came
+    assert [g["interface_mode"] for g in gateways] == [WIREGUARD_MODE]  # its heartbeat came
 
 
 @pytest.mark.parametrize(
