@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from kswifi.control.db import is_postgresql
+from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 
 QUEUED = "queued"
 SENDING = "sending"
@@ -67,3 +68,19 @@ async def finish(
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+FAILED = "failed"
+
+
+def after_failure(attempts: int, error: str, now: datetime) -> tuple[dict[str, Any], bool]:
+    """What a failed send leaves on its row (for `finish`), and whether it was the last try:
+    queued again after `retry_delay`, or given up after `MAX_ATTEMPTS`."""
+    values: dict[str, Any] = {"last_error": error[:500]}
+    give_up = attempts >= MAX_ATTEMPTS
+    if give_up:
+        values["status"] = FAILED
+    else:
+        values["status"] = QUEUED
+        values["next_attempt_at"] = now + retry_delay(attempts)
+    return values, give_up

@@ -21,12 +21,12 @@ from email.utils import format_datetime, parseaddr
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control import outbox
 from kswifi.control.config import Settings
 from kswifi.control.errors import NotFound
 from kswifi.control.mail import repository
 from kswifi.control.mail.letters import Letter
 from kswifi.control.models import MailStatus, OutgoingMail, new_id, utcnow
-from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.mail")
@@ -132,14 +132,7 @@ async def record_failure(
     db: AsyncSession, claim: Claim, item: Outgoing, error: str, *, now: datetime | None = None
 ) -> bool:
     """Try again later (backing off), or give up after `MAX_ATTEMPTS`."""
-    now = now or utcnow()
-    give_up = item.attempts >= MAX_ATTEMPTS
-    values: dict[str, object] = {"last_error": error[:500]}
-    if give_up:
-        values["status"] = MailStatus.FAILED
-    else:
-        values["status"] = MailStatus.QUEUED
-        values["next_attempt_at"] = now + retry_delay(item.attempts)
+    values, give_up = outbox.after_failure(item.attempts, error, now or utcnow())
     done = await repository.finish(db, item.id, claim.token, values)
     if done:
         log.warning(

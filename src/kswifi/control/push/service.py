@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control import outbox
 from kswifi.control.config import Settings
 from kswifi.control.errors import Unprocessable
 from kswifi.control.models import MailStatus, PushSubscription, new_id, utcnow
 from kswifi.control.push import repository
-from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 from kswifi.logs import get_logger
 
 log = get_logger("kswifi.control.push")
@@ -183,14 +183,7 @@ async def record_gone(db: AsyncSession, claim: Claim, item: Outgoing) -> None:
 async def record_failure(
     db: AsyncSession, claim: Claim, item: Outgoing, error: str, *, now: datetime | None = None
 ) -> bool:
-    now = now or utcnow()
-    give_up = item.attempts >= MAX_ATTEMPTS
-    values: dict[str, object] = {"last_error": error[:500]}
-    if give_up:
-        values["status"] = MailStatus.FAILED
-    else:
-        values["status"] = MailStatus.QUEUED
-        values["next_attempt_at"] = now + retry_delay(item.attempts)
+    values, give_up = outbox.after_failure(item.attempts, error, now or utcnow())
     done = await repository.finish(db, item.id, claim.token, values)
     if done:
         log.warning("push_failed" if give_up else "push_retry", error=error[:200])

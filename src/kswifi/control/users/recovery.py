@@ -77,13 +77,21 @@ async def _mint(
     return token
 
 
-async def _spend(
+async def _usable(
     db: AsyncSession, token: str, purpose: TokenPurpose, now: datetime
 ) -> AccountToken:
-    """The token's row, now spent; InvalidLink when unknown, spent or expired."""
+    """The token's row (locked); InvalidLink when unknown, spent or expired."""
     row = await repository.get_account_token(db, hash_token(token), purpose)
     if row is None or row.used_at is not None or row.expires_at <= now:
         raise _link_refused()
+    return row
+
+
+async def _spend(
+    db: AsyncSession, token: str, purpose: TokenPurpose, now: datetime
+) -> AccountToken:
+    """The token's row, now spent (see `_usable`)."""
+    row = await _usable(db, token, purpose, now)
     row.used_at = now
     return row
 
@@ -234,9 +242,7 @@ async def reset_password(
     """Set a new password with an e-mailed link: every login of the account ends, every
     other reset link stops working, and the address counts as confirmed."""
     now = now or utcnow()
-    row = await repository.get_account_token(db, hash_token(token), TokenPurpose.PASSWORD_RESET)
-    if row is None or row.used_at is not None or row.expires_at <= now:
-        raise _link_refused()
+    row = await _usable(db, token, TokenPurpose.PASSWORD_RESET, now)
     user = await service.get_user(db, row.user_id)
     check_password(password, user.email)  # refused: the link stays usable for a better one
     await repository.spend_account_tokens(db, user.id, TokenPurpose.PASSWORD_RESET, now)

@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from kswifi.control import outbox
 from kswifi.control.config import Settings
 from kswifi.control.models import DeliveryStatus, WebhookDelivery, WebhookEvent, new_id, utcnow
-from kswifi.control.retry import MAX_ATTEMPTS, retry_delay
 from kswifi.control.webhooks import repository
 from kswifi.logs import get_logger
 
@@ -157,14 +157,8 @@ async def record_failure(
     *,
     now: datetime | None = None,
 ) -> bool:
-    now = now or utcnow()
-    give_up = item.attempts >= MAX_ATTEMPTS
-    values: dict[str, object] = {"last_error": error[:500], "last_status_code": status_code}
-    if give_up:
-        values["status"] = DeliveryStatus.FAILED
-    else:
-        values["status"] = DeliveryStatus.QUEUED
-        values["next_attempt_at"] = now + retry_delay(item.attempts)
+    values, give_up = outbox.after_failure(item.attempts, error, now or utcnow())
+    values["last_status_code"] = status_code
     done = await repository.finish(db, item.id, claim.token, values)
     if done:
         log.warning(
