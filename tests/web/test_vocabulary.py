@@ -132,7 +132,17 @@ async def test_no_user_page_says_vpn_or_esim(client: httpx.AsyncClient, ctx: App
         await visit(path)
         return pages[path]
 
-    for path in ("/", "/signup", "/login", "/plans", "/offline", "/password-reset"):
+    for path in (
+        "/",
+        "/signup",
+        "/login",
+        "/plans",
+        "/offline",
+        "/password-reset",
+        "/terms",
+        "/privacy",
+        "/refunds",
+    ):
         await visit(path)
     await visit("/password-reset/not-a-token")
     await visit("/no-such-page", 404)

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kswifi.web import account, auth, console, devices, pages, pwa, receipts
+from kswifi.web import account, auth, console, devices, pages, pwa, receipts, shop_pages
 from kswifi.web.deps import LoginRequired, PageNotFound, login_redirect
 from kswifi.web.templating import STATIC_DIR, render
 
@@ -21,6 +21,7 @@ def mount(app: FastAPI) -> None:
     app.include_router(devices.router)
     app.include_router(account.router)
     app.include_router(receipts.router)
+    app.include_router(shop_pages.router)
     app.include_router(console.router)
     app.include_router(pwa.router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")

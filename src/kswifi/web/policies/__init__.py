@@ -1,0 +1,1 @@
+"""The shop's policy pages: terms, privacy, refunds (placeholders the operator replaces)."""
