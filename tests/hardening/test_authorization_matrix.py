@@ -211,6 +211,12 @@ MATRIX: list[Rule] = [
         json=lambda _w, _r: {"plan_code": "basic", "count": 1},
     ),
     Rule("GET", "/api/admin/vouchers.csv", OPERATOR, operator_route=True),
+    Rule(
+        "POST",
+        "/api/admin/purchases/{purchase_id}/refund",
+        (401, 401, 403, 403, 404),  # no such purchase: the owner's is left alone
+        params={"purchase_id": "0" * 32},
+    ),
     # --- sessions and usage ----------------------------------------------------------------
     Rule("GET", "/api/sessions", EACH_THEIR_OWN),
     Rule("GET", "/api/sessions/{session_id}", OWNER_ONLY),
@@ -438,6 +444,14 @@ MATRIX: list[Rule] = [
         "web",
         form=lambda _w, _r: {},
         params={"session_id": "victim1"},
+    ),
+    Rule(
+        "POST",
+        "/admin/sessions/{session_id}/refund",
+        (303, 303, 404, 404, 404),  # no such session
+        "web",
+        form=lambda _w, _r: {"voucher": "void"},
+        params={"session_id": "0" * 32},
     ),
     Rule("GET", "/admin/users", CONSOLE, "web", operator_route=True),
     Rule("POST", "/admin/users/{user_id}/{action}", CONSOLE_POST, "web", form=lambda _w, _r: {}),

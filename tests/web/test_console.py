@@ -320,3 +320,32 @@ class TestReportsAndAudit:
         page = await operator_client.get("/admin/audit", params={"action": "voucher"})
         assert "voucher.create" in page.text
         assert "1 entry" in page.text
+
+
+class TestRefunds:
+    async def test_an_operator_refunds_a_voucher_purchase_with_a_new_code(
+        self, client: httpx.AsyncClient, operator_client: httpx.AsyncClient, ctx: AppContext
+    ) -> None:
+        await web_signup(client)
+        [code] = await make_vouchers(ctx, "basic")
+        session_id = await buy_with_voucher(client, code, "basic")
+        listing = await operator_client.get("/admin/sessions")
+        assert f'action="/admin/sessions/{session_id}/refund"' in listing.text
+        done = await post_form(
+            operator_client,
+            "/admin/sessions",
+            f"/admin/sessions/{session_id}/refund",
+            voucher="reissue",
+        )
+        assert done.status_code == 200 and "Purchase refunded" in done.text
+        assert "New voucher for the person" in done.text
+        again = await post_form(
+            operator_client, "/admin/sessions", f"/admin/sessions/{session_id}/refund"
+        )
+        assert again.status_code == 409 and "Only a paid purchase" in again.text
+        page = await client.get(f"/sessions/{session_id}")
+        assert page.status_code == 200
+        receipts = await client.get("/receipts")
+        assert "(refunded)" in receipts.text
+        checkout = await client.get("/checkout/basic")
+        assert "can be refunded within 14 days of purchase" in checkout.text

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr = Field(SecretStr(""), description="Stripe signing secret")
     stripe_api_base: str = Field("", description="Override Stripe's API base (tests)")
     activation_days: int = Field(30, ge=1, description="Days to generate a first profile")
+    refund_unused_days: int = Field(
+        14,
+        ge=0,
+        description="Refund policy shown at checkout: a session never used may be refunded "
+        "within this many days of purchase (0: no refunds are offered)",
+    )
     address_cooldown_seconds: int = Field(3600, ge=0, description="Before a freed IP is reused")
     address_pool_v4: str = Field("100.64.0.0/10", description="Carved into one block per gateway")
     address_pool_v4_prefix: int = Field(

@@ -24,8 +24,10 @@ from kswifi.control.mail.transport import transport_for
 from kswifi.control.models import SESSION_STATES, DeliveryStatus, MailStatus, utcnow
 from kswifi.control.plans import service as plans
 from kswifi.control.plans.schemas import PlanCreate, PlanUpdate
+from kswifi.control.purchases import refunds
 from kswifi.control.purchases import service as purchases
 from kswifi.control.regions import service as regions
+from kswifi.control.sessions import service as sessions_service
 from kswifi.control.webhooks import service as webhooks
 from kswifi.web.deps import Operator
 from kswifi.web.pages import form_fields, redirect, say
@@ -37,6 +39,9 @@ PAGE = 50
 NOTICES = {
     "revoked": "Session revoked. Its gateways drop the device within a second.",
     "extended": "Session extended.",
+    "refunded": "Purchase refunded. Its session has ended; the person's devices moved on.",
+    "refunded-outside-policy": "Purchase refunded (outside the stated refund policy). Its "
+    "session has ended; the person's devices moved on.",
     "disabled": "Account disabled; its logins have ended.",
     "enabled": "Account enabled.",
     "plan-created": "Plan created.",
@@ -229,6 +234,37 @@ async def extend(
         await abandon(db)
         return _error(request, exc)
     return _back(request, fields, "extended")
+
+
+@router.post("/sessions/{session_id}/refund")
+async def refund(
+    session_id: str, request: Request, user: Operator, ctx: Ctx, db: DbSession
+) -> Response:
+    """Refund the purchase that paid for a session (voucher: void or re-issue)."""
+    fields = await form_fields(request)
+    try:
+        session = await sessions_service.get(db, session_id[:32])
+        done = await refunds.refund(
+            db,
+            ctx.settings,
+            ctx.events,
+            purchase_id=session.purchase_id,
+            actor=user.email,
+            voucher=fields.get("voucher", "void"),
+        )
+    except KSWiFiError as exc:
+        await abandon(db)
+        return _error(request, exc)
+    notice = "refunded" if done.within_policy else "refunded-outside-policy"
+    if done.reissued_voucher:
+        return _page(
+            request,
+            "refunded.html",
+            "sessions",
+            voucher=done.reissued_voucher,
+            within_policy=done.within_policy,
+        )
+    return _back(request, fields, notice)
 
 
 def _error(request: Request, exc: KSWiFiError, back_url: str = "/admin/sessions") -> Response:

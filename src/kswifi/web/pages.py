@@ -22,6 +22,7 @@ from kswifi.control.plans import service as plans
 from kswifi.control.profiles import notices
 from kswifi.control.profiles import service as profiles
 from kswifi.control.profiles.schemas import ConnectProfileResponse
+from kswifi.control.purchases import refunds
 from kswifi.control.purchases import service as purchases
 from kswifi.control.purchases.schemas import PurchaseCreate
 from kswifi.control.regions import service as regions
@@ -185,6 +186,7 @@ async def _checkout_context(db: DbSession, ctx: Ctx, code: str) -> dict[str, Any
         "plan": plans.to_out(plan),
         "works": copy.works_lines(plan.code, plan.speed_mbps),
         "payments": _payment_options(ctx),
+        "refund_policy": refunds.policy_text(ctx.settings),
         # One key per rendered form: a double-clicked submit buys once.
         "idempotency_key": new_opaque_token(16),
     }

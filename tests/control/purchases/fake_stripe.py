@@ -28,6 +28,7 @@ class FakeStripe:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.sessions: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
         self.by_idempotency_key: dict[str, str] = {}
         self.fail_with: int | None = None
         self.lock = threading.Lock()
@@ -50,6 +51,7 @@ class FakeStripe:
         with self.lock:
             self.requests.clear()
             self.sessions.clear()
+            self.refunds.clear()
             self.by_idempotency_key.clear()
             self.fail_with = None
 
@@ -85,6 +87,23 @@ class FakeStripe:
             if idempotency_key:
                 self.by_idempotency_key[idempotency_key] = session_id
             return session
+
+    def _refund(self, form: dict[str, str], idempotency_key: str | None) -> dict[str, Any]:
+        with self.lock:
+            if idempotency_key and idempotency_key in self.by_idempotency_key:
+                return self.refunds[self.by_idempotency_key[idempotency_key]]
+            refund_id = f"re_test_{uuid.uuid4().hex}"
+            refund = {
+                "id": refund_id,
+                "object": "refund",
+                "payment_intent": form["payment_intent"],
+                "reason": form.get("reason"),
+                "status": "succeeded",
+            }
+            self.refunds[refund_id] = refund
+            if idempotency_key:
+                self.by_idempotency_key[idempotency_key] = refund_id
+            return refund
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -130,6 +149,9 @@ class FakeStripe:
                             }
                         },
                     )
+                    return
+                if self.path == "/v1/refunds":
+                    self._reply(200, fake._refund(form, record["idempotency_key"]))
                     return
                 if self.path != "/v1/checkout/sessions":
                     self._reply(404, {"error": {"type": "invalid_request_error"}})

@@ -18,7 +18,8 @@ class Purchase(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
     plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
     provider: Mapped[str] = mapped_column(String(16))  # voucher | stripe | dev
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|paid|failed
+    # pending | paid | failed | refunded
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     amount_cents: Mapped[int]
     currency: Mapped[str] = mapped_column(String(3))
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)

@@ -7,12 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
 from kswifi.control.deps import AdminUser, Ctx, CurrentUser, DbSession
-from kswifi.control.purchases import service
+from kswifi.control.purchases import refunds, service
 from kswifi.control.purchases.schemas import (
     PurchaseCreate,
     PurchaseList,
     PurchaseOut,
     ReceiptOut,
+    RefundIn,
+    RefundOut,
     VoucherBatch,
     VoucherCreate,
     WebhookAck,
@@ -95,6 +97,28 @@ async def admin_create_vouchers(
         db, plan_code=body.plan_code, count=body.count, actor=admin.email
     )
     return VoucherBatch(plan_code=body.plan_code, count=len(codes), codes=codes)
+
+
+@router.post("/admin/purchases/{purchase_id}/refund", response_model=RefundOut, tags=["admin"])
+async def admin_refund(
+    purchase_id: PurchaseId, admin: AdminUser, ctx: Ctx, db: DbSession, body: RefundIn | None = None
+) -> RefundOut:
+    """Refund a paid purchase (409 otherwise): card payments through Stripe, a voucher voided
+    or re-issued; its session ends and its devices move on."""
+    done = await refunds.refund(
+        db,
+        ctx.settings,
+        ctx.events,
+        purchase_id=purchase_id,
+        actor=admin.email,
+        voucher=body.voucher if body else "void",
+    )
+    return RefundOut(
+        purchase_id=done.purchase_id,
+        within_policy=done.within_policy,
+        provider_refund_id=done.provider_refund_id,
+        reissued_voucher=done.reissued_voucher,
+    )
 
 
 @router.get("/admin/vouchers.csv", tags=["admin"], response_class=Response)

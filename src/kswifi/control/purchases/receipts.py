@@ -19,6 +19,7 @@ from kswifi.control.plans import service as plans
 from kswifi.control.purchases import repository
 from kswifi.control.users import service as users
 
+RECEIPTED = ("paid", "refunded")
 METHODS = {"voucher": "Voucher", "stripe": "Card (Stripe)", "dev": "Demo (no charge)"}
 
 
@@ -37,6 +38,7 @@ class Receipt:
     method: str
     reference: str
     provider_reference: str | None
+    refunded: bool = False
 
     @property
     def paid_on(self) -> str:
@@ -61,6 +63,7 @@ def receipt_of(purchase: Purchase, plan: Plan, paid_at: datetime | None = None) 
         method=METHODS.get(purchase.provider, purchase.provider),
         reference=f"KSW-{purchase.id[:12].upper()}",
         provider_reference=purchase.provider_ref if purchase.provider == "stripe" else None,
+        refunded=purchase.status == "refunded",
     )
 
 
@@ -86,7 +89,7 @@ async def receipts_for_user(db: AsyncSession, user_id: str) -> list[Receipt]:
     """The person's paid purchases' receipts, newest first."""
     found: list[Receipt] = []
     for view in await repository.list_views_for_user(db, user_id):
-        if view.purchase.status == "paid" and view.purchase.paid_at is not None:
+        if view.purchase.status in RECEIPTED and view.purchase.paid_at is not None:
             plan = await plans.get_by_id(db, view.purchase.plan_id)
             found.append(receipt_of(view.purchase, plan))
     return found
@@ -96,7 +99,7 @@ async def receipt_for_user(db: AsyncSession, user_id: str, purchase_id: str) -> 
     """The person's own paid purchase's receipt; None for anything else (never someone
     else's)."""
     view = await repository.get_view(db, purchase_id)
-    if view is None or view.purchase.user_id != user_id or view.purchase.status != "paid":
+    if view is None or view.purchase.user_id != user_id or view.purchase.status not in RECEIPTED:
         return None
     plan = await plans.get_by_id(db, view.purchase.plan_id)
     return receipt_of(view.purchase, plan)

@@ -88,6 +88,16 @@ async def get_by_provider_ref(db: AsyncSession, provider: str, ref: str) -> Purc
     return result
 
 
+async def get_for_update(db: AsyncSession, purchase_id: str) -> Purchase | None:
+    """The purchase, locked to the end of the transaction (two refunds never race)."""
+    return await db.scalar(
+        select(Purchase)
+        .where(Purchase.id == purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
 async def get(db: AsyncSession, purchase_id: str) -> Purchase | None:
     return await db.get(Purchase, purchase_id)
 

@@ -74,3 +74,19 @@ class ReceiptOut(BaseModel):
     paid_at: datetime
     payment_method: str
     payment_reference: str | None
+
+
+class RefundIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    voucher: Literal["void", "reissue"] = Field(
+        "void", description="A voucher purchase: its code stays spent, or a new one is made"
+    )
+
+
+class RefundOut(BaseModel):
+    purchase_id: str
+    status: Literal["refunded"] = "refunded"
+    within_policy: bool = Field(description="Unused and within KSWIFI_REFUND_UNUSED_DAYS")
+    provider_refund_id: str | None = Field(description="Stripe's refund, for card payments")
+    reissued_voucher: str | None = Field(description="The new voucher code, when re-issued")

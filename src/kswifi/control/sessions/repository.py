@@ -428,3 +428,7 @@ async def live_sessions_expiring_before(
         .limit(limit)
     )
     return list(rows)
+
+
+async def of_purchase(db: AsyncSession, purchase_id: str) -> DataSession | None:
+    return await db.scalar(select(DataSession).where(DataSession.purchase_id == purchase_id))

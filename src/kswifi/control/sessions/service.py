@@ -98,6 +98,11 @@ async def get(db: AsyncSession, session_id: str) -> DataSession:
     return session
 
 
+async def of_purchase(db: AsyncSession, purchase_id: str) -> DataSession | None:
+    """The session a purchase paid for (None while it is unpaid)."""
+    return await repository.of_purchase(db, purchase_id)
+
+
 async def get_for_user(db: AsyncSession, user_id: str, session_id: str) -> DataSession:
     """The user's own session; someone else's answers exactly like a missing one."""
     session = await repository.get(db, session_id)

@@ -115,6 +115,35 @@ async def create_checkout_session(settings: Settings, request: CheckoutRequest) 
     return CheckoutSession(id=session.id, url=session.url)
 
 
+async def refund_payment(settings: Settings, payment_intent: str, purchase_id: str) -> str:
+    """Refund a paid purchase in full; the refund's id. Retried safely: one refund per
+    purchase whatever happens (Stripe's idempotency key)."""
+    ensure_configured(settings)
+    http_client = stripe.HTTPXClient(timeout=REQUEST_TIMEOUT_SECONDS)
+    client = stripe.StripeClient(
+        settings.stripe_api_key.get_secret_value(),
+        http_client=http_client,
+        base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+        max_network_retries=2,
+    )
+    try:
+        refund = await client.v1.refunds.create_async(
+            {"payment_intent": payment_intent, "reason": "requested_by_customer"},
+            {"idempotency_key": f"kswifi-refund-{purchase_id}"},
+        )
+    except stripe.StripeError as exc:
+        log.warning(
+            "stripe_refund_failed",
+            purchase_id=purchase_id,
+            error_type=type(exc).__name__,
+            http_status=exc.http_status,
+        )
+        raise PaymentProviderError("Stripe did not accept the refund; nothing was changed") from exc
+    finally:
+        await http_client.close_async()  # type: ignore[no-untyped-call]
+    return str(refund.id)
+
+
 def verify_event(settings: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event of a webhook whose `Stripe-Signature` verifies; InvalidWebhook (400) else."""
     secret = settings.stripe_webhook_secret.get_secret_value()
