@@ -245,5 +245,7 @@ class TestConsoleMail:
         mail_id = re.search(r'href="/admin/mail/([0-9a-f]{32})"', log.text)
         assert mail_id
         one = await client.get(f"/admin/mail/{mail_id.group(1)}")
-        assert "/password-reset/" in one.text and admin in one.text
+        assert admin in one.text and "Reset your KSWiFi Connect password" in one.text
+        assert "/password-reset/" not in one.text  # the link is the recipient's alone
+        assert "can hold a personal link" in one.text
         assert (await client.get("/admin/mail/" + "0" * 32)).status_code == 404

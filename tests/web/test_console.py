@@ -349,3 +349,21 @@ class TestRefunds:
         assert "(refunded)" in receipts.text
         checkout = await client.get("/checkout/basic")
         assert "can be refunded within 14 days of purchase" in checkout.text
+
+
+class TestOutboxMail:
+    async def test_without_a_mail_server_the_console_shows_what_would_be_sent(
+        self, client: httpx.AsyncClient, operator_client: httpx.AsyncClient, ctx: AppContext
+    ) -> None:
+        from kswifi.control.mail import service as mail
+        from kswifi.control.mail.letters import compose
+
+        async with ctx.db.transaction() as db:
+            letter = compose(ctx.settings, "verify_email", email="a@example.com", url="http://t/v1")
+            await mail.queue(db, letter, "a@example.com")
+        listing = await operator_client.get("/admin/mail")
+        assert "outbox" in listing.text and "a@example.com" in listing.text
+        found = re.search(r'href="/admin/mail/([0-9a-f]{32})"', listing.text)
+        assert found
+        page = await operator_client.get(f"/admin/mail/{found.group(1)}")
+        assert "http://t/v1" in page.text  # the demo shows the text, link included

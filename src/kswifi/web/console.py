@@ -459,10 +459,13 @@ async def mail_page(request: Request, user: Operator, ctx: Ctx, db: DbSession) -
 
 @router.get("/mail/{mail_id}", response_class=HTMLResponse)
 async def mail_message_page(
-    request: Request, mail_id: str, user: Operator, db: DbSession
+    request: Request, mail_id: str, user: Operator, ctx: Ctx, db: DbSession
 ) -> Response:
     message = await mail.get(db, mail_id[:32])
-    return _page(request, "mail_message.html", "mail", message=message)
+    # With a mail server, the text stays in the person's mailbox only: it can hold a personal
+    # link (a password reset) that would open their account. The outbox demo shows it.
+    shown = not ctx.settings.smtp_url.get_secret_value()
+    return _page(request, "mail_message.html", "mail", message=message, show_text=shown)
 
 
 # --- operator webhooks ---------------------------------------------------------------------------

@@ -283,8 +283,12 @@ async def record_usage_batch(
         if row.used_bytes >= row.data_limit_bytes or (totals[row.id][2] and free < PACKET_BYTES):
             ending.append(row.id)
     await repository.set_warned_percents(db, warned)
+    # A session that runs out in this batch gets "used up", not also "95 % used".
+    running_out = set(ending)
     await repository.note_alerts(
-        db, [(session_id, f"usage_{percent}") for session_id, percent in warned.items()], now
+        db,
+        [(sid, f"usage_{percent}") for sid, percent in warned.items() if sid not in running_out],
+        now,
     )
     # One publish for the whole batch; the `exhausted` events of `end` follow it.
     publish_many_after_commit(db, bus, events)
