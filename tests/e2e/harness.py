@@ -42,6 +42,8 @@ from tests.agent.netlab import (
 # The gateway's WireGuard: wireguard-go (these machines have no module), or the kernel's
 # (`make test-kernel` runs the suite in a VM whose kernel has it): KSWIFI_E2E_WIREGUARD.
 WIREGUARD_MODE = os.environ.get("KSWIFI_E2E_WIREGUARD", "userspace")
+# Waits stretch by this factor where everything runs slower (an emulated VM: 5-10x).
+TIME_FACTOR = float(os.environ.get("KSWIFI_E2E_TIME_FACTOR", "1"))
 KSWIFI = str(Path(sys.executable).with_name("kswifi"))
 WEB = Path(__file__).with_name("web.py")
 SERVER = SERVER_V4
@@ -67,6 +69,7 @@ def decode_qr(data_uri: str) -> str:
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    timeout *= TIME_FACTOR
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
