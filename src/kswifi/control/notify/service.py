@@ -121,6 +121,8 @@ async def send_pending_alerts(
         if person is None or person.is_disabled:
             continue
         kind = AlertKind(alert.kind)
+        if not (wants(person, "email", kind) or wants(person, "push", kind)):
+            continue
         key = f"alert:{session.id}:{kind}"
         letter = compose(
             settings, f"alert_{kind}", email=person.email, **_letter_values(settings, session, kind)
